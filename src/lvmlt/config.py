@@ -1,0 +1,220 @@
+"""Typed, frozen run configuration: defaults here, a YAML file on top, ``key=value`` on top.
+
+Every section is a frozen dataclass validated on load: an unknown key or a value of the
+wrong type is a :class:`~lvmlt.errors.UserError` naming the key and the expected type.
+The resolved config (with git commit and seed) is written into every run directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from lvmlt.errors import UserError
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    name: str = "elpv"  # a built-in (see `lvmlt datasets`), "splitfile" or "imagefolder"
+    root: str | None = None  # image root for splitfile/imagefolder, pickle folder for cifar
+    train_split: str | None = None  # split files ("relative/path label" per line), splitfile only
+    val_split: str | None = None  # optional: else carved out of the training pool
+    test_split: str | None = None
+    imbalance_factor: float = 100.0  # for *-lt built-ins: n_max / n_min
+    val_fraction: float = 0.1  # share of the training pool held out for validation
+    split_seed: int = 0  # seeds the LT subsample and the train/val/test split
+    image_size: int = 64  # images are resized to image_size x image_size for the backbone
+    sampler: str = "instance"  # instance | class_balanced | sqrt
+    batch_size: int = 64
+    num_workers: int = 0
+    skip_bad_images: bool = False  # skip and count unreadable images instead of stopping
+    augment: bool = True  # random crop + flip on the training split
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    backbone: str = "resnet32"  # resnet32 (CIFAR-style) | resnet18 | resnet34 | resnet50
+    pretrained: bool = False  # timm ResNets only; needs the weights in the local cache
+    dropout: float = 0.0  # before the classifier (the paper uses 0.5)
+    cosine_head: bool = False  # normalised classifier (use with LDAM)
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    name: str = "ce"  # ce | balanced_softmax | logit_adjusted | ldam_drw | focal | class_balanced
+    tau: float = 1.0  # logit adjustment strength
+    ldam_max_margin: float = 0.5
+    ldam_scale: float = 30.0
+    drw_epoch: int = -1  # epoch at which deferred re-weighting starts; -1 = 80% of epochs
+    drw_beta: float = 0.9999  # effective-number beta for DRW weights
+    focal_gamma: float = 2.0
+    cb_beta: float = 0.9999  # effective-number beta for the class-balanced loss
+    cb_base: str = "ce"  # ce | focal: the loss the class-balanced weights apply to
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    epochs: int = 30
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = False
+    schedule: str = "cosine"  # cosine | step
+    milestones: tuple[int, ...] = (160, 180)  # step schedule only
+    gamma: float = 0.1  # step schedule only
+    warmup_epochs: int = 0
+    accumulate: int = 1  # gradient accumulation steps
+    precision: str = "bf16"  # fp32 | bf16 | fp16 (fp16 on CUDA only)
+    max_steps_per_epoch: int = 0  # 0 = whole epoch; >0 caps it (smoke tests)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    # Groups by training images per class: many > many_threshold, few < few_threshold,
+    # medium in between. None = the dataset's own default (100 / 20 for most; see datasets).
+    many_threshold: int | None = None
+    few_threshold: int | None = None
+    ece_bins: int = 15
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    out_dir: str = "runs"
+    run_name: str = ""  # default: <dataset>-<loss>-seed<seed>
+    threads: int = 0  # torch intra-op threads; 0 = leave torch's default
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", str(tp)).replace("typing.", "")
+
+
+def _coerce(value, tp, key: str):
+    """Check (and gently convert) a YAML value against a dataclass field type."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, key)
+            except UserError:
+                pass
+        raise UserError(f"config key {key!r} has value {value!r} of the wrong type", fix=f"expected {tp}")
+    if origin is tuple:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise UserError(f"config key {key!r} has value {value!r}, not a list", fix=f"expected {tp}")
+        (inner, *_) = typing.get_args(tp)
+        return tuple(_coerce(v, inner, key) for v in value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    elif dataclasses.is_dataclass(tp):
+        if isinstance(value, dict):
+            return _build(tp, value, key + ".")
+        raise UserError(f"config section {key!r} must be a mapping, got {value!r}")
+    else:  # pragma: no cover - a field type we forgot to handle is our bug
+        raise TypeError(f"unsupported config type {tp}")
+    raise UserError(
+        f"config key {key!r} has value {value!r} of the wrong type", fix=f"expected {_type_name(tp)}"
+    )
+
+
+def _build(cls, values: dict, prefix: str = ""):
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for k in values:
+        if k not in names:
+            raise UserError(
+                f"unknown config key {prefix + k!r}", fix=f"known keys here: {', '.join(sorted(names))}"
+            )
+    kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in values.items()}
+    return cls(**kwargs)
+
+
+def _parse_override(text: str) -> tuple[list[str], object]:
+    if "=" not in text:
+        raise UserError(f"override {text!r} is not key=value", fix="write e.g. optim.lr=0.05")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def _merge(base: dict, path: list[str], value) -> None:
+    node = base
+    for p in path[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise UserError(f"config key {'.'.join(path)!r}: {p!r} is not a section")
+    node[path[-1]] = value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None, cls=Config):
+    """Defaults <- YAML file <- ``key=value`` overrides, validated into ``cls``."""
+    values: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"config file {str(path)!r} not found")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f"{path}:{mark.line + 1}" if mark else str(path)
+            raise UserError("config file is not valid YAML", where=where) from None
+        if not isinstance(loaded, dict):
+            raise UserError("config file must hold a mapping of sections", where=str(path))
+        values = loaded
+    for o in overrides or []:
+        keys, value = _parse_override(o)
+        _merge(values, keys, value)
+    return _build(cls, values)
+
+
+def to_dict(cfg) -> dict:
+    d = dataclasses.asdict(cfg)
+
+    def fix(x):
+        if isinstance(x, tuple):
+            return list(x)
+        if isinstance(x, dict):
+            return {k: fix(v) for k, v in x.items()}
+        return x
+
+    return fix(d)
+
+
+def replace(cfg, **dotted):
+    """``replace(cfg, **{"optim.lr": 0.1})``: a copy with dotted keys changed (validated)."""
+    d = to_dict(cfg)
+    for k, v in dotted.items():
+        _merge(d, k.split("."), v)
+    return _build(type(cfg), d)

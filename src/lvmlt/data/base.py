@@ -1,0 +1,124 @@
+"""Core data types: a labelled split of images and the train/val/test bundle.
+
+Every dataset in lvmlt, built-in or the user's own, becomes a :class:`DataBundle` of three
+:class:`ImageSplit` objects. A split knows, per sample, a stable string id, an integer
+label and how to load the image; the feature store fingerprints a split from its ids,
+labels and (for files) sizes, and training looks features up by sample index.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from PIL import Image
+
+from lvmlt.errors import BadImageError
+
+
+class ImageSplit(torch.utils.data.Dataset):
+    """One split of labelled images.
+
+    Args:
+        name: "train", "val" or "test".
+        ids: a unique, stable string per sample (a relative path, or "elpv/123").
+        labels: integer class per sample, shape (N,).
+        load: ``load(i) -> PIL.Image`` for sample i; raises :class:`BadImageError`.
+        sizes: optional byte size per sample (file-backed splits), used in fingerprints.
+        transform: applied to the PIL image; returns a tensor (3 x H x W).
+
+    ``split[i]`` returns ``{"image": Tensor 3xHxW, "label": int, "index": i}``.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        ids: Sequence[str],
+        labels: np.ndarray,
+        load: Callable[[int], Image.Image],
+        sizes: Sequence[int] | None = None,
+        transform: Callable | None = None,
+    ):
+        self.name = name
+        self.ids = list(ids)
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.load = load
+        self.sizes = list(sizes) if sizes is not None else None
+        self.transform = transform
+        self.skip_bad_images = False  # set by the trainer: bad images are replaced, not fatal
+        self.bad: dict[int, str] = {}  # index -> reason, filled when skip_bad_images is on
+        assert len(self.ids) == len(self.labels)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> dict:
+        try:
+            img = self.load(i)
+        except BadImageError as e:
+            if not self.skip_bad_images:
+                raise
+            self.bad[i] = str(e)
+            img = None
+        if img is None:
+            # A skipped image: a black placeholder flagged valid=False so losses and metrics ignore it.
+            img = Image.new("RGB", (32, 32))
+            valid = False
+        else:
+            valid = True
+        x = self.transform(img) if self.transform else img
+        return {"image": x, "label": int(self.labels[i]), "index": i, "valid": valid}
+
+    def fingerprint(self) -> str:
+        """sha256 over ids, labels and sizes: changes when any sample changes identity."""
+        h = hashlib.sha256()
+        h.update(self.name.encode())
+        for j, (sid, lab) in enumerate(zip(self.ids, self.labels.tolist())):
+            size = self.sizes[j] if self.sizes is not None else -1
+            h.update(f"{sid}\t{lab}\t{size}\n".encode())
+        return h.hexdigest()
+
+    def subset(self, indices: Sequence[int], name: str | None = None) -> ImageSplit:
+        """A new split over the given sample indices (ids, labels and loader follow)."""
+        idx = np.asarray(indices, dtype=np.int64)
+        load = self.load
+        sizes = [self.sizes[i] for i in idx] if self.sizes is not None else None
+        return ImageSplit(
+            name or self.name,
+            [self.ids[i] for i in idx],
+            self.labels[idx],
+            lambda j: load(int(idx[j])),
+            sizes,
+            self.transform,
+        )
+
+
+@dataclass
+class DataBundle:
+    """Train / validation / test splits of one dataset, with its class names.
+
+    The validation split is carved out of the training pool and is never trained on;
+    the test split is balanced for the *-LT built-ins.
+    """
+
+    name: str
+    train: ImageSplit
+    val: ImageSplit
+    test: ImageSplit
+    class_names: list[str]
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def train_counts(self) -> np.ndarray:
+        """Training images per class, shape (C,)."""
+        return np.bincount(self.train.labels, minlength=self.num_classes)
+
+    def splits(self) -> dict[str, ImageSplit]:
+        return {"train": self.train, "val": self.val, "test": self.test}
