@@ -83,12 +83,45 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class FusionConfig:
+    """Which frozen SAM features enter the model (section III.A of the paper)."""
+
+    store: str | None = None  # feature store directory made by `lvmlt extract`
+    map: bool = False  # SAM map feature fused into a backbone stage (eq. 1-2)
+    map_stage: int = -1  # index into the backbone's stages (-1 = last)
+    latent: bool = False  # SAM latent vector fused before the classifier (eq. 3)
+    alpha: float = 0.5  # logits = (1 - alpha) z_SAM + alpha z_CNN
+    latent_dim: int = 256  # token width of the self-attention block
+    heads: int = 4
+    sam_only: bool = False  # no CNN: a linear classifier on the SAM vector (table III)
+
+
+@dataclass(frozen=True)
+class ProtoConfig:
+    """The prototype-based loss (section III.B): total = baseline + beta * L_proto."""
+
+    enabled: bool = False
+    beta: float = 1e-3  # 1e-4 (ImageNet-LT) or 1e-3 (iNaturalist) in the paper
+    bank_size: int = 64  # M features per class in the FIFO memory bank
+    head: bool = True
+    tail_std: bool = True
+    tail_dist: bool = True
+    tau_head: float = 0.5  # L_head on classes with w < tau_head
+    tau_tail_std: float = 0.5  # L_tail-std on classes with w > tau_tail_std
+    tau_tail_dist: float = 0.5  # L_tail-dist on classes with w > tau_tail_dist
+    weights: str = "inverse_frequency"  # how w_k in [0, 1] is made from class counts
+    eps: float = 1e-6  # guards log(0) in L_tail-dist
+
+
+@dataclass(frozen=True)
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    fusion: FusionConfig = field(default_factory=FusionConfig)
+    proto: ProtoConfig = field(default_factory=ProtoConfig)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     out_dir: str = "runs"

@@ -1,0 +1,41 @@
+# Two commands for a fresh machine: `make demo` and `make test`. Each creates or updates
+# the local virtual environment first (a no-op when it is up to date).
+
+PYTHON ?= python3.11
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.lvmlt-installed
+
+.PHONY: demo test test-all lint venv weights fashion-mnist clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev,sam,data]'
+	touch $(STAMP)
+
+weights: $(STAMP)
+	$(PY) -m lvmlt weights fetch mobilesam
+
+demo: $(STAMP) weights
+	$(PY) -m lvmlt.experiments.demo
+
+test: $(STAMP) weights
+	$(PY) -m pytest -x
+
+test-all: $(STAMP) weights
+	$(PY) -m pytest --run-slow
+
+lint: $(STAMP)
+	$(PY) -m ruff check src tests benchmarks
+
+# Fashion-MNIST ships as a Debian package; only needed when that dataset is used.
+fashion-mnist:
+	@test -d /usr/share/datasets/fashion-mnist || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get install -y dataset-fashion-mnist || { apt-get update && apt-get install -y dataset-fashion-mnist; }; \
+	  else sudo apt-get install -y dataset-fashion-mnist; fi; }
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,5 @@
+import sys
+
+from lvmlt.cli import main
+
+sys.exit(main())

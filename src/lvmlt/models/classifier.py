@@ -1,0 +1,96 @@
+"""The classifier: a backbone, optional SAM fusion blocks, and a linear (or cosine) head."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lvmlt.models.backbones import StagedBackbone, build_backbone
+from lvmlt.models.fusion import LatentFusion, MapFusion
+
+
+class CosineLinear(nn.Module):
+    """Logits = cosine between the feature and each class weight (LDAM's normalised head)."""
+
+    def __init__(self, in_dim: int, num_classes: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(num_classes, in_dim).uniform_(-1, 1).renorm_(2, 0, 1e-5).mul_(1e5))
+
+    def forward(self, x):
+        return F.linear(F.normalize(x, dim=1), F.normalize(self.weight, dim=1))
+
+
+class LTClassifier(nn.Module):
+    """Backbone + head, with the paper's SAM map and latent fusion as options.
+
+    ``forward(batch)`` takes the batch dict (``image`` B x 3 x H x W, and ``sam_map``
+    B x 1 x h x w / ``sam_vec`` B x 256 when the fusions are on) and returns a dict:
+    ``logits`` (B x C), ``embedding`` (the feature the prototype loss acts on) and
+    ``v_cnn`` (B x D, the pooled backbone vector).
+
+    Logits are ``(1 - alpha) * z_SAM + alpha * z_CNN`` with latent fusion (eq. 3), else
+    ``z_CNN``. With ``sam_only`` there is no CNN at all: ``logits = FC(v_SAM)`` (table III).
+    """
+
+    def __init__(
+        self,
+        backbone: StagedBackbone | None,
+        num_classes: int,
+        dropout: float = 0.0,
+        cosine_head: bool = False,
+        map_fusion: MapFusion | None = None,
+        map_stage: int = -1,
+        latent_fusion: LatentFusion | None = None,
+        alpha: float = 0.5,
+        sam_dim: int = 256,
+    ):
+        super().__init__()
+        self.backbone = backbone
+        in_dim = backbone.out_dim if backbone is not None else sam_dim
+        self.drop = nn.Dropout(dropout)
+        self.head = CosineLinear(in_dim, num_classes) if cosine_head else nn.Linear(in_dim, num_classes)
+        self.map_fusion = map_fusion
+        if backbone is not None:
+            self.map_stage = map_stage % len(backbone.stages)
+        self.latent_fusion = latent_fusion
+        self.alpha = alpha
+        self.needs = set()
+        if map_fusion is not None:
+            self.needs.add("sam_map")
+        if latent_fusion is not None or backbone is None:
+            self.needs.add("sam_vec")
+
+    def forward(self, batch: dict) -> dict:
+        if self.backbone is None:
+            v = batch["sam_vec"].float()
+            return {"logits": self.head(self.drop(v)), "embedding": v, "v_cnn": v}
+        hook = None
+        if self.map_fusion is not None:
+            sam_map = batch["sam_map"]
+
+            def hook(i, f):
+                return self.map_fusion(f, sam_map) if i == self.map_stage else f
+
+        v_cnn = self.backbone(batch["image"], hook)
+        z_cnn = self.head(self.drop(v_cnn))
+        if self.latent_fusion is None:
+            return {"logits": z_cnn, "embedding": v_cnn, "v_cnn": v_cnn}
+        z_sam, emb = self.latent_fusion(v_cnn, batch["sam_vec"])
+        logits = (1 - self.alpha) * z_sam + self.alpha * z_cnn
+        return {"logits": logits, "embedding": emb, "v_cnn": v_cnn}
+
+
+def build_model(cfg, num_classes: int, sam_dim: int = 256) -> LTClassifier:
+    """Builds the classifier from ``cfg.model`` and ``cfg.fusion`` (the only place reading config)."""
+    m, fu = cfg.model, cfg.fusion
+    backbone = None if fu.sam_only else build_backbone(m.backbone, m.pretrained)
+    map_fusion = latent = None
+    if backbone is not None and fu.map:
+        stage = fu.map_stage % len(backbone.stages)
+        map_fusion = MapFusion(backbone.feature_info[stage].channels)
+    if backbone is not None and fu.latent:
+        latent = LatentFusion(backbone.out_dim, sam_dim, num_classes, fu.latent_dim, fu.heads, m.dropout)
+    return LTClassifier(
+        backbone, num_classes, m.dropout, m.cosine_head, map_fusion, fu.map_stage, latent, fu.alpha, sam_dim
+    )

@@ -1,0 +1,411 @@
+"""One trainer for every method: data, model and loss terms are built from the config;
+the loop below never looks at a method's name.
+
+A run directory holds ``config.yaml`` (resolved, with git commit and seed), ``train.log``,
+TensorBoard events under ``tb/``, ``history.jsonl`` (one line per epoch),
+``checkpoints/last.pt`` (written atomically each epoch) and ``checkpoints/best.pt`` (the
+epoch with the best *validation* score), and at the end ``metrics.json`` and
+``predictions.npz`` (validation and test logits, for post-hoc calibration).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from tqdm import tqdm
+
+from lvmlt.config import Config, to_dict
+from lvmlt.errors import UserError
+from lvmlt.training import runtime
+from lvmlt.training.terms import build_terms
+
+log = logging.getLogger("lvmlt")
+
+
+def run_dir_for(cfg: Config) -> Path:
+    name = cfg.run_name or f"{cfg.data.name}-{cfg.loss.name}-seed{cfg.seed}"
+    return Path(cfg.out_dir) / name
+
+
+def _setup_logging(run_dir: Path) -> None:
+    log.setLevel(logging.INFO)
+    for h in list(log.handlers):
+        if getattr(h, "_lvmlt", False):
+            log.removeHandler(h)
+    fh = logging.FileHandler(run_dir / "train.log")
+    fh.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    fh._lvmlt = True
+    log.addHandler(fh)
+
+
+def lr_lambda(cfg: Config, steps_per_epoch: int):
+    """Multiplier of the base learning rate at optimiser step s: linear warm-up, then cosine or step."""
+    o = cfg.optim
+    total = max(1, o.epochs * steps_per_epoch)
+    warm = o.warmup_epochs * steps_per_epoch
+
+    def f(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        if o.schedule == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+        epoch = step // max(1, steps_per_epoch)
+        return o.gamma ** sum(epoch >= m for m in o.milestones)
+
+    if o.schedule not in ("cosine", "step"):
+        raise UserError(f"unknown optim.schedule {o.schedule!r}", fix="choose cosine or step")
+    return f
+
+
+def collate(items: list[dict]) -> dict:
+    batch = torch.utils.data.default_collate(items)
+    # A skipped (unreadable) image keeps its slot but gets label -1: losses and metrics ignore it.
+    batch["label"] = torch.where(batch["valid"], batch["label"], torch.full_like(batch["label"], -1))
+    return batch
+
+
+class _WithFeatures(torch.utils.data.Dataset):
+    """Adds the stored SAM features of each sample (``sam_vec`` 256, ``sam_map`` 1 x h x w)."""
+
+    def __init__(self, split, feats, needs: set[str]):
+        self.split, self.feats, self.needs = split, feats, needs
+
+    def __len__(self):
+        return len(self.split)
+
+    def __getitem__(self, i):
+        item = self.split[i]
+        if "sam_vec" in self.needs:
+            item["sam_vec"] = torch.from_numpy(np.asarray(self.feats.vec[i], dtype=np.float32))
+        if "sam_map" in self.needs:
+            item["sam_map"] = torch.from_numpy(np.asarray(self.feats.map[i], dtype=np.float32))
+        return item
+
+
+def attach_features(cfg: Config, bundle, needs: set[str]) -> dict:
+    """The three splits, wrapped with their stored SAM features when the model needs them."""
+    splits = bundle.splits()
+    if not needs:
+        return splits
+    if not cfg.fusion.store:
+        raise UserError(
+            "the SAM fusion or sam_only options need a feature store",
+            fix="run `lvmlt extract` and set fusion.store=DIR",
+        )
+    from lvmlt.features import FeatureStore
+
+    store = FeatureStore.open(cfg.fusion.store)
+    store.check(bundle)
+    return {k: _WithFeatures(s, store.split(k), needs) for k, s in splits.items()}
+
+
+def _to(batch: dict, device) -> dict:
+    return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+
+
+@torch.inference_mode()
+def predict(model, loader, device, precision: str, desc: str = "eval", progress: bool = True):
+    """Logits (N x C float32), labels (N, -1 for skipped images) over a loader, in order."""
+    model.eval()
+    logits, labels = [], []
+    for batch in tqdm(loader, desc=desc, leave=False, disable=not progress, dynamic_ncols=True):
+        batch = _to(batch, device)
+        with runtime.autocast(device, precision):
+            out = model(batch)
+        logits.append(out["logits"].float().cpu())
+        labels.append(batch["label"].cpu())
+    return torch.cat(logits).numpy(), torch.cat(labels).numpy()
+
+
+def score(cfg: Config, bundle, logits: np.ndarray, labels: np.ndarray) -> dict:
+    from lvmlt.evaluation.metrics import compute_metrics
+
+    keep = labels >= 0
+    many = cfg.eval.many_threshold
+    few = cfg.eval.few_threshold
+    many = bundle.meta.get("many_threshold", 100) if many is None else many
+    few = bundle.meta.get("few_threshold", 20) if few is None else few
+    m = compute_metrics(logits[keep], labels[keep], bundle.train_counts, many, few, cfg.eval.ece_bins)
+    m["thresholds"] = {"many": many, "few": few}
+    return m
+
+
+class Trainer:
+    """Trains ``cfg`` into its run directory; ``fit()`` returns the final metrics."""
+
+    def __init__(self, cfg: Config, resume: bool = False, progress: bool = True, bundle=None):
+        self.cfg, self.progress = cfg, progress
+        self.run_dir = run_dir_for(cfg)
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        last = self.ckpt_dir / "last.pt"
+        if resume:
+            if not last.exists():
+                raise UserError(f"nothing to resume in {self.run_dir}", fix="start without --resume")
+            saved = _load_saved(self.run_dir / "config.yaml")["config"]
+            if saved != to_dict(cfg):
+                diff = _diff(saved, to_dict(cfg))
+                raise UserError(
+                    f"--resume with a different config ({diff})", where=str(self.run_dir), fix="use the saved config"
+                )
+        elif last.exists():
+            raise UserError(
+                f"run directory {self.run_dir} already holds a run",
+                fix="pass --resume to continue it, or set run_name=... for a new run",
+            )
+        if cfg.threads > 0:
+            torch.set_num_threads(cfg.threads)
+        runtime.seed_everything(cfg.seed)
+        self.device = runtime.pick_device(cfg.device)
+
+        from lvmlt.data import build_data
+
+        self.bundle = bundle if bundle is not None else build_data(cfg.data)
+        for s in self.bundle.splits().values():
+            s.skip_bad_images = cfg.data.skip_bad_images
+        from lvmlt.models.classifier import build_model
+
+        self.model = build_model(cfg, self.bundle.num_classes).to(self.device)
+        self.splits = attach_features(cfg, self.bundle, self.model.needs)
+        counts = self.bundle.train_counts
+        self.terms = build_terms(cfg, counts, self.model).to(self.device)
+        self.loaders = self._loaders()
+        o = cfg.optim
+        self.steps_per_epoch = math.ceil(len(self.loaders["train"]) / o.accumulate)
+        params = list(self.model.parameters()) + list(self.terms.parameters())
+        self.opt = torch.optim.SGD(
+            params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, nesterov=o.nesterov
+        )
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(cfg, self.steps_per_epoch))
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=o.precision == "fp16")
+        self.start_epoch, self.best, self.best_epoch = 0, -math.inf, -1
+        self.bad_ids: set[str] = set()
+        if runtime.is_primary():
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            _setup_logging(self.run_dir)
+        if resume:
+            self._load(last)
+            log.info("resumed %s at epoch %d", self.run_dir, self.start_epoch)
+        elif runtime.is_primary():
+            resolved = {"config": to_dict(cfg), "git_commit": runtime.git_commit(), "seed": cfg.seed}
+            runtime.atomic_write_text(self.run_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
+
+    def _loaders(self) -> dict:
+        from lvmlt.data.samplers import build_sampler
+
+        d = self.cfg.data
+        train = self.splits["train"]
+        self.sampler = build_sampler(d.sampler, self.bundle.train.labels, seed=self.cfg.seed)
+        common = dict(batch_size=d.batch_size, num_workers=d.num_workers, collate_fn=collate)
+        out = {"train": torch.utils.data.DataLoader(train, sampler=self.sampler, drop_last=False, **common)}
+        for k in ("val", "test"):
+            out[k] = torch.utils.data.DataLoader(self.splits[k], shuffle=False, **common)
+        return out
+
+    # -- checkpoints ------------------------------------------------------------------
+    def _state(self, epoch: int) -> dict:
+        return {
+            "epoch": epoch,
+            "model": self.model.state_dict(),
+            "terms": self.terms.state_dict(),
+            "opt": self.opt.state_dict(),
+            "sched": self.sched.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "best": self.best,
+            "best_epoch": self.best_epoch,
+            "rng": runtime.rng_state(),
+            "bad_ids": sorted(self.bad_ids),
+        }
+
+    def _load(self, path: Path) -> None:
+        st = torch.load(path, map_location=self.device, weights_only=False)
+        self.model.load_state_dict(st["model"])
+        self.terms.load_state_dict(st["terms"])
+        self.opt.load_state_dict(st["opt"])
+        self.sched.load_state_dict(st["sched"])
+        self.scaler.load_state_dict(st["scaler"])
+        self.best, self.best_epoch = st["best"], st["best_epoch"]
+        self.bad_ids = set(st.get("bad_ids", []))
+        runtime.set_rng_state(st["rng"])
+        self.start_epoch = st["epoch"] + 1
+
+    # -- the loop ---------------------------------------------------------------------
+    def fit(self) -> dict:
+        cfg, o = self.cfg, self.cfg.optim
+        writer = None
+        if runtime.is_primary():
+            from torch.utils.tensorboard import SummaryWriter
+
+            writer = SummaryWriter(str(self.run_dir / "tb"))
+        for epoch in range(self.start_epoch, o.epochs):
+            t0 = time.time()
+            train_terms = self._train_epoch(epoch)
+            logits, labels = predict(self.model, self.loaders["val"], self.device, o.precision, "val", self.progress)
+            val = score(cfg, self.bundle, logits, labels)
+            # Selection uses the validation split only; balanced accuracy suits long tails.
+            val_score = val["mean_class_acc"]
+            improved = val_score > self.best
+            if improved:
+                self.best, self.best_epoch = val_score, epoch
+            rec = {
+                "epoch": epoch,
+                "lr": self.opt.param_groups[0]["lr"],
+                "seconds": round(time.time() - t0, 2),
+                **{f"train/{k}": v for k, v in train_terms.items()},
+                "val/top1": val["top1"],
+                "val/mean_class_acc": val_score,
+            }
+            if runtime.is_primary():
+                if improved:
+                    runtime.atomic_torch_save(self._state(epoch), self.ckpt_dir / "best.pt")
+                runtime.atomic_torch_save(self._state(epoch), self.ckpt_dir / "last.pt")
+                with open(self.run_dir / "history.jsonl", "a") as f:
+                    f.write(json.dumps(rec) + "\n")
+                for k, v in rec.items():
+                    if k != "epoch":
+                        writer.add_scalar(k, v, epoch)
+                writer.flush()
+                log.info(json.dumps(rec))
+        if writer is not None:
+            writer.close()
+        return self.finish()
+
+    def _train_epoch(self, epoch: int) -> dict:
+        cfg, o = self.cfg, self.cfg.optim
+        self.model.train()
+        self.terms.train()
+        self.sampler.set_epoch(epoch)
+        for t in self.terms.values():
+            t.on_epoch_start(epoch)
+        loader = self.loaders["train"]
+        n_batches = len(loader) if o.max_steps_per_epoch <= 0 else min(len(loader), o.max_steps_per_epoch * o.accumulate)
+        sums: dict[str, float] = {}
+        bar = tqdm(
+            total=n_batches, desc=f"epoch {epoch + 1}/{o.epochs}", disable=not self.progress, dynamic_ncols=True
+        )
+        self.opt.zero_grad(set_to_none=True)
+        for b, batch in enumerate(loader):
+            if b >= n_batches:
+                break
+            batch = _to(batch, self.device)
+            self._note_bad(batch)
+            with runtime.autocast(self.device, o.precision):
+                out = self.model(batch)
+            values = {}
+            for t in self.terms.values():
+                for name, v in t(out, batch).items():
+                    values[name] = (v.float(), t.weight)
+            total = sum(w * v for v, w in values.values())
+            self.scaler.scale(total / o.accumulate).backward()
+            if (b + 1) % o.accumulate == 0 or b + 1 == n_batches:
+                self.scaler.step(self.opt)
+                self.scaler.update()
+                self.opt.zero_grad(set_to_none=True)
+                self.sched.step()
+            detached = {k: (v.detach() if torch.is_tensor(v) else v) for k, v in out.items()}
+            for t in self.terms.values():
+                t.after_step(detached, batch)
+            for name, (v, _) in values.items():
+                sums[name] = sums.get(name, 0.0) + v.item()  # a sync point; cheap at these sizes
+            sums["total"] = sums.get("total", 0.0) + total.item()
+            bar.set_postfix(loss=f"{total.item():.3f}")
+            bar.update(1)
+        bar.close()
+        if not math.isfinite(sums.get("total", 0.0)):
+            raise RuntimeError(f"training diverged at epoch {epoch + 1} (loss is not finite); lower optim.lr")
+        return {k: v / max(1, n_batches) for k, v in sums.items()}
+
+    def _note_bad(self, batch: dict) -> None:
+        if bool(batch["valid"].all()):
+            return
+        split = self.bundle.train
+        for i in batch["index"][~batch["valid"]].tolist():
+            self.bad_ids.add(split.ids[i])
+
+    def finish(self) -> dict:
+        """Evaluate the best-on-validation checkpoint on val and test; write metrics and logits."""
+        cfg = self.cfg
+        best = self.ckpt_dir / "best.pt"
+        if best.exists():
+            self.model.load_state_dict(torch.load(best, map_location=self.device, weights_only=False)["model"])
+        out = {"best_epoch": self.best_epoch, "selected_on": "val/mean_class_acc"}
+        preds = {"train_counts": self.bundle.train_counts}
+        for split in ("val", "test"):
+            logits, labels = predict(self.model, self.loaders[split], self.device, cfg.optim.precision, split, self.progress)
+            preds[f"{split}_logits"], preds[f"{split}_labels"] = logits, labels
+            out[split] = score(cfg, self.bundle, logits, labels)
+            self._note_eval_bad(split, labels)
+        if runtime.is_primary():
+            np.savez(self.run_dir / "predictions.npz", **preds)
+            if self.bad_ids:
+                runtime.atomic_write_text(self.run_dir / "bad_images.txt", "\n".join(sorted(self.bad_ids)) + "\n")
+            out["skipped_images"] = len(self.bad_ids)
+            runtime.atomic_write_json(self.run_dir / "metrics.json", out)
+        return out
+
+    def _note_eval_bad(self, split: str, labels: np.ndarray) -> None:
+        ids = self.bundle.splits()[split].ids
+        for i in np.flatnonzero(labels < 0):
+            self.bad_ids.add(ids[i])
+
+
+def _load_saved(path: Path) -> dict:
+    return yaml.safe_load(Path(path).read_text())
+
+
+def _diff(a: dict, b: dict, prefix: str = "") -> str:
+    keys = []
+    for k in sorted(set(a) | set(b)):
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            sub = _diff(va, vb, prefix + k + ".")
+            if sub:
+                keys.append(sub)
+        elif va != vb:
+            keys.append(f"{prefix}{k}: {va!r} -> {vb!r}")
+    return ", ".join(keys)
+
+
+def train(cfg: Config, resume: bool = False, progress: bool = True, bundle=None) -> dict:
+    """Train and evaluate one run; returns the final metrics (also in RUN_DIR/metrics.json)."""
+    return Trainer(cfg, resume=resume, progress=progress, bundle=bundle).fit()
+
+
+def load_run(run_dir: str | Path) -> Config:
+    """The :class:`Config` a run directory was made with."""
+    saved = _load_saved(Path(run_dir) / "config.yaml")
+    from lvmlt.config import _build
+
+    return _build(Config, saved["config"])
+
+
+def evaluate_run(run_dir: str | Path, progress: bool = True) -> dict:
+    """Re-evaluate a finished run's best checkpoint (``lvmlt evaluate RUN_DIR``)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").exists():
+        raise UserError(f"{run_dir} is not a run directory (no config.yaml)", fix="pass the directory `lvmlt train` made")
+    cfg = load_run(run_dir)
+    from lvmlt.config import replace
+
+    cfg = replace(cfg, out_dir=str(run_dir.parent), run_name=run_dir.name)
+    t = Trainer.__new__(Trainer)
+    t.cfg, t.progress, t.run_dir, t.ckpt_dir = cfg, progress, run_dir, run_dir / "checkpoints"
+    if not (t.ckpt_dir / "best.pt").exists():
+        raise UserError(f"{run_dir} has no checkpoint yet", fix="train it first (or --resume it)")
+    from lvmlt.data import build_data
+    from lvmlt.models.classifier import build_model
+
+    t.device = runtime.pick_device(cfg.device)
+    t.bundle = build_data(cfg.data)
+    t.model = build_model(cfg, t.bundle.num_classes).to(t.device)
+    t.splits = attach_features(cfg, t.bundle, t.model.needs)
+    t.loaders = Trainer._loaders(t)
+    st = torch.load(t.ckpt_dir / "best.pt", map_location="cpu", weights_only=False)
+    t.best_epoch, t.bad_ids = st["best_epoch"], set(st.get("bad_ids", []))
+    return t.finish()

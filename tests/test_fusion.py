@@ -1,0 +1,81 @@
+import torch
+
+from lvmlt.config import load_config
+from lvmlt.models.backbones import BACKBONES, build_backbone
+from lvmlt.models.classifier import build_model
+from lvmlt.models.fusion import LatentFusion, MapFusion, normalise_map
+
+
+def _batch(b=3, size=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "image": torch.randn(b, 3, size, size, generator=g),
+        "sam_map": torch.randn(b, 1, 16, 16, generator=g),
+        "sam_vec": torch.randn(b, 256, generator=g),
+    }
+
+
+def test_backbones_expose_stages():
+    for name in ("resnet8", "resnet32", "resnet18"):
+        bb = build_backbone(name)
+        x = torch.randn(2, 3, 64, 64)
+        feats = []
+        bb.forward_maps(x, lambda i, f: feats.append(f) or f)
+        assert [f.shape[1] for f in feats] == [s.channels for s in bb.feature_info]
+        assert [64 // f.shape[-1] for f in feats] == [s.stride for s in bb.feature_info]
+    assert {"resnet18", "resnet34", "resnet50", "resnet32"} <= set(BACKBONES.names())
+
+
+def test_map_fusion_formula():
+    fuse = MapFusion(4)
+    torch.nn.init.constant_(fuse.conv.weight, 2.0)
+    torch.nn.init.constant_(fuse.conv.bias, 0.5)
+    f = torch.randn(2, 4, 8, 8)
+    m = torch.randn(2, 1, 8, 8)  # same size: no resize, so the formula is checked exactly
+    expected = (2.0 * normalise_map(m) + 0.5) * f + f
+    torch.testing.assert_close(fuse(f, m), expected)
+    n = normalise_map(m)
+    torch.testing.assert_close(n.mean(dim=(2, 3)), torch.zeros(2, 1), atol=1e-5, rtol=0)
+    torch.testing.assert_close(n.std(dim=(2, 3), unbiased=False), torch.ones(2, 1), atol=1e-3, rtol=0)
+
+
+def test_map_fusion_starts_as_identity_and_gets_gradients():
+    fuse = MapFusion(4)
+    f = torch.randn(2, 4, 8, 8, requires_grad=True)
+    out = fuse(f, torch.randn(2, 1, 32, 32))
+    torch.testing.assert_close(out, f)
+    out.square().sum().backward()
+    assert fuse.conv.weight.grad.abs().sum() > 0
+
+
+def test_latent_fusion_shapes_and_gradients():
+    lf = LatentFusion(2048, 256, 10, dim=256)
+    z, e = lf(torch.randn(4, 2048, requires_grad=True), torch.randn(4, 256))
+    assert z.shape == (4, 10) and e.shape == (4, 512)
+    z.sum().backward()
+    assert all(p.grad is not None for p in lf.parameters())
+
+
+def test_alpha_one_reproduces_plain_backbone_logits():
+    torch.manual_seed(0)
+    plain = build_model(load_config(None, ["model.backbone=resnet8"]), 5).eval()
+    fused = build_model(load_config(None, ["model.backbone=resnet8", "fusion.latent=true", "fusion.alpha=1.0"]), 5).eval()
+    fused.load_state_dict(plain.state_dict(), strict=False)
+    b = _batch()
+    torch.testing.assert_close(fused(b)["logits"], plain(b)["logits"])
+    # alpha < 1 really mixes in z_SAM
+    fused.alpha = 0.5
+    assert not torch.allclose(fused(b)["logits"], plain(b)["logits"])
+
+
+def test_full_model_all_options_and_sam_only():
+    cfg = load_config(None, ["model.backbone=resnet8", "fusion.latent=true", "fusion.map=true", "fusion.map_stage=1", "model.dropout=0.5"])
+    m = build_model(cfg, 7)
+    assert m.needs == {"sam_map", "sam_vec"}
+    out = m(_batch())
+    assert out["logits"].shape == (3, 7)
+    out["logits"].sum().backward()
+    assert m.map_fusion.conv.weight.grad is not None
+    only = build_model(load_config(None, ["fusion.sam_only=true"]), 7)
+    assert only.backbone is None and only.needs == {"sam_vec"}
+    assert only(_batch())["logits"].shape == (3, 7)
