@@ -164,9 +164,11 @@ class Trainer:
         runtime.seed_everything(cfg.seed)
         self.device = runtime.pick_device(cfg.device)
 
-        from lvmlt.data import build_data
+        if bundle is None:
+            from lvmlt.data import build_data
 
-        self.bundle = bundle if bundle is not None else build_data(cfg.data)
+            bundle = build_data(cfg.data)
+        self.bundle = bundle
         for s in self.bundle.splits().values():
             s.skip_bad_images = cfg.data.skip_bad_images
         from lvmlt.models.classifier import build_model

@@ -1,0 +1,36 @@
+"""``lvmlt ablate``: the paper's ablation grid for one baseline."""
+
+from __future__ import annotations
+
+
+def cmd_ablate(args) -> int:
+    from lvmlt.config import load_config
+    from lvmlt.experiments.ablate import VARIANTS, run_grid, write_tables
+
+    base = load_config(args.config, args.overrides)
+    variants = args.variants.split(",") if args.variants else list(VARIANTS)
+    seeds = tuple(int(s) for s in args.seeds.split(","))
+    results = run_grid(base, variants, seeds, args.out, args.tag, progress=not args.quiet)
+    tag = args.tag or f"{base.data.name}-{base.loss.name}"
+    md = write_tables(results, args.results or f"{args.out}/{tag}", title=f"{tag}: test accuracy (%), mean ± std over seeds {args.seeds}")
+    print(md)
+    return 0
+
+
+def add_parsers(sub) -> None:
+    a = sub.add_parser("ablate", help="run the paper's ablation grid over seeds")
+    a.add_argument("--config", help="base YAML config (the baseline)")
+    a.add_argument("overrides", nargs="*", help="key=value overrides of the base config")
+    a.add_argument("--variants", help="comma-separated subset of: " + ", ".join(_variant_names()))
+    a.add_argument("--seeds", default="0,1,2")
+    a.add_argument("--out", default="runs/ablate", help="directory for the runs")
+    a.add_argument("--tag", default="", help="name prefix of the runs and tables")
+    a.add_argument("--results", help="path prefix of the .md/.csv tables (default: OUT/TAG)")
+    a.add_argument("--quiet", action="store_true")
+    a.set_defaults(func=cmd_ablate)
+
+
+def _variant_names():
+    from lvmlt.experiments.ablate import VARIANTS
+
+    return list(VARIANTS)

@@ -1,0 +1,103 @@
+"""Trainer behaviour on a tiny synthetic bundle: run directory, resume, selection, bad images."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from lvmlt.config import load_config
+from lvmlt.data.base import DataBundle, ImageSplit
+from lvmlt.data.transforms import build_transform
+from lvmlt.errors import BadImageError, UserError
+from lvmlt.training.trainer import Trainer, lr_lambda, train
+
+
+def _bundle(bad: set[int] = frozenset()):
+    rng = np.random.default_rng(0)
+
+    def mk(name, n):
+        labels = np.repeat(np.arange(3), [n // 2, n // 3, n - n // 2 - n // 3])
+        imgs = (rng.random((n, 16, 16)) * 80 + labels[:, None, None] * 60).astype(np.uint8)
+
+        def load(i):
+            if name == "train" and i in bad:
+                raise BadImageError("cannot decode image", where=f"img{i}.png")
+            return Image.fromarray(imgs[i])
+
+        return ImageSplit(name, [f"{name}/{i}" for i in range(n)], labels, load, transform=build_transform(16, name == "train", True))
+
+    return DataBundle("syn", mk("train", 60), mk("val", 30), mk("test", 30), ["a", "b", "c"])
+
+
+def _cfg(tmp_path, *extra):
+    return load_config(
+        None,
+        ["model.backbone=resnet8", "optim.epochs=3", f"out_dir={tmp_path}", "run_name=r", "data.batch_size=16",
+         "optim.lr=0.05", "optim.precision=fp32", *extra],
+    )
+
+
+def test_run_directory_and_metrics(tmp_path):
+    m = train(_cfg(tmp_path), bundle=_bundle(), progress=False)
+    rd = tmp_path / "r"
+    for f in ("config.yaml", "train.log", "history.jsonl", "metrics.json", "predictions.npz", "checkpoints/best.pt", "checkpoints/last.pt"):
+        assert (rd / f).exists(), f
+    assert len((rd / "history.jsonl").read_text().splitlines()) == 3
+    saved = json.loads((rd / "metrics.json").read_text())
+    assert saved["test"]["top1"] == pytest.approx(m["test"]["top1"])
+    hist = [json.loads(line) for line in (rd / "history.jsonl").read_text().splitlines()]
+    # "best" is the epoch with the highest validation score, never chosen on test
+    assert saved["best_epoch"] == int(np.argmax([h["val/mean_class_acc"] for h in hist]))
+    p = np.load(rd / "predictions.npz")
+    assert p["test_logits"].shape == (30, 3) and p["train_counts"].tolist() == [30, 20, 10]
+    with pytest.raises(UserError, match="already holds a run"):
+        Trainer(_cfg(tmp_path), bundle=_bundle(), progress=False)
+
+
+def test_resume_after_kill_matches_uninterrupted(tmp_path, monkeypatch):
+    full = train(_cfg(tmp_path / "a"), bundle=_bundle(), progress=False)
+    real = Trainer._train_epoch
+
+    def dying(self, epoch):
+        if epoch == 2:
+            raise KeyboardInterrupt
+        return real(self, epoch)
+
+    monkeypatch.setattr(Trainer, "_train_epoch", dying)
+    with pytest.raises(KeyboardInterrupt):
+        train(_cfg(tmp_path / "b"), bundle=_bundle(), progress=False)
+    monkeypatch.setattr(Trainer, "_train_epoch", real)
+    resumed = train(_cfg(tmp_path / "b"), resume=True, bundle=_bundle(), progress=False)
+    a = torch.load(tmp_path / "a/r/checkpoints/last.pt", weights_only=False)["model"]
+    b = torch.load(tmp_path / "b/r/checkpoints/last.pt", weights_only=False)["model"]
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], msg=k)
+    assert resumed["test"]["top1"] == pytest.approx(full["test"]["top1"])
+    with pytest.raises(UserError, match="different config"):
+        Trainer(_cfg(tmp_path / "b", "optim.lr=0.5"), resume=True, bundle=_bundle(), progress=False)
+
+
+def test_bad_image_stops_with_one_error_or_is_skipped(tmp_path):
+    with pytest.raises(BadImageError, match="img4.png"):
+        train(_cfg(tmp_path / "stop"), bundle=_bundle({4}), progress=False)
+    m = train(_cfg(tmp_path / "skip", "data.skip_bad_images=true"), bundle=_bundle({4, 7}), progress=False)
+    assert m["skipped_images"] == 2
+    assert (tmp_path / "skip/r/bad_images.txt").read_text().split() == ["train/4", "train/7"]
+
+
+def test_proto_and_accumulation_run(tmp_path):
+    m = train(_cfg(tmp_path, "proto.enabled=true", "optim.accumulate=2", "optim.epochs=2", "optim.warmup_epochs=1"), bundle=_bundle(), progress=False)
+    hist = [json.loads(x) for x in (tmp_path / "r/history.jsonl").read_text().splitlines()]
+    assert "train/proto_head" in hist[-1] and np.isfinite(hist[-1]["train/total"])
+    assert m["test"]["num_samples"] == 30
+
+
+def test_lr_schedule():
+    cfg = load_config(None, ["optim.epochs=4", "optim.warmup_epochs=1"])
+    f = lr_lambda(cfg, 10)
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
+    assert f(10) == pytest.approx(1.0) and f(39) < 0.01
+    step = lr_lambda(load_config(None, ["optim.schedule=step", "optim.milestones=[2,3]"]), 10)
+    assert [step(s) for s in (0, 19, 20, 30)] == pytest.approx([1, 1, 0.1, 0.01])
