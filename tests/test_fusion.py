@@ -20,7 +20,12 @@ def test_backbones_expose_stages():
         bb = build_backbone(name)
         x = torch.randn(2, 3, 64, 64)
         feats = []
-        bb.forward_maps(x, lambda i, f: feats.append(f) or f)
+
+        def keep(i, f, feats=feats):
+            feats.append(f)
+            return f
+
+        bb.forward_maps(x, keep)
         assert [f.shape[1] for f in feats] == [s.channels for s in bb.feature_info]
         assert [64 // f.shape[-1] for f in feats] == [s.stride for s in bb.feature_info]
     assert {"resnet18", "resnet34", "resnet50", "resnet32"} <= set(BACKBONES.names())

@@ -1,0 +1,46 @@
+"""Datasets: labelled image splits, long-tailed subsampling, samplers and transforms.
+
+``build_data(cfg.data)`` turns the data section of a config into a :class:`DataBundle`
+(train / val / test :class:`ImageSplit` with transforms attached); ``build_sampler``
+gives the training sampler. New datasets register a builder in :data:`DATASETS`.
+"""
+
+from lvmlt.data.base import DataBundle, ImageSplit
+from lvmlt.data.builtin import (
+    DATASETS,
+    DataNotFoundError,
+    array_split,
+    build_data,
+    describe_builtins,
+    format_datasets_table,
+)
+from lvmlt.data.longtail import (
+    long_tailed_counts,
+    long_tailed_train_val,
+    stratified_split,
+    subsample_long_tailed,
+)
+from lvmlt.data.samplers import SAMPLERS, build_sampler
+from lvmlt.data.splitfile import parse_split_file, split_from_file, split_from_image_folder
+from lvmlt.data.transforms import build_transform
+
+__all__ = [
+    "DATASETS",
+    "SAMPLERS",
+    "DataBundle",
+    "DataNotFoundError",
+    "ImageSplit",
+    "array_split",
+    "build_data",
+    "build_sampler",
+    "build_transform",
+    "describe_builtins",
+    "format_datasets_table",
+    "long_tailed_counts",
+    "long_tailed_train_val",
+    "parse_split_file",
+    "split_from_file",
+    "split_from_image_folder",
+    "stratified_split",
+    "subsample_long_tailed",
+]

@@ -76,7 +76,7 @@ class ImageSplit(torch.utils.data.Dataset):
         """sha256 over ids, labels and sizes: changes when any sample changes identity."""
         h = hashlib.sha256()
         h.update(self.name.encode())
-        for j, (sid, lab) in enumerate(zip(self.ids, self.labels.tolist())):
+        for j, (sid, lab) in enumerate(zip(self.ids, self.labels.tolist(), strict=True)):
             size = self.sizes[j] if self.sizes is not None else -1
             h.update(f"{sid}\t{lab}\t{size}\n".encode())
         return h.hexdigest()

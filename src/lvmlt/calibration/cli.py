@@ -1,0 +1,43 @@
+"""``lvmlt calibrate RUN_DIR --method mapls|mlls|bbse``: post-hoc label-shift correction."""
+
+from __future__ import annotations
+
+
+def cmd_calibrate(args) -> int:
+    import yaml
+
+    from lvmlt.calibration.run import calibrate_run
+    from lvmlt.errors import UserError
+    from lvmlt.evaluation.metrics import format_table
+
+    opts = {}
+    for o in args.options:
+        if "=" not in o:
+            raise UserError(f"option {o!r} is not key=value", fix="write e.g. lam=0.5")
+        k, v = o.split("=", 1)
+        opts[k] = yaml.safe_load(v)
+    import json
+    from pathlib import Path
+
+    entry = calibrate_run(args.run_dir, args.method, source_prior=args.source_prior, **opts)
+    before = json.loads((Path(args.run_dir) / "metrics.json").read_text())["test"]
+    rows = {"uncalibrated": before, f"+{args.method}": entry["test"]}
+    print(format_table(rows, columns=("many", "medium", "few", "top1", "mean_class_acc")))
+    print(f"estimated test prior L1 error: {entry['prior_l1_error']:.3f} (written to metrics.json)")
+    return 0
+
+
+def add_parsers(sub) -> None:
+    from lvmlt.calibration.label_shift import CALIBRATORS
+
+    c = sub.add_parser("calibrate", help="post-hoc label-shift correction of a finished run")
+    c.add_argument("run_dir")
+    c.add_argument("--method", default="mapls", choices=CALIBRATORS.names())
+    c.add_argument(
+        "--source-prior",
+        default="train",
+        choices=["train", "uniform", "soft"],
+        help="the prior the model's posteriors reflect: train (CE), uniform (balanced losses), soft",
+    )
+    c.add_argument("options", nargs="*", help="estimator options as key=value (e.g. lam=0.5)")
+    c.set_defaults(func=cmd_calibrate)

@@ -1,0 +1,169 @@
+"""``lvmlt calibrate RUN_DIR --method ...``: post-hoc label-shift correction of a saved run.
+
+Reads ``RUN_DIR/predictions.npz`` (written by the trainer), estimates the test prior from
+the *unlabelled* test logits (test labels are used only to score the result), and adds
+the calibrated metrics to ``RUN_DIR/metrics.json`` beside the originals::
+
+    {"val": {...}, "test": {...},
+     "calibrated": {"mapls": {"test": {...}, "estimated_prior": [...], ...}}}
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from lvmlt.calibration.label_shift import CALIBRATORS, resolve_source_prior
+from lvmlt.errors import UserError
+from lvmlt.training.runtime import atomic_write_json
+
+PREDICTION_KEYS = ("val_logits", "val_labels", "test_logits", "test_labels", "train_counts")
+
+
+def load_predictions(run_dir: str | Path) -> dict[str, np.ndarray]:
+    """The arrays of ``RUN_DIR/predictions.npz``, checked for keys and shapes."""
+    path = Path(run_dir) / "predictions.npz"
+    if not path.is_file():
+        raise UserError(f"{path} not found", fix="train the run first (it writes predictions.npz)")
+    with np.load(path) as f:
+        missing = [k for k in PREDICTION_KEYS if k not in f.files]
+        if missing:
+            raise UserError(
+                f"{path} lacks {', '.join(missing)}", fix="re-run evaluation with a current lvmlt version"
+            )
+        arrays = {k: f[k] for k in PREDICTION_KEYS}
+    c = arrays["train_counts"].shape[0]
+    for split in ("val", "test"):
+        logits, labels = arrays[f"{split}_logits"], arrays[f"{split}_labels"]
+        if logits.ndim != 2 or logits.shape[1] != c or logits.shape[0] != labels.shape[0]:
+            raise UserError(
+                f"{path}: {split}_logits has shape {logits.shape}, expected (len({split}_labels)={labels.shape[0]}, {c})"
+            )
+    return arrays
+
+
+def _default_thresholds(run_dir: Path, metrics: dict) -> tuple[int | None, int | None]:
+    """Many/few thresholds the run was evaluated with, if the run directory records them."""
+    th = metrics.get("thresholds") or (metrics.get("test") or {}).get("thresholds")
+    if isinstance(th, dict):
+        return th.get("many"), th.get("few")
+    if "many_threshold" in metrics or "few_threshold" in metrics:
+        return metrics.get("many_threshold"), metrics.get("few_threshold")
+    cfg = run_dir / "config.yaml"
+    if cfg.is_file():
+        import yaml
+
+        ev = (yaml.safe_load(cfg.read_text()) or {}).get("eval") or {}
+        return ev.get("many_threshold"), ev.get("few_threshold")
+    return None, None
+
+
+def _check_options(method: str, estimator: Callable, opts: dict) -> None:
+    params = inspect.signature(estimator).parameters
+    allowed = sorted(
+        n
+        for n, p in params.items()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY and n not in ("val_logits", "val_labels")
+    )
+    unknown = sorted(set(opts) - set(allowed))
+    if unknown:
+        raise UserError(
+            f"calibrator {method!r} has no option {', '.join(map(repr, unknown))}",
+            fix=f"its options are: {', '.join(allowed) or '(none)'}",
+        )
+
+
+def _to_jsonable(x):
+    if isinstance(x, dict):
+        return {str(k): _to_jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_to_jsonable(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    if isinstance(x, np.generic):
+        return x.item()
+    return x
+
+
+def calibrate_run(
+    run_dir: str | Path,
+    method: str,
+    *,
+    source_prior: str = "train",
+    name: str | None = None,
+    many_threshold: int | None = None,
+    few_threshold: int | None = None,
+    metrics_fn: Callable[..., dict] | None = None,
+    **opts,
+) -> dict:
+    """Calibrate a run's test predictions with a registered label-shift method.
+
+    Args:
+        run_dir: a run directory with ``predictions.npz`` (and usually ``metrics.json``).
+        method: a name in :data:`CALIBRATORS` (``mapls``, ``mlls``, ``bbse``, ``pc``,
+            ``logit_adjust``).
+        source_prior: ``"train"`` (plain CE model), ``"uniform"`` (a model trained with a
+            balanced loss or sampler) or ``"soft"``; see
+            :func:`~lvmlt.calibration.label_shift.resolve_source_prior`.
+        name: key under ``metrics["calibrated"]``; default ``method``.
+        many_threshold, few_threshold: group thresholds for the metrics; default what the
+            run directory records, else the metric function's own default.
+        metrics_fn: ``fn(logits, labels, train_counts, many_threshold, few_threshold) ->
+            dict``; default :func:`lvmlt.evaluation.metrics.compute_metrics`.
+        **opts: passed to the estimator (e.g. ``lam=0.5`` for MAPLS, ``mode="hard"``).
+
+    Returns:
+        The entry written to ``metrics["calibrated"][name]``: calibrated ``test`` metrics,
+        ``estimated_prior``, ``source_prior`` (the vector), ``prior_l1_error`` (L1 distance
+        to the test labels' histogram, scored with labels after the fact) and ``info``.
+    """
+    run_dir = Path(run_dir)
+    estimator = CALIBRATORS.get(method)
+    _check_options(method, estimator, opts)
+    arrays = load_predictions(run_dir)
+    metrics_path = run_dir / "metrics.json"
+    metrics: dict = {}
+    if metrics_path.is_file():
+        try:
+            metrics = json.loads(metrics_path.read_text())
+        except json.JSONDecodeError as e:
+            raise UserError(f"{metrics_path} is not valid JSON (line {e.lineno})") from None
+    if metrics_fn is None:
+        from lvmlt.evaluation.metrics import compute_metrics as metrics_fn  # lazy: heavy imports
+    if many_threshold is None and few_threshold is None:
+        many_threshold, few_threshold = _default_thresholds(run_dir, metrics)
+
+    keep = arrays["test_labels"] >= 0  # skipped (unreadable) images carry label -1
+    arrays["test_logits"], arrays["test_labels"] = arrays["test_logits"][keep], arrays["test_labels"][keep]
+    counts = arrays["train_counts"]
+    ps = resolve_source_prior(source_prior, counts, arrays["val_logits"])
+    est = estimator(
+        arrays["test_logits"],
+        ps,
+        val_logits=arrays["val_logits"],
+        val_labels=arrays["val_labels"],
+        **opts,
+    )
+    calibrated = est.adjust_logits(arrays["test_logits"]).astype(np.float32)
+    labels = arrays["test_labels"]
+    test_metrics = metrics_fn(calibrated, labels, counts, many_threshold, few_threshold)
+    true_prior = np.bincount(labels.astype(np.int64), minlength=counts.shape[0]) / labels.shape[0]
+    entry = _to_jsonable(
+        {
+            "test": test_metrics,
+            "method": method,
+            "source_prior_mode": source_prior,
+            "options": opts,
+            "estimated_prior": est.target_prior,
+            "source_prior": est.source_prior,
+            "prior_l1_error": float(np.abs(est.target_prior - true_prior).sum()),
+            "info": est.info,
+        }
+    )
+    metrics.setdefault("calibrated", {})[name or method] = entry
+    atomic_write_json(metrics_path, metrics)
+    return entry

@@ -1,0 +1,50 @@
+"""Transforms: any PIL image -> normalised 3 x S x S float tensor."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from lvmlt.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transform
+from lvmlt.errors import UserError
+
+
+def test_grayscale_becomes_three_equal_normalised_channels():
+    img = Image.fromarray(np.full((28, 28), 255, dtype=np.uint8))  # white, mode "L"
+    x = build_transform(32, train=False)(img)
+    assert x.shape == (3, 32, 32) and x.dtype == torch.float32
+    expected = (1 - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD)
+    assert torch.allclose(x.mean(dim=(1, 2)), expected, atol=1e-5)
+    assert torch.allclose(x.std(dim=(1, 2)), torch.zeros(3), atol=1e-5)
+
+
+def test_rgb_values_and_resize():
+    a = np.zeros((10, 20, 3), dtype=np.uint8)
+    a[..., 0] = 255  # pure red, non-square: resized to a square
+    x = build_transform(16, train=False)(Image.fromarray(a))
+    assert x.shape == (3, 16, 16)
+    red = (np.array([1.0, 0.0, 0.0]) - IMAGENET_MEAN) / IMAGENET_STD
+    assert np.allclose(x[:, 8, 8].numpy(), red, atol=1e-5)
+
+
+def test_eval_is_deterministic_and_train_augments():
+    rng = np.random.default_rng(0)
+    img = Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8))
+    ev = build_transform(32, train=False)
+    assert torch.equal(ev(img), ev(img))
+    tr = build_transform(32, train=True, augment=True)
+    torch.manual_seed(0)
+    outs = [tr(img) for _ in range(8)]
+    assert all(o.shape == (3, 32, 32) for o in outs)
+    assert any(not torch.equal(outs[0], o) for o in outs[1:])
+    assert torch.equal(build_transform(32, train=True, augment=False)(img), ev(img))
+
+
+@pytest.mark.parametrize("mode", ["I;16", "F", "P", "RGBA", "1", "CMYK"])
+def test_odd_modes(mode):
+    assert build_transform(16, train=True)(Image.new(mode, (9, 7))).shape == (3, 16, 16)
+
+
+def test_too_small_size_is_a_user_error():
+    with pytest.raises(UserError, match="image_size"):
+        build_transform(2, train=False)
