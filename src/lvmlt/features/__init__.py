@@ -1,0 +1,14 @@
+"""The feature store: v_SAM vectors and F_PCA maps of every image, with their provenance.
+
+>>> store = extract(bundle, ExtractConfig(encoder="mobilesam", img_size=512), "features/elpv-ms512")
+>>> store = FeatureStore.open("features/elpv-ms512")
+>>> store.check(bundle, ExtractConfig(encoder="mobilesam", img_size=512))  # UserError if anything differs
+>>> train = store.split("train"); train.vec[i]  # (256,) float16;  train.map[i]  # (1, 32, 32)
+"""
+
+from lvmlt.features.config import ExtractConfig
+from lvmlt.features.extract import extract
+from lvmlt.features.pca import PcaBasis
+from lvmlt.features.store import FeatureStore, StoredSplit
+
+__all__ = ["ExtractConfig", "FeatureStore", "PcaBasis", "StoredSplit", "extract"]

@@ -279,7 +279,7 @@ class Trainer:
         return self.finish()
 
     def _train_epoch(self, epoch: int) -> dict:
-        cfg, o = self.cfg, self.cfg.optim
+        o = self.cfg.optim
         self.model.train()
         self.terms.train()
         self.sampler.set_epoch(epoch)
