@@ -101,3 +101,30 @@ def test_lr_schedule():
     assert f(10) == pytest.approx(1.0) and f(39) < 0.01
     step = lr_lambda(load_config(None, ["optim.schedule=step", "optim.milestones=[2,3]"]), 10)
     assert [step(s) for s in (0, 19, 20, 30)] == pytest.approx([1, 1, 0.1, 0.01])
+
+
+def test_proco_term_trains(tmp_path):
+    m = train(_cfg(tmp_path, "loss.name=logit_adjusted", "proco.enabled=true", "proco.feat_dim=16", "proco.hidden=32", "optim.epochs=2"), bundle=_bundle(), progress=False)
+    hist = [json.loads(x) for x in (tmp_path / "r/history.jsonl").read_text().splitlines()]
+    assert np.isfinite(hist[-1]["train/proco"]) and hist[-1]["train/proco"] > 0
+    assert m["test"]["num_samples"] == 30
+
+
+@pytest.mark.parametrize("mode", ["crt", "lws"])
+def test_decoupled_second_stage_keeps_representation(tmp_path, mode):
+    train(_cfg(tmp_path / "s1", "optim.epochs=1"), bundle=_bundle(), progress=False)
+    first = torch.load(tmp_path / "s1/r/checkpoints/best.pt", weights_only=False)["model"]
+    extra = ["stage.reset_head=true"] if mode == "crt" else ["stage.lws=true"]
+    train(
+        _cfg(tmp_path / "s2", "optim.epochs=2", f"stage.init_from={tmp_path / 's1/r'}", "stage.freeze_backbone=true",
+             "data.sampler=class_balanced", *extra),
+        bundle=_bundle(), progress=False,
+    )
+    second = torch.load(tmp_path / "s2/r/checkpoints/last.pt", weights_only=False)["model"]
+    for k, v in first.items():
+        if k.startswith("backbone."):  # weights and BN statistics are untouched
+            torch.testing.assert_close(second[k], v, msg=k)
+    changed = not torch.equal(second["head.weight"], first["head.weight"])
+    assert changed == (mode == "crt")
+    if mode == "lws":
+        assert not torch.equal(second["class_scale"], torch.ones(3))

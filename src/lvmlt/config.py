@@ -114,6 +114,35 @@ class ProtoConfig:
 
 
 @dataclass(frozen=True)
+class ProCoConfig:
+    """ProCo's contrastive term (Du et al., TPAMI 2024). The full ProCo recipe is
+    ``loss.name=logit_adjusted proco.enabled=true``: LA-CE on the classifier plus this term."""
+
+    enabled: bool = False
+    weight: float = 1.0  # alpha, the contrastive term's weight
+    feat_dim: int = 128  # p, the projection's output size
+    hidden: int = 512  # the projection MLP's hidden width
+    temperature: float = 0.1
+    la_tau: float = 1.0  # logit adjustment inside the contrastive loss
+    bessel: str = "debye"  # debye | miller
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    """Second-stage (decoupled) training on a finished run's representation (Kang et al. 2020).
+
+    cRT: ``stage.init_from=RUN_DIR stage.freeze_backbone=true stage.reset_head=true
+    data.sampler=class_balanced``; LWS: the same with ``stage.lws=true`` and without
+    ``reset_head``. tau-normalisation and post-hoc logit adjustment need no training:
+    see ``lvmlt calibrate``."""
+
+    init_from: str | None = None  # a run directory (its best checkpoint) or a .pt file
+    freeze_backbone: bool = False  # train only the classifier (and fusion heads)
+    reset_head: bool = False  # re-initialise the classifier before training
+    lws: bool = False  # learn only one scale per class on the frozen classifier
+
+
+@dataclass(frozen=True)
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -122,6 +151,8 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     fusion: FusionConfig = field(default_factory=FusionConfig)
     proto: ProtoConfig = field(default_factory=ProtoConfig)
+    proco: ProCoConfig = field(default_factory=ProCoConfig)
+    stage: StageConfig = field(default_factory=StageConfig)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     out_dir: str = "runs"

@@ -15,7 +15,11 @@ class CosineLinear(nn.Module):
 
     def __init__(self, in_dim: int, num_classes: int):
         super().__init__()
-        self.weight = nn.Parameter(torch.empty(num_classes, in_dim).uniform_(-1, 1).renorm_(2, 0, 1e-5).mul_(1e5))
+        self.weight = nn.Parameter(torch.empty(num_classes, in_dim))
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        nn.init.normal_(self.weight, std=0.01)
 
     def forward(self, x):
         return F.linear(F.normalize(x, dim=1), F.normalize(self.weight, dim=1))
@@ -55,13 +59,27 @@ class LTClassifier(nn.Module):
             self.map_stage = map_stage % len(backbone.stages)
         self.latent_fusion = latent_fusion
         self.alpha = alpha
+        self.class_scale = None  # LWS: one learned scale per class on a frozen classifier
+        self.frozen: list[nn.Module] = []  # stay in eval mode (BN statistics fixed) while training
         self.needs = set()
         if map_fusion is not None:
             self.needs.add("sam_map")
         if latent_fusion is not None or backbone is None:
             self.needs.add("sam_vec")
 
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for m in self.frozen:
+            m.eval()
+        return self
+
     def forward(self, batch: dict) -> dict:
+        out = self._forward(batch)
+        if self.class_scale is not None:
+            out["logits"] = out["logits"] * self.class_scale
+        return out
+
+    def _forward(self, batch: dict) -> dict:
         if self.backbone is None:
             v = batch["sam_vec"].float()
             return {"logits": self.head(self.drop(v)), "embedding": v, "v_cnn": v}
@@ -94,3 +112,46 @@ def build_model(cfg, num_classes: int, sam_dim: int = 256) -> LTClassifier:
     return LTClassifier(
         backbone, num_classes, m.dropout, m.cosine_head, map_fusion, fu.map_stage, latent, fu.alpha, sam_dim
     )
+
+
+def apply_stage(model: LTClassifier, stage, device=None) -> None:
+    """Decoupled second stage: load a finished run, freeze its representation, reset or rescale the head.
+
+    The representation is the backbone with its map fusion and the latent block's
+    projections and attention; the classifier is the linear head and the latent block's FC.
+    """
+    from pathlib import Path
+
+    from lvmlt.errors import UserError
+
+    if stage.init_from:
+        path = Path(stage.init_from)
+        if path.is_dir():
+            path = path / "checkpoints" / "best.pt"
+        if not path.is_file():
+            raise UserError(f"stage.init_from: no checkpoint at {path}", fix="pass a finished run directory")
+        state = torch.load(path, map_location=device or "cpu", weights_only=False)
+        missing, unexpected = model.load_state_dict(state["model"], strict=False)
+        if unexpected or [k for k in missing if k != "class_scale"]:
+            raise UserError(
+                f"stage.init_from: the checkpoint {path} was made by a different model",
+                fix=f"use the same model/fusion settings (mismatched keys: {(missing + unexpected)[:4]})",
+            )
+    heads = [model.head] + ([model.latent_fusion.fc] if model.latent_fusion is not None else [])
+    if stage.freeze_backbone or stage.lws:
+        head_params = {id(p) for h in heads for p in h.parameters()}
+        for p in model.parameters():
+            if id(p) not in head_params:
+                p.requires_grad_(False)
+        model.frozen = [m for m in (model.backbone, model.map_fusion) if m is not None]
+        if model.latent_fusion is not None:
+            lf = model.latent_fusion
+            model.frozen += [lf.proj_cnn, lf.proj_sam, lf.sam_norm, lf.attn, lf.norm]
+    if stage.reset_head:
+        for h in heads:
+            h.reset_parameters()
+    if stage.lws:
+        for h in heads:
+            h.requires_grad_(False)
+        n = model.head.weight.shape[0]
+        model.class_scale = nn.Parameter(torch.ones(n, device=model.head.weight.device))

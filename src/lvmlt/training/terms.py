@@ -82,6 +82,44 @@ def build_proto(cfg, class_counts, model) -> Term | None:
     return term
 
 
+class ProCoTerm(Term):
+    """ProCo's contrastive term on a projection of the model's embedding.
+
+    The projection MLP (embedding -> hidden -> BN -> ReLU -> p, then L2-normalised) is
+    trained with the model. Unlike the authors' three augmented views, we use the one
+    view the data pipeline gives for both branches; the classifier's LA-CE comes from
+    the baseline term (``loss.name=logit_adjusted``).
+    """
+
+    def __init__(self, emb_dim: int, class_counts, c):
+        super().__init__()
+        from lvmlt.losses.proco import ProCoLoss
+
+        self.proj = nn.Sequential(
+            nn.Linear(emb_dim, c.hidden), nn.BatchNorm1d(c.hidden), nn.ReLU(), nn.Linear(c.hidden, c.feat_dim)
+        )
+        self.loss = ProCoLoss(
+            len(class_counts), c.feat_dim, list(map(float, class_counts)), temperature=c.temperature,
+            la_tau=c.la_tau, proco_weight=1.0, bessel=c.bessel,
+        )
+        self.weight = c.weight
+
+    def on_epoch_start(self, epoch: int) -> None:
+        self.loss.new_epoch()
+
+    def forward(self, out: dict, batch: dict) -> dict:
+        z = torch.nn.functional.normalize(self.proj(out["embedding"].float()), dim=1)
+        targets = torch.where(batch["label"] >= 0, batch["label"], torch.full_like(batch["label"], -100))
+        return {"proco": self.loss(z, out["logits"], targets)["proco"]}
+
+
+@TERMS.register("proco")
+def build_proco(cfg, class_counts, model) -> Term | None:
+    if not cfg.proco.enabled:
+        return None
+    return ProCoTerm(_embedding_dim(model), class_counts, cfg.proco)
+
+
 def _embedding_dim(model) -> int:
     if model.latent_fusion is not None:
         return model.latent_fusion.out_dim

@@ -21,7 +21,7 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from lvmlt.config import Config, to_dict
+from lvmlt.config import Config, replace, to_dict
 from lvmlt.errors import UserError
 from lvmlt.training import runtime
 from lvmlt.training.terms import build_terms
@@ -171,16 +171,17 @@ class Trainer:
         self.bundle = bundle
         for s in self.bundle.splits().values():
             s.skip_bad_images = cfg.data.skip_bad_images
-        from lvmlt.models.classifier import build_model
+        from lvmlt.models.classifier import apply_stage, build_model
 
         self.model = build_model(cfg, self.bundle.num_classes).to(self.device)
+        apply_stage(self.model, cfg.stage, self.device)
         self.splits = attach_features(cfg, self.bundle, self.model.needs)
         counts = self.bundle.train_counts
         self.terms = build_terms(cfg, counts, self.model).to(self.device)
         self.loaders = self._loaders()
         o = cfg.optim
         self.steps_per_epoch = math.ceil(len(self.loaders["train"]) / o.accumulate)
-        params = list(self.model.parameters()) + list(self.terms.parameters())
+        params = [p for p in list(self.model.parameters()) + list(self.terms.parameters()) if p.requires_grad]
         self.opt = torch.optim.SGD(
             params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, nesterov=o.nesterov
         )
@@ -393,19 +394,18 @@ def evaluate_run(run_dir: str | Path, progress: bool = True) -> dict:
     if not (run_dir / "config.yaml").exists():
         raise UserError(f"{run_dir} is not a run directory (no config.yaml)", fix="pass the directory `lvmlt train` made")
     cfg = load_run(run_dir)
-    from lvmlt.config import replace
-
     cfg = replace(cfg, out_dir=str(run_dir.parent), run_name=run_dir.name)
     t = Trainer.__new__(Trainer)
     t.cfg, t.progress, t.run_dir, t.ckpt_dir = cfg, progress, run_dir, run_dir / "checkpoints"
     if not (t.ckpt_dir / "best.pt").exists():
         raise UserError(f"{run_dir} has no checkpoint yet", fix="train it first (or --resume it)")
     from lvmlt.data import build_data
-    from lvmlt.models.classifier import build_model
+    from lvmlt.models.classifier import apply_stage, build_model
 
     t.device = runtime.pick_device(cfg.device)
     t.bundle = build_data(cfg.data)
     t.model = build_model(cfg, t.bundle.num_classes).to(t.device)
+    apply_stage(t.model, replace(cfg.stage, init_from=None))  # same parameters as trained; weights come next
     t.splits = attach_features(cfg, t.bundle, t.model.needs)
     t.loaders = Trainer._loaders(t)
     st = torch.load(t.ckpt_dir / "best.pt", map_location="cpu", weights_only=False)

@@ -1,0 +1,84 @@
+"""Settings of one feature extraction (``lvmlt extract``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+from lvmlt.errors import UserError
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    """What to extract and how fast; validated on construction.
+
+    The first group decides the stored values and is part of the store's provenance; the
+    second only decides speed and robustness (changing it never invalidates a store).
+    """
+
+    # --- what is stored (provenance: a mismatch with a store is an error) ---
+    encoder: str = "mobilesam"  # mobilesam | litemedsam | sam_vit_b | sam_vit_l | sam_vit_h
+    checkpoint: str | None = None  # None = cached official weights; required for sam_vit_*
+    img_size: int = 0  # encoder input side; 0 = native (1024, LiteMedSAM 256)
+    precision: str = "bf16"  # fp32 | bf16 | fp16 (CUDA): the encoder's compute dtype
+    dtype: str = "float16"  # float16 | float32: the stored arrays
+    pca: str = "global"  # global: one train-fitted basis | per_image: each image its own
+    pca_images: int = 256  # train images whose spatial vectors fit the global basis
+    pca_seed: int = 0  # picks those images
+    map_size: int = 0  # side of the stored F_PCA map; 0 = the encoder grid (64 at 1024)
+    crop_padding: bool = True  # pool / map only the cells covering the image, not SAM's padding
+    levels: tuple[str, ...] = ()  # earlier stages to store pooled (e.g. stage2, stage3)
+
+    # --- how (speed and robustness only) ---
+    batch_size: int = 1  # measured fastest on a 2-core CPU; larger on a GPU
+    chunk_size: int = 128  # samples per atomically written chunk (the unit of resume)
+    channels_last: bool = True
+    compile: bool = False  # torch.compile the encoder (minutes to compile, then faster)
+    threads: int = 0  # torch intra-op threads; 0 = torch's default
+    workers: int = 1  # image-decoding threads running ahead of the encoder
+    device: str = "auto"  # auto | cpu | cuda
+    skip_bad_images: bool = False  # store zeros for unreadable images and list them
+
+    def __post_init__(self):
+        def bad(key, fix):
+            raise UserError(f"extract setting {key}={getattr(self, key)!r} is invalid", fix=fix)
+
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            bad("precision", "choose fp32, bf16 or fp16")
+        if self.dtype not in ("float16", "float32"):
+            bad("dtype", "choose float16 or float32")
+        if self.pca not in ("global", "per_image"):
+            bad("pca", "choose global or per_image")
+        if self.pca_images < 1:
+            bad("pca_images", "use at least 1 image")
+        for key in ("img_size", "map_size", "threads"):
+            if getattr(self, key) < 0:
+                bad(key, "use 0 (default) or a positive number")
+        for key in ("batch_size", "chunk_size"):
+            if getattr(self, key) < 1:
+                bad(key, "use a positive number")
+        if self.workers < 0:
+            bad("workers", "use 0 (decode in the main thread) or more")
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            bad("device", "choose auto, cpu or cuda")
+        if isinstance(self.levels, str | list):
+            object.__setattr__(
+                self, "levels", tuple([self.levels] if isinstance(self.levels, str) else self.levels)
+            )
+
+
+# Fields that change stored values: they are compared when a store is checked or resumed.
+PROVENANCE_FIELDS = (
+    "encoder",
+    "img_size",
+    "precision",
+    "dtype",
+    "pca",
+    "pca_images",
+    "pca_seed",
+    "map_size",
+    "crop_padding",
+    "levels",
+)
+SPEED_FIELDS = tuple(
+    f.name for f in fields(ExtractConfig) if f.name not in PROVENANCE_FIELDS + ("checkpoint",)
+)
