@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.lvmlt-installed
 
-.PHONY: demo test test-all lint venv weights fashion-mnist clean
+.PHONY: demo test test-all lint venv weights fashion-mnist chromium clean
 
 venv: $(STAMP)
 
@@ -22,7 +22,7 @@ weights: $(STAMP)
 demo: $(STAMP) weights
 	$(PY) -m lvmlt.experiments.demo
 
-test: $(STAMP) weights
+test: $(STAMP) weights chromium
 	$(PY) -m pytest -x
 
 test-all: $(STAMP) weights
@@ -36,6 +36,12 @@ fashion-mnist:
 	@test -d /usr/share/datasets/fashion-mnist || { \
 	  if [ "$$(id -u)" = 0 ]; then apt-get install -y dataset-fashion-mnist || { apt-get update && apt-get install -y dataset-fashion-mnist; }; \
 	  else sudo apt-get install -y dataset-fashion-mnist; fi; }
+
+# Debian's chromium renders the HTML report in a test (skipped when it is missing).
+chromium:
+	@command -v chromium >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get install -y chromium || { apt-get update && apt-get install -y chromium; }; \
+	  else sudo apt-get install -y chromium || echo "chromium not installed: the browser test will be skipped"; fi; }
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Modules that add their own subcommands (extract, weights, calibrate, ablate, report).
-_PLUGINS = ("lvmlt.features.cli", "lvmlt.calibration.cli", "lvmlt.experiments.cli")
+_PLUGINS = ("lvmlt.features.cli", "lvmlt.calibration.cli", "lvmlt.experiments.cli", "lvmlt.reporting.cli")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,8 +7,8 @@
 """
 
 from lvmlt.features.config import ExtractConfig
-from lvmlt.features.extract import extract
 from lvmlt.features.pca import PcaBasis
+from lvmlt.features.pipeline import extract
 from lvmlt.features.store import FeatureStore, StoredSplit
 
 __all__ = ["ExtractConfig", "FeatureStore", "PcaBasis", "StoredSplit", "extract"]

@@ -19,7 +19,9 @@ from pathlib import Path
 from lvmlt.errors import UserError
 
 
-def load_bundle(data_config: str | None = None, dataset: str | None = None, overrides: list[str] | None = None):
+def load_bundle(
+    data_config: str | None = None, dataset: str | None = None, overrides: list[str] | None = None
+):
     """The DataBundle of a trainer config file's ``data:`` section (or of a dataset name)."""
     from lvmlt.config import load_config
     from lvmlt.data import build_data
@@ -53,7 +55,7 @@ def run_extract(
     **settings,
 ):
     """``lvmlt extract`` as a function: build the data and the settings, then :func:`extract`."""
-    from lvmlt.features.extract import extract
+    from lvmlt.features.pipeline import extract
 
     if data_config is None and dataset is None:
         raise UserError("lvmlt extract needs the data", fix="pass --data-config FILE or --dataset NAME")
@@ -118,10 +120,14 @@ def add_parsers(subparsers) -> None:
     e.add_argument("--encoder", help="mobilesam (default) | litemedsam | sam_vit_b | sam_vit_l | sam_vit_h")
     e.add_argument("--img-size", type=int, help="encoder input side (default: native, 1024 / 256)")
     e.add_argument("--checkpoint", metavar="PATH", help="encoder checkpoint (needed for sam_vit_*)")
-    e.add_argument("--extract-config", metavar="FILE", help="YAML of extraction settings (ExtractConfig keys)")
+    e.add_argument(
+        "--extract-config", metavar="FILE", help="YAML of extraction settings (ExtractConfig keys)"
+    )
     e.add_argument("--resume", action="store_true", help="continue an interrupted extraction in DIR")
     e.add_argument("--overwrite", action="store_true", help="replace a store already in DIR")
-    e.add_argument("--skip-bad-images", action="store_true", help="store zeros for unreadable images, list them")
+    e.add_argument(
+        "--skip-bad-images", action="store_true", help="store zeros for unreadable images, list them"
+    )
     e.add_argument("--quiet", action="store_true", help="no progress bars")
     e.add_argument(
         "overrides", nargs="*", help="key=value extraction settings (batch_size=2) or data.KEY=VALUE"

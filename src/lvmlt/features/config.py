@@ -22,7 +22,7 @@ class ExtractConfig:
     precision: str = "bf16"  # fp32 | bf16 | fp16 (CUDA): the encoder's compute dtype
     dtype: str = "float16"  # float16 | float32: the stored arrays
     pca: str = "global"  # global: one train-fitted basis | per_image: each image its own
-    pca_images: int = 256  # train images whose spatial vectors fit the global basis
+    pca_images: int = 64  # train images whose spatial vectors (all cells) fit the global basis
     pca_seed: int = 0  # picks those images
     map_size: int = 0  # side of the stored F_PCA map; 0 = the encoder grid (64 at 1024)
     crop_padding: bool = True  # pool / map only the cells covering the image, not SAM's padding

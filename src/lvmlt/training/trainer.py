@@ -196,7 +196,12 @@ class Trainer:
             self._load(last)
             log.info("resumed %s at epoch %d", self.run_dir, self.start_epoch)
         elif runtime.is_primary():
-            resolved = {"config": to_dict(cfg), "git_commit": runtime.git_commit(), "seed": cfg.seed}
+            resolved = {
+                "config": to_dict(cfg),
+                "git_commit": runtime.git_commit(),
+                "seed": cfg.seed,
+                "data_fingerprint": {k: s.fingerprint() for k, s in self.bundle.splits().items()},
+            }
             runtime.atomic_write_text(self.run_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
 
     def _loaders(self) -> dict:
