@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from lvmlt.config import Config, replace, to_dict
 from lvmlt.errors import UserError
-from lvmlt.training import runtime
+from lvmlt.training import distributed, runtime
 from lvmlt.training.terms import build_terms
 
 log = logging.getLogger("lvmlt")
@@ -112,16 +112,22 @@ def _to(batch: dict, device) -> dict:
 
 @torch.inference_mode()
 def predict(model, loader, device, precision: str, desc: str = "eval", progress: bool = True):
-    """Logits (N x C float32), labels (N, -1 for skipped images) over a loader, in order."""
+    """Logits (N x C float32), labels (N, -1 for skipped images) of a whole split, in order.
+
+    Under torchrun each rank scores its shard of the split and the shards are gathered,
+    so every rank ends with the same full arrays.
+    """
     model.eval()
-    logits, labels = [], []
+    logits, labels, index = [], [], []
     for batch in tqdm(loader, desc=desc, leave=False, disable=not progress, dynamic_ncols=True):
         batch = _to(batch, device)
         with runtime.autocast(device, precision):
             out = model(batch)
         logits.append(out["logits"].float().cpu())
         labels.append(batch["label"].cpu())
-    return torch.cat(logits).numpy(), torch.cat(labels).numpy()
+        index.append(batch["index"].cpu())
+    cat = [torch.cat(x).numpy() for x in (index, logits, labels)]
+    return distributed.gather_in_order(*cat)
 
 
 def score(cfg: Config, bundle, logits: np.ndarray, labels: np.ndarray) -> dict:
@@ -162,7 +168,14 @@ class Trainer:
         if cfg.threads > 0:
             torch.set_num_threads(cfg.threads)
         runtime.seed_everything(cfg.seed)
-        self.device = runtime.pick_device(cfg.device)
+        self.device = distributed.init_from_env(cfg.device) or runtime.pick_device(cfg.device)
+        self.rank, self.world = distributed.world()
+        self.progress = progress and self.rank == 0
+        if cfg.data.batch_size % self.world:
+            raise UserError(
+                f"data.batch_size={cfg.data.batch_size} does not split over {self.world} processes",
+                fix="use a batch size divisible by the number of processes (it is the global batch)",
+            )
 
         if bundle is None:
             from lvmlt.data import build_data
@@ -178,6 +191,9 @@ class Trainer:
         self.splits = attach_features(cfg, self.bundle, self.model.needs)
         counts = self.bundle.train_counts
         self.terms = build_terms(cfg, counts, self.model).to(self.device)
+        self.net = self.model
+        if self.world > 1:
+            self.net = torch.nn.parallel.DistributedDataParallel(self.model)
         self.loaders = self._loaders()
         o = cfg.optim
         self.steps_per_epoch = math.ceil(len(self.loaders["train"]) / o.accumulate)
@@ -208,12 +224,16 @@ class Trainer:
         from lvmlt.data.samplers import build_sampler
 
         d = self.cfg.data
+        rank, size = distributed.world()
         train = self.splits["train"]
-        self.sampler = build_sampler(d.sampler, self.bundle.train.labels, seed=self.cfg.seed)
-        common = dict(batch_size=d.batch_size, num_workers=d.num_workers, collate_fn=collate)
+        # Every rank draws the same global order and keeps its share, so a step's
+        # batches over all ranks are the single-process batch: data.batch_size is global.
+        self.sampler = build_sampler(d.sampler, self.bundle.train.labels, seed=self.cfg.seed, rank=rank, world_size=size)
+        common = dict(batch_size=d.batch_size // size, num_workers=d.num_workers, collate_fn=collate)
         out = {"train": torch.utils.data.DataLoader(train, sampler=self.sampler, drop_last=False, **common)}
         for k in ("val", "test"):
-            out[k] = torch.utils.data.DataLoader(self.splits[k], shuffle=False, **common)
+            shard = list(range(rank, len(self.splits[k]), size))
+            out[k] = torch.utils.data.DataLoader(self.splits[k], sampler=shard, **common)
         return out
 
     # -- checkpoints ------------------------------------------------------------------
@@ -304,7 +324,7 @@ class Trainer:
             batch = _to(batch, self.device)
             self._note_bad(batch)
             with runtime.autocast(self.device, o.precision):
-                out = self.model(batch)
+                out = self.net(batch)
             values = {}
             for t in self.terms.values():
                 for name, v in t(out, batch).items():
@@ -312,13 +332,12 @@ class Trainer:
             total = sum(w * v for v, w in values.values())
             self.scaler.scale(total / o.accumulate).backward()
             if (b + 1) % o.accumulate == 0 or b + 1 == n_batches:
+                distributed.all_reduce_mean_grads(self.terms.parameters())  # DDP owns only the model's
                 self.scaler.step(self.opt)
                 self.scaler.update()
                 self.opt.zero_grad(set_to_none=True)
                 self.sched.step()
-            detached = {k: (v.detach() if torch.is_tensor(v) else v) for k, v in out.items()}
-            for t in self.terms.values():
-                t.after_step(detached, batch)
+            self._after_step(out, batch)
             for name, (v, _) in values.items():
                 sums[name] = sums.get(name, 0.0) + v.item()  # a sync point; cheap at these sizes
             sums["total"] = sums.get("total", 0.0) + total.item()
@@ -328,6 +347,16 @@ class Trainer:
         if not math.isfinite(sums.get("total", 0.0)):
             raise RuntimeError(f"training diverged at epoch {epoch + 1} (loss is not finite); lower optim.lr")
         return {k: v / max(1, n_batches) for k, v in sums.items()}
+
+    def _after_step(self, out: dict, batch: dict) -> None:
+        """Hand the step's detached outputs to the terms; under torchrun, those of all ranks,
+        so memory banks and class statistics stay identical on every rank."""
+        det = {k: v.detach() for k, v in out.items() if torch.is_tensor(v)}
+        if self.world > 1:
+            det = {k: distributed.all_gather_cat(v) for k, v in det.items()}
+            batch = {**batch, "label": distributed.all_gather_cat(batch["label"])}
+        for t in self.terms.values():
+            t.after_step(det, batch)
 
     def _note_bad(self, batch: dict) -> None:
         if bool(batch["valid"].all()):
