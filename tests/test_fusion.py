@@ -76,7 +76,7 @@ def test_alpha_one_reproduces_plain_backbone_logits():
 def test_full_model_all_options_and_sam_only():
     cfg = load_config(None, ["model.backbone=resnet8", "fusion.latent=true", "fusion.map=true", "fusion.map_stage=1", "model.dropout=0.5"])
     m = build_model(cfg, 7)
-    assert m.needs == {"sam_map", "sam_vec"}
+    assert m.needs == {"image", "sam_map", "sam_vec"}
     out = m(_batch())
     assert out["logits"].shape == (3, 7)
     out["logits"].sum().backward()

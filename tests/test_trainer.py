@@ -128,3 +128,25 @@ def test_decoupled_second_stage_keeps_representation(tmp_path, mode):
     assert changed == (mode == "crt")
     if mode == "lws":
         assert not torch.equal(second["class_scale"], torch.ones(3))
+
+
+def test_fusion_training_reads_the_feature_store_and_checks_it(tmp_path):
+    from lvmlt.features import ExtractConfig, extract
+
+    bundle = _bundle()
+    store = tmp_path / "store"
+    extract(bundle, ExtractConfig(encoder="tiny_test", precision="fp32", pca_images=4), store, progress=False)
+    m = train(
+        _cfg(tmp_path, f"fusion.store={store}", "fusion.map=true", "fusion.latent=true", "proto.enabled=true", "optim.epochs=2"),
+        bundle=bundle, progress=False,
+    )
+    assert m["test"]["num_samples"] == 30
+    hist = [json.loads(x) for x in (tmp_path / "r/history.jsonl").read_text().splitlines()]
+    assert {"train/proto_head", "train/proto_tail_std", "train/proto_tail_dist"} <= set(hist[-1])
+    # a store of other data is refused, naming what differs
+    other = _bundle()
+    other.train.labels[0] = 2
+    with pytest.raises(UserError, match="feature store .* does not match"):
+        Trainer(_cfg(tmp_path / "o", f"fusion.store={store}", "fusion.latent=true"), bundle=other, progress=False)
+    with pytest.raises(UserError, match="need a feature store"):
+        Trainer(_cfg(tmp_path / "n", "fusion.latent=true"), bundle=_bundle(), progress=False)

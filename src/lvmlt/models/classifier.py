@@ -61,7 +61,7 @@ class LTClassifier(nn.Module):
         self.alpha = alpha
         self.class_scale = None  # LWS: one learned scale per class on a frozen classifier
         self.frozen: list[nn.Module] = []  # stay in eval mode (BN statistics fixed) while training
-        self.needs = set()
+        self.needs = {"image"} if backbone is not None else set()
         if map_fusion is not None:
             self.needs.add("sam_map")
         if latent_fusion is not None or backbone is None:

@@ -81,7 +81,10 @@ class _WithFeatures(torch.utils.data.Dataset):
         return len(self.split)
 
     def __getitem__(self, i):
-        item = self.split[i]
+        if "image" in self.needs:
+            item = self.split[i]
+        else:  # a model on SAM features only: don't decode the image at all
+            item = {"label": int(self.split.labels[i]), "index": i, "valid": True}
         if "sam_vec" in self.needs:
             item["sam_vec"] = torch.from_numpy(np.asarray(self.feats.vec[i], dtype=np.float32))
         if "sam_map" in self.needs:
@@ -92,7 +95,7 @@ class _WithFeatures(torch.utils.data.Dataset):
 def attach_features(cfg: Config, bundle, needs: set[str]) -> dict:
     """The three splits, wrapped with their stored SAM features when the model needs them."""
     splits = bundle.splits()
-    if not needs:
+    if not needs - {"image"}:
         return splits
     if not cfg.fusion.store:
         raise UserError(
