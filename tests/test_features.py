@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pickle
 
@@ -306,3 +307,11 @@ def test_cli_extract_and_weights(tmp_path, capsys):
     assert "pca" in capsys.readouterr().err
     assert main(["weights", "list"]) == 0
     assert "mobilesam" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_compiled_extraction_matches_eager(bundle, tmp_path):
+    eager = _run(bundle, tmp_path / "eager")
+    compiled = _run(bundle, tmp_path / "compiled", dataclasses.replace(CFG, compile=True))
+    for name in bundle.splits():
+        np.testing.assert_allclose(compiled.split(name).vec, eager.split(name).vec, rtol=1e-2, atol=1e-2)

@@ -143,6 +143,75 @@ class StageConfig:
 
 
 @dataclass(frozen=True)
+class SyntheticConfig:
+    """Synthetic tail features in the frozen encoder's latent space + a linear classifier.
+
+    Sharma 2025 gives no sampling recipe; every default here is [ours] (METHODS-NOTES 5.2).
+    The head-training settings are shared by the plain linear probe (no synthetic features).
+    """
+
+    features: str = "cl2n"  # cl2n (centre on the train mean, then L2) | l2 | standardize | raw
+    distribution: str = "gaussian"  # gaussian (shrunk covariance) | vmf (needs cl2n or l2)
+    shrinkage: float = -1.0  # covariance shrinkage towards (tr S / d) I in [0, 1]; -1 = Ledoit-Wolf
+    n_min: int = 50  # classes with fewer real samples borrow head-class statistics
+    borrow_k: int = 3  # ... from the k head classes whose means are closest in cosine
+    borrow_rescale: bool = False  # rescale the borrowed covariance to the class's own spread
+    eps: float = 1e-4  # added to the diagonal of a borrowed covariance
+    target: int = 0  # samples per class after the top-up; 0 = the largest class's count
+    renormalize: bool = True  # put Gaussian samples back on the unit sphere (normalised features)
+    synthetic_weight: float = 1.0  # loss weight of a synthetic sample (0.5 down-weights them)
+    loss: str = "auto"  # auto: ce if the mix is balanced, else logit_adjusted on the mix's prior | ce | logit_adjusted
+    epochs: int = 100  # the recipe's 30 epochs at lr 1e-3 underfit unit vectors (ELPV validation)
+    lr: float = 1e-2  # AdamW
+    weight_decay: float = 1e-4
+    batch_size: int = 512  # 0 = full batch
+
+
+@dataclass(frozen=True)
+class SciLTConfig:
+    """SciLT-style multi-level fusion with dual supervision (Chen & Su 2026).
+
+    Only the abstract is public: the fusion form, heads, loss weights and schedule are
+    [ours] (METHODS-NOTES 3). Levels are pooled encoder stages from the feature store.
+    """
+
+    levels: tuple[str, ...] = ("stage3", "stage4")  # penultimate first; "vec" = v_SAM (the neck)
+    gate: str = "sample"  # sample (one weight per level and image) | channel | fixed (uniform average)
+    dim: int = 0  # common width the levels are projected to; 0 = none (the levels' widths must match)
+    head: str = "cosine"  # cosine (logits / temperature) | linear
+    temperature: float = 0.07
+    aux_weight: float = 0.5  # beta: weight of each per-level head's loss (0 = fused head only)
+    loss: str = "logit_adjusted"  # a loss.name: logit_adjusted | balanced_softmax | ce | ...
+    tau: float = 1.0
+    inference: str = "fused"  # fused | mean (of the fused and per-level heads' logits)
+    epochs: int = 20
+    lr: float = 0.01  # SGD
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    batch_size: int = 128
+    lora_rank: int = 8  # PEFT option: LoRA on the TinyViT attention projections
+    lora_alpha: float = 16.0
+    lora_targets: tuple[str, ...] = ("qkv", "proj")
+
+
+@dataclass(frozen=True)
+class IFLConfig:
+    """IFL (Tang et al., ECCV 2022) as a loss term under any ``loss.name``: environments
+    from the model's own predictions, a centre loss shared by both (METHODS-NOTES 4)."""
+
+    enabled: bool = False
+    warmup_epochs: int = -1  # IFL off before this epoch; -1 = 60 % of optim.epochs
+    step_epoch: int = -1  # the second weight from this epoch; -1 = 80 % of optim.epochs
+    weights: tuple[float, ...] = (1e-3, 5e-3)  # alpha_e from warmup_epochs, then from step_epoch
+    center_lr: float = 0.5  # the centres' own SGD step, independent of alpha_e (as in the code)
+    center_init: str = "class_mean"  # class_mean (at the end of warm-up) [ours] | random (the code)
+    env_scale: float = 4.0  # target top-20 % / bottom-80 % weight ratio inside a class
+    min_class_scores: int = 5  # classes with fewer scored images get uniform env-2 weights
+    env2_cls: bool = True  # also apply the baseline loss to environment 2, as the authors do
+    irm_weight: float = 0.0  # IRMv1 penalty per environment; 0 = off, as in the authors' IFL
+
+
+@dataclass(frozen=True)
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -153,6 +222,9 @@ class Config:
     proto: ProtoConfig = field(default_factory=ProtoConfig)
     proco: ProCoConfig = field(default_factory=ProCoConfig)
     stage: StageConfig = field(default_factory=StageConfig)
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    scilt: SciLTConfig = field(default_factory=SciLTConfig)
+    ifl: IFLConfig = field(default_factory=IFLConfig)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     out_dir: str = "runs"

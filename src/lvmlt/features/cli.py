@@ -13,6 +13,7 @@ starting with ``data.`` set the data config (``data.split_seed=1``), exactly as 
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -34,8 +35,6 @@ def load_bundle(
 
 def load_extract_config(path: str | None = None, overrides: list[str] | None = None, **settings):
     """ExtractConfig from defaults <- an optional YAML file <- ``key=value`` <- explicit settings."""
-    import dataclasses
-
     from lvmlt.config import load_config
     from lvmlt.features.config import ExtractConfig
 
@@ -64,6 +63,8 @@ def run_extract(
     extract_over = [o for o in overrides if not o.startswith("data.")]
     bundle = load_bundle(data_config, dataset, data_over)
     cfg = load_extract_config(extract_config, extract_over, **settings)
+    if any(getattr(s, "skip_bad_images", False) for s in bundle.splits().values()):
+        cfg = dataclasses.replace(cfg, skip_bad_images=True)  # data.skip_bad_images=true
     return extract(bundle, cfg, out, resume=resume, overwrite=overwrite, progress=progress)
 
 

@@ -105,7 +105,7 @@ def image_pca_map(fmap: torch.Tensor) -> torch.Tensor:
     c, h, w = fmap.shape
     x = fmap.reshape(c, h * w).T.double()  # cells x C
     if x.shape[0] < 2:
-        return torch.zeros(1, h, w)
+        return torch.zeros(1, h, w, device=fmap.device)
     x = x - x.mean(0)
     _, evecs = torch.linalg.eigh(x.T @ x)
     direction = fix_sign(evecs[:, -1])

@@ -161,7 +161,7 @@ class Reducer:
         return fmap[:, :gh, :gw].float()
 
     def reduce(self, outputs: dict[str, torch.Tensor], sizes) -> dict[str, np.ndarray]:
-        out = outputs["out"].float().cpu()
+        out = outputs["out"].float()  # reduced where it was computed: only the small rows travel
         rows: dict[str, list] = {"vec": [], "map": []}
         for name in self.cfg.levels:
             rows[f"level_{name}"] = []
@@ -171,12 +171,12 @@ class Reducer:
             m = self.basis.project(f) if self.basis is not None else image_pca_map(f)
             rows["map"].append(_resize_map(m, self.map_size))
             for name in self.cfg.levels:
-                rows[f"level_{name}"].append(self.cells(outputs[name][b].cpu(), size_hw).mean(dim=(1, 2)))
-        return {k: torch.stack(v).numpy() for k, v in rows.items()}
+                rows[f"level_{name}"].append(self.cells(outputs[name][b], size_hw).mean(dim=(1, 2)))
+        return {k: torch.stack(v).cpu().numpy() for k, v in rows.items()}
 
     def spatial_vectors(self, outputs: dict[str, torch.Tensor], sizes) -> torch.Tensor:
         """All valid cells of a batch as rows: (sum of cells) x C, for fitting the PCA."""
-        out = outputs["out"].float().cpu()
+        out = outputs["out"].float()
         return torch.cat([self.cells(out[b], s).flatten(1).T for b, s in enumerate(sizes)])
 
 
@@ -200,24 +200,45 @@ def _progress(total: int, desc: str, enabled: bool):
 
 
 class _Runner:
-    """Calls the encoder under inference mode (optionally compiled) and counts images."""
+    """Calls the encoder under inference mode (optionally compiled) and counts images.
 
-    def __init__(self, encoder, cfg: ExtractConfig, device: torch.device):
-        self.encoder, self.device, self.levels = encoder, device, tuple(cfg.levels)
-        fn = encoder.forward_levels
-        self.fn = torch.compile(fn, dynamic=False) if cfg.compile else fn
+    With ``compile`` the encoder goes through ``torch.compile``; on the CPU with inductor's
+    "freezing" (weights become constants, so convolutions are pre-packed and fused with
+    their activations). Compilation happens at the first call; if it fails (no C++
+    compiler, an unsupported op) we warn and run eagerly.
+    """
+
+    def __init__(self, encoder, cfg: ExtractConfig, device: torch.device, log=print):
+        self.encoder, self.device, self.levels, self.log = encoder, device, tuple(cfg.levels), log
+        self.eager = encoder.forward_levels
+        self.fn = torch.compile(self.eager, dynamic=False) if cfg.compile else self.eager
         self.images = 0
         self.seconds = 0.0
 
     @torch.inference_mode()
     def __call__(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         t = time.perf_counter()
-        out = self.fn(x.to(self.device, non_blocking=True), self.levels)
+        x = x.to(self.device, non_blocking=True)
+        if self.fn is self.eager:
+            out = self.fn(x, self.levels)
+        else:
+            out = self._compiled(x)
         if self.device.type == "cuda":
             torch.cuda.synchronize()  # so that seconds measure the encoder, not the queue
         self.seconds += time.perf_counter() - t
         self.images += x.shape[0]
         return out
+
+    def _compiled(self, x):
+        import torch._inductor.config as inductor
+
+        try:
+            with inductor.patch(freezing=self.device.type == "cpu"):
+                return self.fn(x, self.levels)
+        except Exception as e:  # compilation is an optimisation: never fail the extraction on it
+            self.log(f"torch.compile failed ({type(e).__name__}: {str(e)[:200]}); running eagerly")
+            self.fn = self.eager
+            return self.fn(x, self.levels)
 
 
 def _chunk_jobs(n: int, chunk: int) -> list[tuple[int, list[int]]]:
@@ -363,7 +384,7 @@ def extract(
         torch.set_num_threads(cfg.threads)
     try:
         encoder.prepare(device, cfg.precision, cfg.channels_last)
-        run = _Runner(encoder, cfg, device)
+        run = _Runner(encoder, cfg, device, log)
         basis = None
         if cfg.pca == "global":
             basis = _global_basis(root, splits["train"], encoder, run, cfg, progress, log)
