@@ -6,14 +6,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 STORE=${STORE:-runs/demo/features/elpv-mobilesam-256}
 OUT=${OUT:-runs/ablate}
-COMMON=(--config configs/elpv.yaml fusion.store=$STORE data.image_size=48 optim.epochs=10 threads=1 --out "$OUT" --quiet)
+CE=(--config configs/elpv.yaml fusion.store=$STORE data.image_size=48 optim.epochs=10 threads=1)
+BS=("${CE[@]}" loss.name=balanced_softmax)
+OPTS=(--out "$OUT" --quiet)
 test -f "$STORE/manifest.json" || python -m lvmlt extract --dataset elpv --encoder mobilesam --img-size 256 --out "$STORE"
 for seed in 0 1 2; do
-  python -m lvmlt ablate "${COMMON[@]}" --tag elpv-ce --seeds $seed \
+  python -m lvmlt ablate "${CE[@]}" "${OPTS[@]}" --tag elpv-ce --seeds $seed \
     --variants "baseline,+SAM features+L_proto (ours),+SAM latent,+SAM map,+SAM map&latent,SAM latent feature only,+SAM features+L_head,+SAM features+L_tail-std,+SAM features+L_tail-dist"
-  python -m lvmlt ablate "${COMMON[@]}" loss.name=balanced_softmax --tag elpv-bs --seeds $seed \
+  python -m lvmlt ablate "${BS[@]}" "${OPTS[@]}" --tag elpv-bs --seeds $seed \
     --variants "baseline,+SAM features+L_proto (ours),+SAM latent,+SAM map&latent"
 done
-python -m lvmlt ablate "${COMMON[@]}" --tag elpv-ce --seeds 0,1,2 --results benchmarks/results/ablation-elpv-ce
-python -m lvmlt ablate "${COMMON[@]}" loss.name=balanced_softmax --tag elpv-bs --seeds 0,1,2 \
+python -m lvmlt ablate "${CE[@]}" "${OPTS[@]}" --tag elpv-ce --seeds 0,1,2 --results benchmarks/results/ablation-elpv-ce
+python -m lvmlt ablate "${BS[@]}" "${OPTS[@]}" --tag elpv-bs --seeds 0,1,2 \
   --variants "baseline,+SAM features+L_proto (ours),+SAM latent,+SAM map&latent" --results benchmarks/results/ablation-elpv-bs

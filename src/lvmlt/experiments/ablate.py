@@ -42,8 +42,12 @@ def run_grid(
     tag: str = "",
     progress: bool = True,
     log=print,
+    train_missing: bool = True,
 ) -> dict[str, list[dict]]:
-    """Train every variant x seed (skipping finished runs); returns {variant: [test metrics per seed]}."""
+    """Train every variant x seed (skipping finished runs); returns {variant: [test metrics per seed]}.
+
+    With ``train_missing=False`` nothing is trained: the tables hold the finished runs only
+    (the ``n`` column says how many seeds each row has)."""
     from lvmlt.errors import UserError
     from lvmlt.training.trainer import Trainer, run_dir_for
 
@@ -62,6 +66,8 @@ def run_grid(
             rd = run_dir_for(cfg)
             if (rd / "metrics.json").exists():
                 m = json.loads((rd / "metrics.json").read_text())
+            elif not train_missing:
+                continue
             else:
                 resume = (rd / "checkpoints" / "last.pt").exists()
                 m = Trainer(cfg, resume=resume, progress=progress).fit()
@@ -69,7 +75,7 @@ def run_grid(
             done += 1
             el = time.time() - t0
             log(f"[{done}/{total}] {n} seed {s}: test top1 {m['test']['top1']:.2f}  (elapsed {el:.0f}s)")
-    return results
+    return {k: v for k, v in results.items() if v}
 
 
 def write_tables(results: dict[str, list[dict]], out_prefix: str | Path, title: str = "", note: str = "") -> str:
@@ -78,7 +84,7 @@ def write_tables(results: dict[str, list[dict]], out_prefix: str | Path, title: 
 
     out_prefix = Path(out_prefix)
     out_prefix.parent.mkdir(parents=True, exist_ok=True)
-    table = mean_std_table(results)
+    table = mean_std_table(results, columns=("many", "medium", "few", "top1", "mean_class_acc"))
     md = (f"# {title}\n\n" if title else "") + (note + "\n\n" if note else "") + table + "\n"
     out_prefix.with_suffix(".md").write_text(md)
     write_csv(out_prefix.with_suffix(".csv"), results)

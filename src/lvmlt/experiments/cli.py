@@ -10,7 +10,7 @@ def cmd_ablate(args) -> int:
     base = load_config(args.config, args.overrides)
     variants = args.variants.split(",") if args.variants else list(VARIANTS)
     seeds = tuple(int(s) for s in args.seeds.split(","))
-    results = run_grid(base, variants, seeds, args.out, args.tag, progress=not args.quiet)
+    results = run_grid(base, variants, seeds, args.out, args.tag, progress=not args.quiet, train_missing=not args.no_train)
     tag = args.tag or f"{base.data.name}-{base.loss.name}"
     md = write_tables(results, args.results or f"{args.out}/{tag}", title=f"{tag}: test accuracy (%), mean ± std over seeds {args.seeds}")
     print(md)
@@ -27,6 +27,7 @@ def add_parsers(sub) -> None:
     a.add_argument("--tag", default="", help="name prefix of the runs and tables")
     a.add_argument("--results", help="path prefix of the .md/.csv tables (default: OUT/TAG)")
     a.add_argument("--quiet", action="store_true")
+    a.add_argument("--no-train", action="store_true", help="only tabulate the runs that have finished")
     a.set_defaults(func=cmd_ablate)
 
 

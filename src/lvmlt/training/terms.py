@@ -135,3 +135,4 @@ def build_terms(cfg, class_counts, model) -> nn.ModuleDict:
         if t is not None:
             terms[name] = t
     return terms
+import lvmlt.methods  # noqa: E402,F401  (registers the "ifl" term; at the end: it imports this module)
