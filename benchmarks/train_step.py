@@ -69,7 +69,7 @@ def main() -> None:
     counts = [int(500 / (i + 1)) for i in range(c)]
     steps = {"plain": make_step(base, c, counts), "fused": make_step(fused, c, counts)}
     times: dict[str, list[float]] = {k: [] for k in steps}
-    for k, f in steps.items():  # warm-up (allocator, oneDNN kernels)
+    for f in steps.values():  # warm-up (allocator, oneDNN kernels)
         for _ in range(3):
             f(batch)
     for _ in range(args.rounds):
