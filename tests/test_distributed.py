@@ -57,3 +57,76 @@ def test_torchrun_gloo_matches_single_process(tmp_path):
     # same global batches; BatchNorm statistics per rank make the runs differ slightly
     assert abs(a["test"]["top1"] - b["test"]["top1"]) <= 10.0, (a["test"]["top1"], b["test"]["top1"])
     assert b["test"]["top1"] > 60
+
+
+def _extract_args(root, out):
+    return [
+        "extract", "--dataset", "splitfile", "--out", str(out), "--encoder", "tiny_test", "--quiet",
+        f"data.root={root}", f"data.train_split={root}/train.txt", f"data.val_split={root}/val.txt",
+        f"data.test_split={root}/test.txt", "precision=fp32", "chunk_size=7", "batch_size=3",
+        "pca_images=9", "threads=1",
+    ]
+
+
+def _torchrun(args, port):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+         "-m", "lvmlt", *args], env=env, capture_output=True, text=True, timeout=300,
+    )
+
+
+def _same_store(a, b):
+    assert a.split_names == b.split_names
+    for name in a.split_names:
+        for key in ("vec", "map"):
+            x = np.asarray(getattr(a.split(name), key), np.float32)
+            y = np.asarray(getattr(b.split(name), key), np.float32)
+            assert x.shape == y.shape
+            # equal within float16 rounding (batches differ, so kernels may round differently)
+            np.testing.assert_allclose(x, y, rtol=2e-3, atol=2e-3 * float(np.abs(x).max()))
+
+
+def test_torchrun_extraction_matches_single_process_and_resumes_per_shard(tmp_path, monkeypatch):
+    import pytest
+
+    from lvmlt.errors import UserError
+    from lvmlt.features import pipeline
+    from lvmlt.features.cli import run_extract
+    from lvmlt.features.store import FeatureStore
+
+    data = tmp_path / "data"
+    _dataset(data)
+    args = _extract_args(data, tmp_path / "one")
+    overrides = args[args.index("--quiet") + 1 :]
+    single = run_extract(tmp_path / "one", dataset="splitfile", overrides=overrides, progress=False,
+                         encoder="tiny_test")
+
+    two = _torchrun(_extract_args(data, tmp_path / "two"), 29519)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert two.stdout.count("feature store") == 1  # rank 0 reports, once
+    sharded = FeatureStore.open(tmp_path / "two")
+    _same_store(single, sharded)
+    assert sharded.manifest["map"]["fit_vectors"] == single.manifest["map"]["fit_vectors"]
+    np.testing.assert_allclose(sharded.pca().component, single.pca().component, atol=1e-6)
+
+    # A single-process run killed after 5 of its 19 chunks, resumed by 2 processes.
+    written = []
+    real_write = pipeline._write_chunk
+
+    def crashing_write(*a, **kw):
+        if len(written) == 5:
+            raise KeyboardInterrupt("killed")
+        real_write(*a, **kw)
+        written.append(a[2])
+
+    monkeypatch.setattr(pipeline, "_write_chunk", crashing_write)
+    with pytest.raises(KeyboardInterrupt):
+        run_extract(tmp_path / "part", dataset="splitfile", overrides=overrides, progress=False,
+                    encoder="tiny_test")
+    with pytest.raises(UserError, match="incomplete"):
+        FeatureStore.open(tmp_path / "part")
+    resumed = _torchrun([*_extract_args(data, tmp_path / "part"), "--resume"], 29521)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming" in resumed.stderr
+    _same_store(single, FeatureStore.open(tmp_path / "part"))

@@ -299,9 +299,14 @@ def test_cli_extract_and_weights(tmp_path, capsys):
         "--out",
         str(out),
     ]
-    assert main([*argv, "--quiet", "pca=per_image", "precision=fp32"]) == 0
+    # key=value overrides may sit between options, as users type them
+    assert main([*argv[:-2], "pca=per_image", *argv[-2:], "--quiet", "precision=fp32"]) == 0
     assert "feature store" in capsys.readouterr().out
     store = FeatureStore.open(out)
+    assert store.manifest["provenance"]["pca"] == "per_image"
+    assert store.manifest["provenance"]["precision"] == "fp32"
+    with pytest.raises(SystemExit):
+        main([*argv, "--bogus"])
     assert store.config["pca"] == "per_image" and sum(len(store.split(s)) for s in store.split_names) == 16
     assert main([*argv, "--quiet", "pca=global"]) == 2  # settings differ from the store in DIR
     assert "pca" in capsys.readouterr().err

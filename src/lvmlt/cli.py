@@ -85,7 +85,15 @@ _PLUGINS = ("lvmlt.features.cli", "lvmlt.calibration.cli", "lvmlt.experiments.cl
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # key=value overrides may come before, between or after the options (argparse keeps
+    # only one contiguous run of a positional list)
+    stray = [a for a in extra if a.startswith("-") or "=" not in a or not hasattr(args, "overrides")]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extra:
+        args.overrides = [*(args.overrides or []), *extra]
     try:
         return args.func(args)
     except UserError as e:

@@ -3,6 +3,7 @@
     lvmlt extract (--data-config FILE | --dataset NAME) --out DIR [--encoder mobilesam]
                   [--img-size 1024] [--checkpoint PATH] [--extract-config FILE]
                   [--resume] [--overwrite] [--skip-bad-images] [--quiet] [key=value ...]
+    torchrun --nproc_per_node N -m lvmlt extract ...   (the same, sharded over N processes)
     lvmlt weights fetch NAME
     lvmlt weights list
 
@@ -74,6 +75,10 @@ def cmd_extract(args) -> int:
     except KeyboardInterrupt:
         print("lvmlt: interrupted; finished chunks are saved, continue with --resume", file=sys.stderr)
         return 130
+    from lvmlt.training.distributed import world
+
+    if world()[0] != 0:
+        return 0  # under torchrun, rank 0 reports
     n_bad = sum(len(store.split(s).bad) for s in store.split_names)
     sizes = ", ".join(f"{s} {len(store.split(s))}" for s in store.split_names)
     print(f"feature store {store.root}: {sizes} images" + (f", {n_bad} unreadable skipped" if n_bad else ""))

@@ -10,6 +10,14 @@ a first pass runs the encoder over a seeded sample of training images and accumu
 the covariance of their spatial vectors (float64 sums, O(C^2) memory); those images are
 encoded again in the main pass, a few percent of extra work that keeps the full maps out
 of memory and off disk.
+
+Under ``torchrun`` the work is sharded over the ranks of the process group (gloo on the
+CPU, NCCL on CUDA, one GPU per rank): rank 0 checks or creates the store and lists the
+chunks still to do, the PCA sample is split over the ranks and its covariance sums are
+all-reduced (one basis, fitted once, identical everywhere), each rank encodes and writes
+its own share of the pending chunks into the one store, and rank 0 assembles the arrays
+and marks the store complete once every rank is done. A resumed run, with any number of
+processes, shares out whatever chunks are still missing.
 """
 
 from __future__ import annotations
@@ -48,6 +56,7 @@ from lvmlt.features.store import (
     read_manifest,
     tmp_name,
 )
+from lvmlt.training import distributed
 
 
 # ---------------------------------------------------------------------------------------
@@ -313,9 +322,15 @@ def extract(
     Returns:
         The complete, opened :class:`FeatureStore`.
     """
+    joined = distributed.init_from_env(cfg.device, timeout_minutes=EXTRACT_TIMEOUT_MINUTES)
+    rank, world = distributed.world()
+    primary = rank == 0
     log = log or (lambda s: print(s, file=sys.stderr))
+    if not primary:
+        log = _quiet
+    progress = progress and primary
     root = Path(out_dir)
-    device = _pick_device(cfg.device)
+    device = joined or _pick_device(cfg.device)
     if cfg.precision == "fp16" and device.type != "cuda":
         raise UserError("precision=fp16 is for CUDA only", fix="use bf16 or fp32 on the CPU")
 
@@ -332,7 +347,99 @@ def extract(
     map_size = provenance["map_size"]
     splits = bundle.splits()
 
-    # An existing store in out_dir: up to date, resumable, or in the way.
+    def setup():
+        return _open_or_create(root, bundle, cfg, encoder, provenance, map_size, resume, overwrite, log)
+
+    plan = _on_primary(setup)  # rank 0 touches the directory; every rank gets the plan or its error
+    if plan is None:
+        distributed.barrier()
+        return FeatureStore.open(root)
+    manifest, pending = plan
+    chunk_size = int(manifest["chunk_size"])
+
+    old_threads = torch.get_num_threads()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    try:
+        encoder.prepare(device, cfg.precision, cfg.channels_last)
+        run = _Runner(encoder, cfg, device, log)
+        basis = None
+        if cfg.pca == "global":
+            basis = _global_basis(root, splits["train"], encoder, run, cfg, progress, log)
+            manifest["map"] |= {
+                "basis_file": PCA_FILE,
+                "basis_sha256": _sha(root / PCA_FILE) if primary else None,
+                "explained_variance": basis.explained,
+                "fit_vectors": basis.n_vectors,
+                "fit_split": "train",
+            }
+        reducer = Reducer(encoder, cfg, map_size, basis)
+        t0, n0 = time.perf_counter(), run.images
+        for name, split in splits.items():
+            mine = pending[name][rank::world]  # a balanced share of what is still missing
+            _extract_split(root, name, split, mine, run, reducer, cfg, map_size, progress)
+        encoded = distributed.all_reduce_sum(run.images - n0)
+        distributed.barrier()  # every rank's chunks are on disk
+        if encoded:
+            dt = time.perf_counter() - t0
+            where = f" by {world} processes" if world > 1 else ""
+            log(f"encoded {encoded} images{where} in {dt:.1f} s ({encoded / dt:.2f} img/s)")
+        if primary:
+            template = {
+                k: v.astype(cfg.dtype)
+                for k, v in _empty_rows(
+                    0, encoder.out_channels, map_size, encoder.level_channels, cfg.levels
+                ).items()
+            }
+            for name, split in splits.items():
+                manifest["splits"][name] |= _assemble_split(root, name, len(split), template, chunk_size)
+            manifest["complete"] = True
+            atomic_write_json(root / MANIFEST, manifest)  # the commit point
+            shutil.rmtree(root / CHUNKS, ignore_errors=True)
+    finally:
+        torch.set_num_threads(old_threads)
+    distributed.barrier()  # the store is complete before any rank opens it
+    return FeatureStore.open(root)
+
+
+EXTRACT_TIMEOUT_MINUTES = 240  # ranks wait at most this long for each other (uneven shards, slow disks)
+
+
+def _quiet(_msg: str) -> None:
+    """The log of ranks other than 0: status lines are printed once, by rank 0."""
+
+
+def _on_primary(fn):
+    """Run ``fn`` on rank 0 only and hand its result to every rank.
+
+    If it fails on rank 0, every rank raises: a UserError with the same message on the
+    others (so ``torchrun`` reports one clear error rather than a hung collective).
+    """
+    rank, world = distributed.world()
+    if world == 1:
+        return fn()
+    box: list = [None]
+    if rank == 0:
+        try:
+            box[0] = ("ok", fn())
+        except BaseException as e:
+            box[0] = ("error", str(e))
+            distributed.broadcast_object(box)
+            raise
+    distributed.broadcast_object(box)
+    if box[0][0] == "error":
+        raise UserError(f"rank 0 stopped the extraction: {box[0][1]}")
+    return box[0][1]
+
+
+def _open_or_create(root, bundle, cfg, encoder, provenance, map_size, resume, overwrite, log):
+    """Check or create the store in ``root``; None when it is complete already.
+
+    Returns:
+        (manifest, pending): the manifest as written (not yet complete) and, per split, the
+        chunk jobs ``[(chunk, indices)]`` that have no valid file yet.
+    """
+    splits = bundle.splits()
     existing = read_manifest(root) if root.is_dir() else None
     if existing is not None and overwrite:
         _wipe_store(root)
@@ -346,7 +453,7 @@ def extract(
             )
         if existing.get("complete"):
             log(f"feature store {root} is complete and matches; nothing to do")
-            return FeatureStore.open(root)
+            return None
         if not resume:
             raise UserError(
                 f"{str(root)!r} holds an unfinished extraction",
@@ -378,45 +485,15 @@ def extract(
         "splits": {name: {"n": len(s), "fingerprint": s.fingerprint()} for name, s in splits.items()},
     }
     atomic_write_json(root / MANIFEST, manifest)
-
-    old_threads = torch.get_num_threads()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    try:
-        encoder.prepare(device, cfg.precision, cfg.channels_last)
-        run = _Runner(encoder, cfg, device, log)
-        basis = None
-        if cfg.pca == "global":
-            basis = _global_basis(root, splits["train"], encoder, run, cfg, progress, log)
-            manifest["map"] |= {
-                "basis_file": PCA_FILE,
-                "basis_sha256": _sha(root / PCA_FILE),
-                "explained_variance": basis.explained,
-                "fit_vectors": basis.n_vectors,
-                "fit_split": "train",
-            }
-        reducer = Reducer(encoder, cfg, map_size, basis)
-        t0, n0 = time.perf_counter(), run.images
-        for name, split in splits.items():
-            _extract_split(root, name, split, encoder, run, reducer, cfg, chunk_size, map_size, progress)
-        if run.images > n0:
-            dt = time.perf_counter() - t0
-            log(f"encoded {run.images - n0} images in {dt:.1f} s ({(run.images - n0) / dt:.2f} img/s)")
-        template = {
-            k: v.astype(cfg.dtype)
-            for k, v in _empty_rows(
-                0, encoder.out_channels, map_size, encoder.level_channels, cfg.levels
-            ).items()
-        }
-        for name, split in splits.items():
-            manifest["splits"][name] |= _assemble_split(root, name, len(split), template, chunk_size)
-    finally:
-        torch.set_num_threads(old_threads)
-
-    manifest["complete"] = True
-    atomic_write_json(root / MANIFEST, manifest)  # the commit point
-    shutil.rmtree(root / CHUNKS, ignore_errors=True)
-    return FeatureStore.open(root)
+    pending = {
+        name: [
+            (c, idx)
+            for c, idx in _chunk_jobs(len(split), chunk_size)
+            if not _chunk_ok(_chunk_path(root, name, c), len(idx))
+        ]
+        for name, split in splits.items()
+    }
+    return manifest, pending
 
 
 def _sha(path: Path) -> str:
@@ -428,7 +505,8 @@ def _sha(path: Path) -> str:
 def _global_basis(root, train, encoder, run, cfg: ExtractConfig, progress: bool, log) -> PcaBasis:
     """Load the basis of an interrupted run, or fit it on a seeded sample of train images."""
     path = root / PCA_FILE
-    if path.is_file():
+    # Every rank looks before any rank can write (the write follows the all-reduce below).
+    if distributed.all_reduce_sum(int(path.is_file())) == distributed.world()[1]:
         with np.load(path, allow_pickle=False) as a:
             return PcaBasis.from_arrays(a)
     n = len(train)
@@ -440,16 +518,20 @@ def _global_basis(root, train, encoder, run, cfg: ExtractConfig, progress: bool,
     sample = np.sort(np.random.default_rng(cfg.pca_seed).choice(n, size=k, replace=False)).tolist()
     acc = CovarianceAccumulator(encoder.out_channels)
     fitter = Reducer(encoder, cfg, 0, None)
-    bar = _progress(k, "fit PCA (train sample)", progress)
-    for batch in iter_batches(
-        train, encoder, [(0, sample)], cfg.batch_size, cfg.workers, cfg.skip_bad_images
-    ):
+    rank, world = distributed.world()
+    mine = sample[rank::world]
+    bar = _progress(len(mine), "fit PCA (train sample)", progress)
+    for batch in iter_batches(train, encoder, [(0, mine)], cfg.batch_size, cfg.workers, cfg.skip_bad_images):
         if batch.x is not None:
             acc.add(fitter.spatial_vectors(run(batch.x), batch.sizes))
         bar.update(len(batch.indices) + len(batch.bad))
     bar.close()
+    acc.n = distributed.all_reduce_sum(acc.n)  # the sums of every rank's share: one basis
+    distributed.all_reduce_(acc.sum, acc.outer)
     basis = acc.fit()
-    atomic_save_npz(path, **basis.to_arrays(), sample=np.asarray(sample, dtype=np.int64))
+    if rank == 0:
+        atomic_save_npz(path, **basis.to_arrays(), sample=np.asarray(sample, dtype=np.int64))
+    distributed.barrier()
     log(
         f"global PCA fitted on {basis.n_vectors} spatial vectors of {k} train images "
         f"(first component explains {100 * basis.explained:.1f} % of the variance)"
@@ -457,12 +539,9 @@ def _global_basis(root, train, encoder, run, cfg: ExtractConfig, progress: bool,
     return basis
 
 
-def _extract_split(root, name, split, encoder, run, reducer, cfg, chunk_size, map_size, progress) -> None:
-    jobs = [
-        (c, idx)
-        for c, idx in _chunk_jobs(len(split), chunk_size)
-        if not _chunk_ok(_chunk_path(root, name, c), len(idx))
-    ]
+def _extract_split(root, name, split, jobs, run, reducer, cfg, map_size, progress) -> None:
+    """Encode and write the chunks ``jobs`` = [(chunk, indices)] of one split."""
+    encoder = reducer.encoder
     if not jobs:
         return
     bar = _progress(sum(len(idx) for _, idx in jobs), f"extract {name}", progress)

@@ -7,6 +7,7 @@ variables everything here is a no-op, so the same code runs in one process.
 
 from __future__ import annotations
 
+import datetime
 import os
 
 import numpy as np
@@ -21,14 +22,20 @@ def world() -> tuple[int, int]:
     return 0, 1
 
 
-def init_from_env(device_pref: str = "auto") -> torch.device | None:
-    """Join the process group torchrun describes; returns this rank's device (None = not distributed)."""
+def init_from_env(device_pref: str = "auto", timeout_minutes: float | None = None) -> torch.device | None:
+    """Join the process group torchrun describes; returns this rank's device (None = not distributed).
+
+    Args:
+        device_pref: "auto", "cuda" or "cpu" (gloo).
+        timeout_minutes: how long a collective waits for the slowest rank (None: torch's default).
+    """
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return None
     local = int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = torch.cuda.is_available() and device_pref in ("auto", "cuda")
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        kw = {"timeout": datetime.timedelta(minutes=timeout_minutes)} if timeout_minutes else {}
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo", **kw)
     if use_cuda:
         torch.cuda.set_device(local)
         return torch.device("cuda", local)
@@ -72,6 +79,39 @@ def gather_in_order(indices: np.ndarray, *arrays: np.ndarray) -> tuple[np.ndarra
     idx = np.concatenate([s[0] for s in shards])
     order = np.argsort(idx, kind="stable")
     return tuple(np.concatenate([s[k + 1] for s in shards])[order] for k in range(len(arrays)))
+
+
+def all_reduce_sum(n: int) -> int:
+    """The sum of an integer over all ranks."""
+    if world()[1] == 1:
+        return n
+    t = torch.tensor([n], dtype=torch.int64, device=_collective_device())
+    dist.all_reduce(t)
+    return int(t.item())
+
+
+def all_reduce_(*tensors: torch.Tensor) -> None:
+    """Sum tensors over all ranks, in place (they may live on the CPU under NCCL too)."""
+    if world()[1] == 1:
+        return
+    dev = _collective_device()
+    for t in tensors:
+        moved = t.to(dev)
+        dist.all_reduce(moved)
+        t.copy_(moved)
+
+
+def broadcast_object(box: list) -> None:
+    """Replace ``box[0]`` on every rank by rank 0's (a picklable object)."""
+    if world()[1] > 1:
+        dist.broadcast_object_list(box, src=0)
+
+
+def _collective_device() -> torch.device:
+    """NCCL moves CUDA tensors only; gloo CPU tensors."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def barrier() -> None:
