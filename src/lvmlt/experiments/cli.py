@@ -1,4 +1,5 @@
-"""``lvmlt ablate``: the paper's ablation grid for one baseline."""
+"""``lvmlt ablate`` (the paper's ablation grid for one baseline) and ``lvmlt baselines``
+(each baseline alone and with the SAM features and prototype loss)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,15 @@ def cmd_ablate(args) -> int:
     base = load_config(args.config, args.overrides)
     variants = args.variants.split(",") if args.variants else list(VARIANTS)
     seeds = tuple(int(s) for s in args.seeds.split(","))
-    results = run_grid(base, variants, seeds, args.out, args.tag, progress=not args.quiet, train_missing=not args.no_train)
+    results = run_grid(
+        base, variants, seeds, args.out, args.tag, progress=not args.quiet, train_missing=not args.no_train
+    )
     tag = args.tag or f"{base.data.name}-{base.loss.name}"
-    md = write_tables(results, args.results or f"{args.out}/{tag}", title=f"{tag}: test accuracy (%), mean ± std over seeds {args.seeds}")
+    md = write_tables(
+        results,
+        args.results or f"{args.out}/{tag}",
+        title=f"{tag}: test accuracy (%), mean ± std over seeds {args.seeds}",
+    )
     print(md)
     return 0
 
@@ -29,6 +36,54 @@ def add_parsers(sub) -> None:
     a.add_argument("--quiet", action="store_true")
     a.add_argument("--no-train", action="store_true", help="only tabulate the runs that have finished")
     a.set_defaults(func=cmd_ablate)
+
+    b = sub.add_parser("baselines", help="each baseline alone and with +SAM features + L_proto, over seeds")
+    b.add_argument("--config", help="base YAML config (with fusion.store for the +SAM rows)")
+    b.add_argument("overrides", nargs="*", help="key=value overrides of the base config")
+    b.add_argument("--rows", help="comma-separated subset of: " + ", ".join(_row_names()))
+    b.add_argument("--seeds", default="0,1,2")
+    b.add_argument("--out", default="runs/ablate", help="directory for the runs (shared with lvmlt ablate)")
+    b.add_argument("--tag", default="", help="name prefix of the runs (default: the dataset name)")
+    b.add_argument("--stage-epochs", type=int, help="epochs of cRT / LWS (default: half the first stage)")
+    b.add_argument("--results", help="path prefix of the .md/.csv tables (default: OUT/TAG-baselines)")
+    b.add_argument("--note", help="a paragraph written under the title (e.g. the command)")
+    b.add_argument("--quiet", action="store_true")
+    b.add_argument("--no-train", action="store_true", help="only tabulate the runs that have finished")
+    b.set_defaults(func=cmd_baselines)
+
+
+def cmd_baselines(args) -> int:
+    from lvmlt.config import load_config
+    from lvmlt.experiments.ablate import write_tables
+    from lvmlt.experiments.baselines import run_rows
+
+    base = load_config(args.config, args.overrides)
+    rows = args.rows.split(",") if args.rows else None
+    seeds = tuple(int(s) for s in args.seeds.split(","))
+    results = run_rows(
+        base,
+        rows,
+        seeds,
+        args.out,
+        args.tag,
+        args.stage_epochs,
+        progress=not args.quiet,
+        train_missing=not args.no_train,
+    )
+    tag = args.tag or base.data.name
+    title = f"{tag} baselines: test accuracy (%), mean ± std over seeds {args.seeds}"
+    print(
+        write_tables(
+            results, args.results or f"{args.out}/{tag}-baselines", title=title, note=args.note or ""
+        )
+    )
+    return 0
+
+
+def _row_names():
+    from lvmlt.experiments.baselines import ROWS
+
+    return list(ROWS)
 
 
 def _variant_names():

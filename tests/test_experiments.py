@@ -1,0 +1,97 @@
+"""The ablation and baselines runners on a tiny real-file dataset with a tiny encoder's store."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lvmlt.config import load_config
+from lvmlt.experiments import ablate, baselines
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    from lvmlt.features.cli import run_extract
+
+    root = tmp_path_factory.mktemp("exp")
+    rng = np.random.default_rng(0)
+    for split, per in (("train", (30, 12, 4)), ("val", (4, 4, 4)), ("test", (6, 6, 6))):
+        lines = []
+        for c, n in enumerate(per):
+            for i in range(n):
+                a = (rng.random((16, 16)) * 90 + c * 70).astype(np.uint8)
+                rel = f"{split}/{c}_{i}.png"
+                (root / split).mkdir(parents=True, exist_ok=True)
+                Image.fromarray(a).save(root / rel)
+                lines.append(f"{rel} {c}")
+        (root / f"{split}.txt").write_text("\n".join(lines) + "\n")
+    data = [f"data.root={root}", f"data.train_split={root}/train.txt", f"data.val_split={root}/val.txt",
+            f"data.test_split={root}/test.txt"]
+    run_extract(root / "store", dataset="splitfile", encoder="tiny_test", progress=False,
+                overrides=[*data, "precision=fp32", "pca_images=4"])
+    cfg = load_config(None, [
+        "data.name=splitfile", *data, "data.image_size=16", "data.batch_size=16", "model.backbone=resnet8",
+        "optim.epochs=2", "optim.lr=0.05", "optim.precision=fp32", f"fusion.store={root / 'store'}",
+        "eval.many_threshold=20", "eval.few_threshold=5",
+    ])
+    return root, cfg
+
+
+def _count_fits(monkeypatch):
+    from lvmlt.training import trainer
+
+    fits = []
+    real = trainer.Trainer.fit
+
+    def counted(self):
+        fits.append(self.run_dir.name)
+        return real(self)
+
+    monkeypatch.setattr(trainer.Trainer, "fit", counted)
+    return fits
+
+
+def test_ablation_grid_trains_each_variant_once_and_writes_tables(setup, tmp_path, monkeypatch):
+    root, cfg = setup
+    fits = _count_fits(monkeypatch)
+    names = ["baseline", "+SAM latent", "+SAM features+L_proto (ours)"]
+    res = ablate.run_grid(cfg, names, (0, 1), tmp_path, "t", progress=False, log=lambda s: None)
+    assert list(res) == names and all(len(v) == 2 for v in res.values())
+    assert sorted(fits) == sorted(f"t-{ablate._slug(n)}-seed{s}" for n in names for s in (0, 1))
+    cfg_saved = (tmp_path / "t-sam_latent-seed1" / "config.yaml").read_text()
+    assert "latent: true" in cfg_saved and "seed: 1" in cfg_saved
+    # a second call reuses every finished run
+    again = ablate.run_grid(cfg, names, (0, 1), tmp_path, "t", progress=False, log=lambda s: None)
+    assert len(fits) == 6 and again == res
+    md = ablate.write_tables(res, tmp_path / "tab", title="T")
+    assert md.startswith("# T") and "+SAM latent" in md
+    rows = (tmp_path / "tab.csv").read_text().splitlines()
+    assert len(rows) >= 4 and "many" in rows[0]
+
+
+def test_baselines_share_runs_and_apply_posthoc_and_second_stages(setup, tmp_path, monkeypatch):
+    root, cfg = setup
+    ablate.run_grid(cfg, ["baseline"], (0,), tmp_path, "d-ce", progress=False, log=lambda s: None)
+    fits = _count_fits(monkeypatch)
+    rows = ["CE", "Label Shift (MAPLS)", "cRT"]
+    res = baselines.run_rows(cfg, rows, (0,), tmp_path, "d", stage_epochs=1, progress=False, log=lambda s: None)
+    sam = baselines.SAM
+    assert list(res) == [r + s for r in rows for s in ("", f" {sam}")]
+    # the CE baseline came from the ablation grid; its SAM twin and the two cRT stages are new
+    assert sorted(fits) == sorted([
+        "d-ce-sam_features_l_proto__ours-seed0", "d-ce-baseline-seed0-crt",
+        "d-ce-sam_features_l_proto__ours-seed0-crt",
+    ])
+    m = json.loads((tmp_path / "d-ce-baseline-seed0" / "metrics.json").read_text())
+    assert res["CE"][0]["top1"] == m["test"]["top1"]
+    assert res["Label Shift (MAPLS)"][0]["top1"] == m["calibrated"]["mapls"]["test"]["top1"]
+    crt = (tmp_path / "d-ce-baseline-seed0-crt" / "config.yaml").read_text()
+    assert "init_from" in crt and "class_balanced" in crt and "epochs: 1" in crt
+    # tabulating only what exists trains nothing
+    n = len(fits)
+    baselines.run_rows(cfg, rows + ["ProCo"], (0,), tmp_path, "d", stage_epochs=1, progress=False,
+                       log=lambda s: None, train_missing=False)
+    assert len(fits) == n
+    with pytest.raises(Exception, match="unknown baseline row"):
+        baselines.run_rows(cfg, ["nope"], (0,), tmp_path, "d")
