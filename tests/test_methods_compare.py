@@ -26,8 +26,11 @@ def test_sam_fusion_rows_are_read_from_results_files(tmp_path):
         w.writerow(["+SAM map&latent", 82, 62, 42, 72])
     (root / "other-systems" / "elpv.csv").write_text("run,top1\nmine,1\n")  # our own output: skipped
     (root / "mnist-lt.csv").write_text("run,top1\nx,1\n")  # another dataset
+    (root / "ablation-fashion-mnist-lt-ce.csv").write_text("run,top1\ny,2\n")  # contains "mnist-lt"
     rows, files = find_sam_fusion_results("elpv", root, (root / "other-systems").resolve())
     assert files == [root / "elpv-ablation.csv"]
+    _, files = find_sam_fusion_results("mnist-lt", root, (root / "other-systems").resolve())
+    assert files == [root / "mnist-lt.csv"]
     (name,) = rows
     assert "+SAM map&latent" in name and [r["top1"] for r in rows[name]] == [70.0, 72.0]
 

@@ -248,6 +248,14 @@ def run_ifl_glt(
 # ----------------------------------------------------------------------------- SAM-fusion rows
 
 
+def _dataset_of(filename: str) -> str | None:
+    """The longest built-in dataset name in a file name ("...-fashion-mnist-lt-ce.csv" is not mnist-lt)."""
+    from lvmlt.data.builtin import DATASETS
+
+    names = [n for n in DATASETS.names() if n in filename]
+    return max(names, key=len) if names else None
+
+
 def find_sam_fusion_results(dataset: str, results_root: Path, exclude: Path) -> tuple[dict, list[Path]]:
     """Rows of CSV result files under ``results_root`` (not under ``exclude``) naming the dataset.
 
@@ -259,7 +267,7 @@ def find_sam_fusion_results(dataset: str, results_root: Path, exclude: Path) -> 
     if not results_root.is_dir():
         return rows, used
     for path in sorted(results_root.rglob("*.csv")):
-        if exclude in path.parents or dataset not in path.name:
+        if exclude in path.parents or _dataset_of(path.name) != dataset:
             continue
         with path.open() as f:
             reader = csv.DictReader(f)
