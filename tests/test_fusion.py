@@ -84,3 +84,11 @@ def test_full_model_all_options_and_sam_only():
     only = build_model(load_config(None, ["fusion.sam_only=true"]), 7)
     assert only.backbone is None and only.needs == {"sam_vec"}
     assert only(_batch())["logits"].shape == (3, 7)
+    # the probe standardises each dimension: a shared offset and scale change nothing
+    only.eval()
+    b = _batch()
+    only.sam_bn.running_mean.fill_(0.05)
+    only.sam_bn.running_var.fill_(0.1**2)
+    shifted = {**b, "sam_vec": b["sam_vec"] * 0.1 + 0.05}
+    expected = only.head(b["sam_vec"].float())  # BN undoes the offset and scale exactly
+    torch.testing.assert_close(only(shifted)["logits"], expected, atol=1e-3, rtol=1e-3)
