@@ -19,9 +19,9 @@ def cmd_calibrate(args) -> int:
     import json
     from pathlib import Path
 
-    entry = calibrate_run(args.run_dir, args.method, source_prior=args.source_prior, **opts)
+    entry = calibrate_run(args.run_dir, args.method, source_prior=args.source_prior, bcts=args.bcts, **opts)
     before = json.loads((Path(args.run_dir) / "metrics.json").read_text())["test"]
-    rows = {"uncalibrated": before, f"+{args.method}": entry["test"]}
+    rows = {"uncalibrated": before, f"+{args.method}" + (" (BCTS)" if args.bcts else ""): entry["test"]}
     print(format_table(rows, columns=("many", "medium", "few", "top1", "mean_class_acc")))
     print(f"estimated test prior L1 error: {entry['prior_l1_error']:.3f} (written to metrics.json)")
     return 0
@@ -38,6 +38,11 @@ def add_parsers(sub) -> None:
         default="train",
         choices=["train", "uniform", "soft"],
         help="the prior the model's posteriors reflect: train (CE), uniform (balanced losses), soft",
+    )
+    c.add_argument(
+        "--bcts",
+        action="store_true",
+        help="bias-corrected temperature scaling on the validation split first (Alexandari et al. 2020)",
     )
     c.add_argument("options", nargs="*", help="estimator options as key=value (e.g. lam=0.5)")
     c.set_defaults(func=cmd_calibrate)

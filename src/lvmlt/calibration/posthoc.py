@@ -6,6 +6,9 @@
   al., 2020); τ = 0 leaves W unchanged, τ = 1 gives unit-norm rows.
 - :func:`fit_lws`: learnable weight scaling, one scalar per class fitted on frozen
   features with class-balanced weighting (Kang et al., 2020).
+- :func:`fit_bcts`: bias-corrected temperature scaling (Alexandari et al., ICML 2020),
+  z / T + b fitted by NLL on labelled validation logits: the calibration EM-based
+  label-shift estimators (MLLS, MAPLS) assume and a plain CE network lacks.
 
 cRT (re-training the classifier with class-balanced sampling) is a training run and lives
 with the trainer. Logit adjustment is also registered as the calibrator
@@ -25,6 +28,35 @@ from lvmlt.calibration.label_shift import CALIBRATORS, LabelShiftEstimate, _norm
 def _log_prior(class_prior_or_counts) -> np.ndarray:
     p = np.asarray(class_prior_or_counts, dtype=np.float64)
     return _safe_log(_normalise(p))
+
+
+def fit_bcts(logits, labels, iters: int = 100) -> tuple[float, np.ndarray]:
+    """Bias-corrected temperature scaling: (T, b) minimising the NLL of softmax(z / T + b).
+
+    Args:
+        logits: validation logits (N, C); labels: (N,) ints in [0, C).
+    Returns:
+        T > 0 and the per-class biases b (C,), float64; b is centred (softmax ignores a shift).
+    """
+    z = torch.as_tensor(np.asarray(logits), dtype=torch.float64)
+    y = torch.as_tensor(np.asarray(labels), dtype=torch.int64)
+    log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    b = torch.zeros(z.shape[1], dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([log_t, b], lr=0.5, max_iter=iters, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(z * torch.exp(-log_t) + b, y) + 1e-6 * (b**2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    bias = (b - b.mean()).detach().numpy()
+    return float(torch.exp(log_t.detach())), bias
+
+
+def apply_bcts(logits, temperature: float, bias: np.ndarray) -> np.ndarray:
+    return np.asarray(logits, dtype=np.float64) / temperature + bias
 
 
 def logit_adjust(logits, class_prior, tau: float = 1.0):

@@ -62,7 +62,9 @@ def run_grid(
     for n in names:
         results[n] = []
         for s in seeds:
-            cfg = replace(base, **VARIANTS[n], seed=s, out_dir=str(out_dir), run_name=f"{tag}-{_slug(n)}-seed{s}")
+            cfg = replace(
+                base, **VARIANTS[n], seed=s, out_dir=str(out_dir), run_name=f"{tag}-{_slug(n)}-seed{s}"
+            )
             rd = run_dir_for(cfg)
             if (rd / "metrics.json").exists():
                 m = json.loads((rd / "metrics.json").read_text())
@@ -78,7 +80,9 @@ def run_grid(
     return {k: v for k, v in results.items() if v}
 
 
-def write_tables(results: dict[str, list[dict]], out_prefix: str | Path, title: str = "", note: str = "") -> str:
+def write_tables(
+    results: dict[str, list[dict]], out_prefix: str | Path, title: str = "", note: str = ""
+) -> str:
     """Writes ``<prefix>.md`` and ``<prefix>.csv`` (mean +- std over seeds); returns the markdown."""
     from lvmlt.evaluation.metrics import mean_std_table, write_csv
 

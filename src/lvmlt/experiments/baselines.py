@@ -38,6 +38,8 @@ class Row:
         posthoc: a calibrator (``lvmlt calibrate --method``) applied to the run's logits.
         stage: overrides of a second stage trained on the first-stage run.
         source_prior: what the post-hoc method assumes the model was trained for.
+        bcts: calibrate the logits on the validation split first (bias-corrected
+            temperature scaling), as EM-based estimators assume calibrated probabilities.
     """
 
     loss: str
@@ -45,6 +47,7 @@ class Row:
     posthoc: str | None = None
     stage: dict | None = None
     source_prior: str = "train"
+    bcts: bool = False
 
 
 _CE = {"loss.name": "ce"}
@@ -55,6 +58,8 @@ ROWS: dict[str, Row] = {
     "Label Shift (MAPLS)": Row("ce", _CE, posthoc="mapls"),
     "Label Shift (MLLS)": Row("ce", _CE, posthoc="mlls"),
     "Label Shift (BBSE)": Row("ce", _CE, posthoc="bbse"),
+    "Label Shift (MAPLS, BCTS)": Row("ce", _CE, posthoc="mapls", bcts=True),
+    "Label Shift (MLLS, BCTS)": Row("ce", _CE, posthoc="mlls", bcts=True),
     "logit adjustment (post-hoc)": Row("ce", _CE, posthoc="logit_adjust"),
     "cRT": Row("ce", _CE, stage={**_DECOUPLED, "stage.reset_head": True}),
     "LWS": Row("ce", _CE, stage={**_DECOUPLED, "stage.lws": True}),
@@ -143,7 +148,9 @@ def run_rows(
                 if m is None:
                     continue
                 if row.posthoc:
-                    entry = calibrate_run(run_dir_for(first), row.posthoc, source_prior=row.source_prior)
+                    entry = calibrate_run(
+                        run_dir_for(first), row.posthoc, source_prior=row.source_prior, bcts=row.bcts
+                    )
                     m = entry["test"]
                 elif row.stage:
                     stage = replace(

@@ -46,8 +46,10 @@ def main(argv=None) -> int:
     t0 = time.time()
     out = Path(args.out)
     base = load_config(args.config, args.overrides)
-    print(f"lvmlt demo: ELPV, {base.model.backbone} at {base.data.image_size} px, {base.optim.epochs} epochs, "
-          f"{torch.get_num_threads()} threads; runs under {out}/")
+    print(
+        f"lvmlt demo: ELPV, {base.model.backbone} at {base.data.image_size} px, {base.optim.epochs} epochs, "
+        f"{torch.get_num_threads()} threads; runs under {out}/"
+    )
     bundle = build_data(base.data)
     store_dir = out / "features" / f"elpv-mobilesam-{args.img_size}"
     extract(bundle, ExtractConfig(encoder="mobilesam", img_size=args.img_size), store_dir)
@@ -57,7 +59,8 @@ def main(argv=None) -> int:
     for name, extra in RUNS.items():
         slug = name.lower().replace(" + ", "+").replace(" ", "_")
         cfg = load_config(
-            args.config, [*args.overrides, *extra, f"fusion.store={store_dir}", f"out_dir={out}", f"run_name={slug}"]
+            args.config,
+            [*args.overrides, *extra, f"fusion.store={store_dir}", f"out_dir={out}", f"run_name={slug}"],
         )
         rd = run_dir_for(cfg)
         if (rd / "metrics.json").exists():
@@ -67,8 +70,10 @@ def main(argv=None) -> int:
             m = Trainer(cfg, resume=(rd / "checkpoints" / "last.pt").exists(), bundle=bundle).fit()
         rows[name], dirs = m["test"], [*dirs, rd]
     th = next(iter(rows.values()))["thresholds"]
-    print(f"\nELPV test split ({len(bundle.test)} images; many > {th['many']}, few < {th['few']} training images; "
-          "checkpoints chosen on validation):")
+    print(
+        f"\nELPV test split ({len(bundle.test)} images; many > {th['many']}, few < {th['few']} training images; "
+        "checkpoints chosen on validation):"
+    )
     print(format_table(rows, columns=("many", "medium", "few", "top1", "mean_class_acc")))
     report = write_report(dirs, out / "report.html", title="lvmlt demo: ELPV")
     print(f"\nreport: {report['html']}\nwall time: {time.time() - t0:.0f} s")
