@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 STORE=${STORE:-runs/demo/features/elpv-mobilesam-256}
 OUT=${OUT:-runs/ablate}
 ARGS=(--config configs/elpv.yaml fusion.store=$STORE data.image_size=48 optim.epochs=10 threads=1 --out "$OUT" --tag elpv)
-ROWS="CE,Label Shift (MAPLS),Label Shift (MLLS),Label Shift (BBSE),Label Shift (MAPLS, BCTS),Label Shift (MLLS, BCTS),logit adjustment (post-hoc),cRT,LWS,balanced softmax,ProCo"
+ROWS="CE,Label Shift (MAPLS),Label Shift (MLLS),Label Shift (BBSE),Label Shift (MAPLS + BCTS),Label Shift (MLLS + BCTS),logit adjustment (post-hoc),cRT,LWS,balanced softmax,ProCo"
 test -f "$STORE/manifest.json" || python -m lvmlt extract --dataset elpv --encoder mobilesam --img-size 256 --out "$STORE"
 for seed in 0 1 2; do
   python -m lvmlt baselines "${ARGS[@]}" --quiet --seeds $seed --rows "$ROWS" > /dev/null
