@@ -10,13 +10,14 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/ablate}
 SEEDS=${SEEDS:-0 1 2}
 ROWS="CE,Label Shift (MAPLS),logit adjustment (post-hoc),balanced softmax,ProCo"
+ROWS_TABLE="CE,Label Shift (MAPLS),Label Shift (MAPLS + BCTS),Label Shift (MLLS + BCTS),logit adjustment (post-hoc),balanced softmax,ProCo"
 for seed in $SEEDS; do
   for ds in fashion-mnist-lt mnist-lt; do
     STORE=runs/features/$ds-mobilesam256
     test -f "$STORE/manifest.json" || python -m lvmlt extract --dataset $ds --encoder mobilesam --img-size 256 --out "$STORE" threads=1
     CE=(--config configs/$ds.yaml fusion.store=$STORE threads=1)
     python -m lvmlt ablate "${CE[@]}" --out "$OUT" --quiet --tag $ds-ce --seeds $seed \
-      --variants "baseline,+SAM features+L_proto (ours),+SAM map&latent,+SAM latent"
+      --variants "baseline,+SAM features+L_proto (ours),+SAM map&latent,+SAM latent,SAM latent feature only"
     python -m lvmlt ablate "${CE[@]}" loss.name=balanced_softmax --out "$OUT" --quiet --tag $ds-bs --seeds $seed \
       --variants "baseline,+SAM features+L_proto (ours)"
     python -m lvmlt baselines "${CE[@]}" --out "$OUT" --quiet --tag $ds --seeds $seed --rows "$ROWS" > /dev/null
@@ -25,9 +26,9 @@ done
 for ds in fashion-mnist-lt mnist-lt; do
   CE=(--config configs/$ds.yaml fusion.store=runs/features/$ds-mobilesam256 threads=1)
   python -m lvmlt ablate "${CE[@]}" --out "$OUT" --tag $ds-ce --seeds 0,1,2 --no-train \
-    --variants "baseline,+SAM map&latent,+SAM latent,+SAM features+L_proto (ours)" --results benchmarks/results/ablation-$ds-ce
+    --variants "baseline,+SAM map&latent,+SAM latent,+SAM features+L_proto (ours),SAM latent feature only" --results benchmarks/results/ablation-$ds-ce
   python -m lvmlt ablate "${CE[@]}" loss.name=balanced_softmax --out "$OUT" --tag $ds-bs --seeds 0,1,2 --no-train \
     --variants "baseline,+SAM features+L_proto (ours)" --results benchmarks/results/ablation-$ds-bs
-  python -m lvmlt baselines "${CE[@]}" --out "$OUT" --tag $ds --seeds 0,1,2 --rows "$ROWS" --no-train \
+  python -m lvmlt baselines "${CE[@]}" --out "$OUT" --tag $ds --seeds 0,1,2 --rows "$ROWS_TABLE" --no-train \
     --results benchmarks/results/baselines-$ds
 done
