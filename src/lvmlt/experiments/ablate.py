@@ -49,7 +49,6 @@ def run_grid(
     With ``train_missing=False`` nothing is trained: the tables hold the finished runs only
     (the ``n`` column says how many seeds each row has)."""
     from lvmlt.errors import UserError
-    from lvmlt.training.trainer import Trainer, run_dir_for
 
     names = variants or list(VARIANTS)
     for n in names:
@@ -65,19 +64,28 @@ def run_grid(
             cfg = replace(
                 base, **VARIANTS[n], seed=s, out_dir=str(out_dir), run_name=f"{tag}-{_slug(n)}-seed{s}"
             )
-            rd = run_dir_for(cfg)
-            if (rd / "metrics.json").exists():
-                m = json.loads((rd / "metrics.json").read_text())
-            elif not train_missing:
+            m = run_metrics(cfg, progress, train_missing)
+            if m is None:
                 continue
-            else:
-                resume = (rd / "checkpoints" / "last.pt").exists()
-                m = Trainer(cfg, resume=resume, progress=progress).fit()
-            results[n].append(m["test"])
+            results[n].append(m)
             done += 1
             el = time.time() - t0
-            log(f"[{done}/{total}] {n} seed {s}: test top1 {m['test']['top1']:.2f}  (elapsed {el:.0f}s)")
+            log(f"[{done}/{total}] {n} seed {s}: test top1 {m['top1']:.2f}  (elapsed {el:.0f}s)")
     return {k: v for k, v in results.items() if v}
+
+
+def run_metrics(cfg: Config, progress: bool = True, train_missing: bool = True) -> dict | None:
+    """The test metrics of the run ``cfg`` names: read when it has finished, else trained
+    (a killed run resumes from its last checkpoint); None if missing and not ``train_missing``."""
+    from lvmlt.training.trainer import Trainer, run_dir_for
+
+    rd = run_dir_for(cfg)
+    if (rd / "metrics.json").exists():
+        return json.loads((rd / "metrics.json").read_text())["test"]
+    if not train_missing:
+        return None
+    resume = (rd / "checkpoints" / "last.pt").exists()
+    return Trainer(cfg, resume=resume, progress=progress).fit()["test"]
 
 
 def write_tables(

@@ -16,14 +16,13 @@ and a finished run is never trained twice.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from lvmlt.config import Config, replace
 from lvmlt.errors import UserError
-from lvmlt.experiments.ablate import VARIANTS, _slug
+from lvmlt.experiments.ablate import VARIANTS, _slug, run_metrics
 
 SAM = "+SAM features+L_proto (ours)"
 
@@ -88,24 +87,6 @@ def _first_stage(base: Config, row: Row, sam: bool, seed: int, tag: str) -> Conf
     )
 
 
-def _train(cfg: Config, progress: bool) -> dict:
-    """The test metrics of a run, training it (or finishing a killed one) when needed."""
-    from lvmlt.training.trainer import Trainer, run_dir_for
-
-    rd = run_dir_for(cfg)
-    if (rd / "metrics.json").exists():
-        return json.loads((rd / "metrics.json").read_text())["test"]
-    resume = (rd / "checkpoints" / "last.pt").exists()
-    return Trainer(cfg, resume=resume, progress=progress).fit()["test"]
-
-
-def _finished(cfg: Config) -> dict | None:
-    from lvmlt.training.trainer import run_dir_for
-
-    path = run_dir_for(cfg) / "metrics.json"
-    return json.loads(path.read_text())["test"] if path.exists() else None
-
-
 def run_rows(
     base: Config,
     rows: list[str] | None = None,
@@ -144,7 +125,7 @@ def run_rows(
             results[key] = []
             for s in seeds:
                 first = _first_stage(base, row, sam, s, tag)
-                m = _train(first, progress) if train_missing else _finished(first)
+                m = run_metrics(first, progress, train_missing)
                 if m is None:
                     continue
                 if row.posthoc:
@@ -160,7 +141,7 @@ def run_rows(
                         **{"optim.warmup_epochs": 0},
                         run_name=f"{first.run_name}-{_slug(n)}",
                     )
-                    m = _train(stage, progress) if train_missing else _finished(stage)
+                    m = run_metrics(stage, progress, train_missing)
                     if m is None:
                         continue
                 results[key].append(m)
