@@ -19,9 +19,9 @@ import time
 import torch
 
 from lvmlt.config import load_config
+from lvmlt.losses import build_terms
 from lvmlt.models.classifier import build_model
 from lvmlt.training.runtime import autocast
-from lvmlt.training.terms import build_terms
 
 
 def make_step(cfg, num_classes: int, counts):

@@ -14,9 +14,9 @@ from lvmlt.config import IFLConfig, load_config
 from lvmlt.data.base import DataBundle, ImageSplit
 from lvmlt.data.transforms import build_transform
 from lvmlt.errors import UserError
+from lvmlt.losses import TERMS
+from lvmlt.losses.ifl import IFLTerm, environment_weights, irm_penalty, resolve_schedule
 from lvmlt.methods.glt import GLTSpec, attribute_accuracy, elpv_glt_bundles, glt_bundles
-from lvmlt.methods.ifl import IFLTerm, environment_weights, irm_penalty, resolve_schedule
-from lvmlt.training.terms import TERMS
 
 torch.set_num_threads(1)
 

@@ -9,72 +9,51 @@ training images per class and the run length:
         loss = loss_fn(logits, targets)   # logits B x C, targets B (long, -1 = skip)
 
 Class counts live in buffers, so ``loss_fn.to(device)`` moves them with the model.
-Adding a loss means registering a builder here (``@LOSSES.register("name")``), not adding
-an ``elif`` to the trainer.
+Adding a loss means registering a builder (``@LOSSES.register("name")``, see
+:mod:`lvmlt.losses.baseline`), not adding an ``elif`` to the trainer.
+
+The training objective is a sum of *terms* (:mod:`lvmlt.losses.terms`): the baseline loss
+above, and the optional prototype (:mod:`~lvmlt.losses.proto`), ProCo
+(:mod:`~lvmlt.losses.proco`) and IFL (:mod:`~lvmlt.losses.ifl`) terms, each registered in
+``TERMS`` by its own module.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-import numpy as np
-from torch import nn
-
-from lvmlt.config import LossConfig
-from lvmlt.registry import Registry
-
-LossBuilder = Callable[[LossConfig, np.ndarray, int], nn.Module]
-
-#: name -> ``builder(cfg: LossConfig, class_counts: np.ndarray, epochs: int) -> nn.Module``
-LOSSES: Registry[LossBuilder] = Registry("loss")
-
-
-def build_loss(cfg: LossConfig, class_counts: np.ndarray, epochs: int) -> nn.Module:
-    """Build the loss named by ``cfg.name``.
-
-    Args:
-        cfg: the ``loss`` section of the run config.
-        class_counts: training images per class, shape (C,), non-negative integers.
-            Classes with zero images are allowed (see each loss for how they are handled).
-        epochs: total training epochs; DRW uses it to resolve ``drw_epoch=-1``.
-
-    Returns:
-        A module with ``forward(logits: B x C, targets: B) -> scalar`` and
-        ``set_epoch(epoch: int)``.
-
-    Raises:
-        UserError: unknown loss name or an invalid loss setting.
-        ValueError: class counts that are not a 1-D array of finite non-negative numbers.
-    """
-    builder = LOSSES.get(cfg.name)
-    return builder(cfg, check_class_counts(class_counts), int(epochs))
-
-
-# Imported last: the built-in losses register themselves into LOSSES defined above.
-from lvmlt.losses.baseline import (  # noqa: E402
+# Importing the term modules registers their terms in TERMS.
+from lvmlt.losses import ifl, proco, proto  # noqa: F401,I001  (after the names above)
+from lvmlt.losses.baseline import (
     IGNORE_INDEX,
+    LOSSES,
+    BaselineTerm,
     ClassBalancedLoss,
     ClassCountLoss,
     CrossEntropyLoss,
     FocalLoss,
     LDAMDRWLoss,
     LogitAdjustedLoss,
+    build_loss,
     check_class_counts,
     effective_number_weights,
     ldam_margins,
     log_prior,
 )
+from lvmlt.losses.terms import TERMS, Term, build_terms
 
 __all__ = [
     "IGNORE_INDEX",
     "LOSSES",
+    "TERMS",
+    "BaselineTerm",
     "ClassBalancedLoss",
     "ClassCountLoss",
     "CrossEntropyLoss",
     "FocalLoss",
     "LDAMDRWLoss",
     "LogitAdjustedLoss",
+    "Term",
     "build_loss",
+    "build_terms",
     "check_class_counts",
     "effective_number_weights",
     "ldam_margins",

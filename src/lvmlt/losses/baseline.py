@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -23,7 +24,13 @@ from torch import Tensor, nn
 
 from lvmlt.config import LossConfig
 from lvmlt.errors import UserError
-from lvmlt.losses import LOSSES
+from lvmlt.losses.terms import TERMS, Term
+from lvmlt.registry import Registry
+
+LossBuilder = Callable[[LossConfig, np.ndarray, int], nn.Module]
+
+#: name -> ``builder(cfg: LossConfig, class_counts: np.ndarray, epochs: int) -> nn.Module``
+LOSSES: Registry[LossBuilder] = Registry("loss")
 
 IGNORE_INDEX = -1  # target of a skipped sample; any negative target is ignored
 
@@ -383,3 +390,48 @@ def build_class_balanced(cfg: LossConfig, class_counts: np.ndarray, epochs: int)
     if cfg.cb_base == "focal":
         _check_gamma(cfg.focal_gamma)
     return ClassBalancedLoss(class_counts, beta=cfg.cb_beta, base=cfg.cb_base, gamma=cfg.focal_gamma)
+
+
+# ----------------------------------------------------------------------------- entry points
+
+
+def build_loss(cfg: LossConfig, class_counts: np.ndarray, epochs: int) -> nn.Module:
+    """Build the loss named by ``cfg.name``.
+
+    Args:
+        cfg: the ``loss`` section of the run config.
+        class_counts: training images per class, shape (C,), non-negative integers.
+            Classes with zero images are allowed (see each loss for how they are handled).
+        epochs: total training epochs; DRW uses it to resolve ``drw_epoch=-1``.
+
+    Returns:
+        A module with ``forward(logits: B x C, targets: B) -> scalar`` and
+        ``set_epoch(epoch: int)``.
+
+    Raises:
+        UserError: unknown loss name or an invalid loss setting.
+        ValueError: class counts that are not a 1-D array of finite non-negative numbers.
+    """
+    builder = LOSSES.get(cfg.name)
+    return builder(cfg, check_class_counts(class_counts), int(epochs))
+
+
+class BaselineTerm(Term):
+    """The baseline classification loss (``cfg.loss``) on the logits, as a training term."""
+
+    def __init__(self, loss: nn.Module, weight: float = 1.0):
+        super().__init__(weight)
+        self.loss = loss
+
+    def on_epoch_start(self, epoch: int) -> None:
+        if hasattr(self.loss, "set_epoch"):
+            self.loss.set_epoch(epoch)
+
+    def forward(self, out: dict, batch: dict) -> dict:
+        return {"baseline": self.loss(out["logits"].float(), batch["label"])}
+
+
+@TERMS.register("baseline")
+def build_baseline_term(cfg, class_counts, model) -> Term:
+    """The baseline term, always on: ``cfg.loss`` with ``cfg.optim.epochs``."""
+    return BaselineTerm(build_loss(cfg.loss, class_counts, cfg.optim.epochs))

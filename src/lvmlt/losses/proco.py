@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lvmlt.losses.terms import TERMS, Term
+
 KAPPA_MAX = 1e5  # the authors' clamp on the concentration
 
 # Debye polynomials u_k(t) of the uniform expansion of I_ν(νz) (DLMF 10.41.10), as
@@ -343,3 +345,44 @@ def build_proco(
 ) -> ProCoLoss:  # thin builder for a LOSSES registry
     """Build :class:`ProCoLoss`; keyword arguments as in its constructor."""
     return ProCoLoss(num_classes, feat_dim, class_counts, **kwargs)
+
+
+class ProCoTerm(Term):
+    """ProCo's contrastive term on a projection of the model's embedding.
+
+    The projection MLP (embedding -> hidden -> BN -> ReLU -> p, then L2-normalised) is
+    trained with the model. Unlike the authors' three augmented views, we use the one
+    view the data pipeline gives for both branches; the classifier's LA-CE comes from
+    the baseline term (``loss.name=logit_adjusted``).
+
+    Args:
+        emb_dim: width of ``out["embedding"]``. class_counts: training images per class.
+        c: the ``proco`` config section (``hidden``, ``feat_dim``, ``temperature``,
+            ``la_tau``, ``bessel``; ``weight`` is the term's factor).
+    """
+
+    def __init__(self, emb_dim: int, class_counts, c):
+        super().__init__(c.weight)
+        self.proj = nn.Sequential(
+            nn.Linear(emb_dim, c.hidden), nn.BatchNorm1d(c.hidden), nn.ReLU(), nn.Linear(c.hidden, c.feat_dim)
+        )
+        self.loss = ProCoLoss(
+            len(class_counts), c.feat_dim, list(map(float, class_counts)), temperature=c.temperature,
+            la_tau=c.la_tau, proco_weight=1.0, bessel=c.bessel,
+        )
+
+    def on_epoch_start(self, epoch: int) -> None:
+        self.loss.new_epoch()
+
+    def forward(self, out: dict, batch: dict) -> dict:
+        z = F.normalize(self.proj(out["embedding"].float()), dim=1)
+        targets = torch.where(batch["label"] >= 0, batch["label"], torch.full_like(batch["label"], -100))
+        return {"proco": self.loss(z, out["logits"], targets)["proco"]}
+
+
+@TERMS.register("proco")
+def build_proco_term(cfg, class_counts, model) -> Term | None:
+    """The ProCo term when ``cfg.proco.enabled``."""
+    if not cfg.proco.enabled:
+        return None
+    return ProCoTerm(model.embedding_dim, class_counts, cfg.proco)

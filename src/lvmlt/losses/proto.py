@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from lvmlt.errors import UserError
-from lvmlt.training.terms import Term
+from lvmlt.losses.terms import TERMS, Term
 
 
 def imbalance_weights(class_counts, scheme: str = "inverse_frequency") -> torch.Tensor:
@@ -94,6 +94,7 @@ class PrototypeLoss(Term):
         dim: embedding size D. bank_size: M.
         use_head / use_tail_std / use_tail_dist: which terms are on (the ablation grid).
         tau_*: the thresholds on w. weights: the w_k scheme. eps: guards log(0).
+        weight: the term's factor in the objective (``proto.beta``).
     """
 
     def __init__(
@@ -109,8 +110,9 @@ class PrototypeLoss(Term):
         tau_tail_dist: float = 0.5,
         weights: str = "inverse_frequency",
         eps: float = 1e-6,
+        weight: float = 1.0,
     ):
-        super().__init__()
+        super().__init__(weight)
         self.register_buffer("w", imbalance_weights(class_counts, weights))
         self.bank = MemoryBank(len(class_counts), dim, bank_size)
         self.use = {"head": use_head, "tail_std": use_tail_std, "tail_dist": use_tail_dist}
@@ -146,3 +148,25 @@ class PrototypeLoss(Term):
     @torch.no_grad()
     def after_step(self, out: dict, batch: dict) -> None:
         self.bank.push(out["embedding"], batch["label"])
+
+
+@TERMS.register("proto")
+def build_proto_term(cfg, class_counts, model) -> Term | None:
+    """The prototype loss when ``cfg.proto.enabled``, on the model's embedding."""
+    if not cfg.proto.enabled:
+        return None
+    p = cfg.proto
+    return PrototypeLoss(
+        class_counts,
+        model.embedding_dim,
+        bank_size=p.bank_size,
+        use_head=p.head,
+        use_tail_std=p.tail_std,
+        use_tail_dist=p.tail_dist,
+        tau_head=p.tau_head,
+        tau_tail_std=p.tau_tail_std,
+        tau_tail_dist=p.tau_tail_dist,
+        weights=p.weights,
+        eps=p.eps,
+        weight=p.beta,
+    )

@@ -54,6 +54,7 @@ class LTClassifier(nn.Module):
     ):
         super().__init__()
         self.backbone = backbone
+        self.sam_dim = sam_dim
         in_dim = backbone.out_dim if backbone is not None else sam_dim
         self.drop = nn.Dropout(dropout)
         self.sam_bn = nn.BatchNorm1d(sam_dim, affine=False) if backbone is None else None
@@ -70,6 +71,13 @@ class LTClassifier(nn.Module):
             self.needs.add("sam_map")
         if latent_fusion is not None or backbone is None:
             self.needs.add("sam_vec")
+
+    @property
+    def embedding_dim(self) -> int:
+        """Width D of ``out["embedding"]``, the vector the loss terms act on."""
+        if self.latent_fusion is not None:
+            return self.latent_fusion.out_dim
+        return self.backbone.out_dim if self.backbone is not None else self.sam_dim
 
     def train(self, mode: bool = True):
         super().train(mode)

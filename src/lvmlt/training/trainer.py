@@ -23,8 +23,8 @@ from tqdm import tqdm
 
 from lvmlt.config import Config, replace, to_dict
 from lvmlt.errors import UserError
+from lvmlt.losses import build_terms
 from lvmlt.training import distributed, runtime
-from lvmlt.training.terms import build_terms
 
 log = logging.getLogger("lvmlt")
 

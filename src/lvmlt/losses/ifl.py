@@ -45,8 +45,10 @@ import torch
 import torch.nn.functional as F
 
 from lvmlt.config import IFLConfig
+from lvmlt.data.samplers import build_sampler
 from lvmlt.errors import UserError
-from lvmlt.training.terms import TERMS, Term
+from lvmlt.losses.baseline import build_loss
+from lvmlt.losses.terms import TERMS, Term
 
 CENTER_INITS = ("class_mean", "random")
 
@@ -135,7 +137,7 @@ class IFLTerm(Term):
         baseline=None,
         seed: int = 0,
     ):
-        super().__init__()
+        super().__init__(weight=1.0)  # alpha_e is applied inside forward (one term, three weighted pieces)
         if cfg.center_init not in CENTER_INITS:
             raise UserError(f"unknown ifl.center_init {cfg.center_init!r}", fix="choose class_mean or random")
         if len(cfg.weights) != 2:
@@ -148,7 +150,6 @@ class IFLTerm(Term):
         self.n = int(counts.sum())
         self.warmup, self.step_epoch = resolve_schedule(cfg, epochs)
         self.baseline = baseline
-        self.weight = 1.0  # alpha_e is applied inside forward (one term, three weighted pieces)
         self.epoch = 0
         gen = torch.Generator().manual_seed(int(seed))
         self.register_buffer("centers", torch.randn(self.num_classes, emb_dim, generator=gen))
@@ -267,10 +268,6 @@ def build_ifl(cfg, class_counts, model) -> Term | None:
     """The IFL term when ``cfg.ifl.enabled``; it reads the sampler and loss sections too."""
     if not cfg.ifl.enabled:
         return None
-    from lvmlt.data.samplers import build_sampler
-    from lvmlt.losses import build_loss
-    from lvmlt.training.terms import _embedding_dim
-
     counts = np.asarray(class_counts, dtype=np.int64)
     labels = np.repeat(np.arange(len(counts)), counts)
     probs = np.zeros(len(counts))
@@ -283,4 +280,4 @@ def build_ifl(cfg, class_counts, model) -> Term | None:
             f"loss {cfg.loss.name!r} has no per-sample form for IFL's environment 2",
             fix="set ifl.env2_cls=false",
         )
-    return IFLTerm(counts, _embedding_dim(model), cfg.ifl, cfg.optim.epochs, probs, baseline, seed=cfg.seed)
+    return IFLTerm(counts, model.embedding_dim, cfg.ifl, cfg.optim.epochs, probs, baseline, seed=cfg.seed)
