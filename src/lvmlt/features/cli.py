@@ -75,7 +75,7 @@ def cmd_extract(args) -> int:
     except KeyboardInterrupt:
         print("lvmlt: interrupted; finished chunks are saved, continue with --resume", file=sys.stderr)
         return 130
-    from lvmlt.training.distributed import world
+    from lvmlt.distributed import world
 
     if world()[0] != 0:
         return 0  # under torchrun, rank 0 reports

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from lvmlt import __version__
+from lvmlt import __version__, distributed
 from lvmlt.errors import BadImageError, UserError
 from lvmlt.features.config import ExtractConfig
 from lvmlt.features.pca import CovarianceAccumulator, PcaBasis, image_pca_map
@@ -56,7 +56,6 @@ from lvmlt.features.store import (
     read_manifest,
     tmp_name,
 )
-from lvmlt.training import distributed
 
 
 # ---------------------------------------------------------------------------------------

@@ -21,10 +21,11 @@ import torch
 import yaml
 from tqdm import tqdm
 
+from lvmlt import distributed
 from lvmlt.config import Config, replace, to_dict
 from lvmlt.errors import UserError
 from lvmlt.losses import build_terms
-from lvmlt.training import distributed, runtime
+from lvmlt.training import runtime
 
 log = logging.getLogger("lvmlt")
 
