@@ -38,6 +38,20 @@ def test_environment_weights_follow_the_authors_formula_on_a_hand_example():
     assert np.argmax(w) == 3 and np.argmin(w) == 4  # least confident weighs most
 
 
+def test_the_tail_is_the_largest_fifth_as_in_the_authors_code_also_when_n_is_not_a_multiple_of_5():
+    # n = 7: int(0.8 n) = 5 values in the head mean, int(0.2 n) = 1 in the tail mean; the
+    # sixth is in neither (taking all n - int(0.8 n) = 2 as the tail gives gamma 1.89).
+    s = np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.9])
+    w = environment_weights(s, np.zeros(7, int), 1, env_scale=4.0, min_scores=5)
+    v = np.abs(1 - (s - 0.1) / (0.8 + 1e-9)) + 1e-5  # 1, .875, .75, .625, .5, .375, 0 (+1e-5)
+    head = (0 + 0.375 + 0.5 + 0.625 + 0.75 + 5 * 1e-5) / 5  # the five smallest
+    r = (1.0 + 1e-5) / head + 1e-5  # the largest one
+    gamma = math.log(4) / math.log(r)
+    assert gamma == pytest.approx(1.736, abs=1e-3)
+    expected = v**gamma + 1e-12
+    np.testing.assert_allclose(w, expected / expected.sum(), rtol=1e-6)
+
+
 def test_environment_two_is_class_balanced_and_hard_first_inside_each_class():
     rng = np.random.default_rng(0)
     labels = np.repeat([0, 1, 2], [50, 10, 3])

@@ -7,7 +7,9 @@ A loss term (``ifl.enabled=true``) that works under any baseline loss (``loss.na
    before each rebuild the term records, for every training image it sees,
    ``s_i = softmax(f(x_i))[y_i]`` (training-mode forward, raw logits). At the rebuild, per
    class: ``v = |1 - (s - min s) / (max s - min s + 1e-9)| + 1e-5`` (low confidence -> large),
-   ``r = mean of the top 20 % of v / mean of the bottom 80 % + 1e-5``,
+   ``r = mean of the largest int(0.2 n) of v / mean of the smallest int(0.8 n) + 1e-5``
+   (n scored images in the class; for n = 7 the sixth value is in neither mean, as in the
+   authors' code),
    ``gamma = clip(log(env_scale) / log r, 1, 10)``, ``w = v^gamma + 1e-12`` normalised to sum
    1 inside the class (classes with fewer than ``min_class_scores`` scored images: uniform).
    Environment 1 is the original long-tailed distribution; environment 2 draws a class
@@ -102,9 +104,11 @@ def environment_weights(
         sn = (ss - ss.min()) / (ss.max() - ss.min() + 1e-9)
         v = np.abs(1 - sn) + 1e-5
         vs = np.sort(v)
-        k80 = int(len(vs) * 0.8)
-        head, tail = vs[:k80], vs[k80:]
-        r = tail.mean() / head.mean() + 1e-5
+        # The authors' split (GLT benchmark, train_center_dual.py): the largest int(0.2 n)
+        # values over the smallest int(0.8 n), so for n = 7 the sixth is in neither. The
+        # floor of one value on each side matters only below ifl.min_class_scores = 5 [ours].
+        n_tail, n_head = max(int(len(vs) * 0.2), 1), max(int(len(vs) * 0.8), 1)
+        r = vs[-n_tail:].mean() / vs[:n_head].mean() + 1e-5
         gamma = float(np.clip(math.log(env_scale) / math.log(r), 1.0, 10.0)) if r > 1 else 10.0
         wc = np.empty(len(members))
         wc[seen] = v**gamma + 1e-12
