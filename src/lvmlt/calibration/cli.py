@@ -16,11 +16,10 @@ def cmd_calibrate(args) -> int:
             raise UserError(f"option {o!r} is not key=value", fix="write e.g. lam=0.5")
         k, v = o.split("=", 1)
         opts[k] = yaml.safe_load(v)
-    import json
-    from pathlib import Path
+    from lvmlt import rundir
 
     entry = calibrate_run(args.run_dir, args.method, source_prior=args.source_prior, bcts=args.bcts, **opts)
-    before = json.loads((Path(args.run_dir) / "metrics.json").read_text())["test"]
+    before = rundir.read_metrics(args.run_dir)["test"]
     rows = {"uncalibrated": before, f"+{args.method}" + (" (BCTS)" if args.bcts else ""): entry["test"]}
     print(format_table(rows, columns=("many", "medium", "few", "top1", "mean_class_acc")))
     print(f"estimated test prior L1 error: {entry['prior_l1_error']:.3f} (written to metrics.json)")

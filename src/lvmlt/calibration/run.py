@@ -11,22 +11,21 @@ the calibrated metrics to ``RUN_DIR/metrics.json`` beside the originals::
 from __future__ import annotations
 
 import inspect
-import json
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+from lvmlt import rundir
 from lvmlt.calibration.label_shift import CALIBRATORS, resolve_source_prior
 from lvmlt.errors import UserError
-from lvmlt.training.runtime import atomic_write_json
 
 PREDICTION_KEYS = ("val_logits", "val_labels", "test_logits", "test_labels", "train_counts")
 
 
 def load_predictions(run_dir: str | Path) -> dict[str, np.ndarray]:
     """The arrays of ``RUN_DIR/predictions.npz``, checked for keys and shapes."""
-    path = Path(run_dir) / "predictions.npz"
+    path = Path(run_dir) / rundir.PREDICTIONS
     if not path.is_file():
         raise UserError(f"{path} not found", fix="train the run first (it writes predictions.npz)")
     with np.load(path) as f:
@@ -53,7 +52,7 @@ def _default_thresholds(run_dir: Path, metrics: dict) -> tuple[int | None, int |
         return th.get("many"), th.get("few")
     if "many_threshold" in metrics or "few_threshold" in metrics:
         return metrics.get("many_threshold"), metrics.get("few_threshold")
-    cfg = run_dir / "config.yaml"
+    cfg = run_dir / rundir.CONFIG
     if cfg.is_file():
         import yaml
 
@@ -130,13 +129,7 @@ def calibrate_run(
     estimator = CALIBRATORS.get(method)
     _check_options(method, estimator, opts)
     arrays = load_predictions(run_dir)
-    metrics_path = run_dir / "metrics.json"
-    metrics: dict = {}
-    if metrics_path.is_file():
-        try:
-            metrics = json.loads(metrics_path.read_text())
-        except json.JSONDecodeError as e:
-            raise UserError(f"{metrics_path} is not valid JSON (line {e.lineno})") from None
+    metrics = rundir.read_metrics(run_dir)
     if metrics_fn is None:
         from lvmlt.evaluation.metrics import compute_metrics as metrics_fn  # lazy: heavy imports
     if many_threshold is None and few_threshold is None:
@@ -184,6 +177,7 @@ def calibrate_run(
             "bcts": scaling,
         }
     )
-    metrics.setdefault("calibrated", {})[name or (method + ("+bcts" if bcts else ""))] = entry
-    atomic_write_json(metrics_path, metrics)
+    entries = dict(metrics.get("calibrated") or {})
+    entries[name or (method + ("+bcts" if bcts else ""))] = entry
+    rundir.write_metrics(run_dir, {"calibrated": entries})
     return entry

@@ -7,7 +7,6 @@ by skipping runs whose ``metrics.json`` exists and continuing a killed one.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -77,14 +76,15 @@ def run_grid(
 def run_metrics(cfg: Config, progress: bool = True, train_missing: bool = True) -> dict | None:
     """The test metrics of the run ``cfg`` names: read when it has finished, else trained
     (a killed run resumes from its last checkpoint); None if missing and not ``train_missing``."""
+    from lvmlt import rundir
     from lvmlt.training.trainer import Trainer, run_dir_for
 
     rd = run_dir_for(cfg)
-    if (rd / "metrics.json").exists():
-        return json.loads((rd / "metrics.json").read_text())["test"]
+    if (rd / rundir.METRICS).exists():
+        return rundir.read_metrics(rd)["test"]
     if not train_missing:
         return None
-    resume = (rd / "checkpoints" / "last.pt").exists()
+    resume = (rd / rundir.LAST).exists()
     return Trainer(cfg, resume=resume, progress=progress).fit()["test"]
 
 

@@ -22,11 +22,13 @@ processes, shares out whatever chunks are still missing.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import shutil
 import sys
 import time
+import zipfile
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -38,9 +40,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from lvmlt import __version__, distributed
+from lvmlt import __version__, distributed, hardware
 from lvmlt.errors import BadImageError, UserError
 from lvmlt.features.config import ExtractConfig
+from lvmlt.features.engines import choose_engine, compile_encoder
 from lvmlt.features.pca import CovarianceAccumulator, PcaBasis, image_pca_map
 from lvmlt.features.store import (
     CHUNKS,
@@ -49,12 +52,16 @@ from lvmlt.features.store import (
     PCA_FILE,
     FeatureStore,
     atomic_save_npz,
-    atomic_write_json,
+    check_manifest_digest,
+    damage_error,
+    damaged_files,
     diff_provenance,
     expected_provenance,
+    file_record,
     fsync_dir,
     read_manifest,
     tmp_name,
+    write_manifest,
 )
 
 
@@ -208,18 +215,35 @@ def _progress(total: int, desc: str, enabled: bool):
 
 
 class _Runner:
-    """Calls the encoder under inference mode (optionally compiled) and counts images.
+    """Calls the encoder through its engine under inference mode and counts images.
 
-    With ``compile`` the encoder goes through ``torch.compile``; on the CPU with inductor's
-    "freezing" (weights become constants, so convolutions are pre-packed and fused with
-    their activations). Compilation happens at the first call; if it fails (no C++
-    compiler, an unsupported op) we warn and run eagerly.
+    The engine (``cfg.engine``, see :mod:`lvmlt.features.engines`) is OpenVINO or ONNX
+    Runtime on the CPU when installed, else torch. On torch, ``compile`` sends the encoder
+    through ``torch.compile``; on the CPU with inductor's "freezing" (weights become
+    constants, so convolutions are pre-packed and fused with their activations).
+    Compilation happens at the first call; if it fails (no C++ compiler, an unsupported
+    op) we warn and run eagerly.
+
+    Attributes:
+        engine: the engine that runs (torch when the asked one is missing or failed its check).
+        engine_info: what the manifest records about it.
     """
 
     def __init__(self, encoder, cfg: ExtractConfig, device: torch.device, log=print):
         self.encoder, self.device, self.levels, self.log = encoder, device, tuple(cfg.levels), log
+        self.engine = choose_engine(cfg.engine, device, cfg.precision, cfg.compile, log)
+        self.compiled = None
+        if self.engine != "torch":
+            self.compiled = compile_encoder(encoder, self.engine, cfg.precision, cfg.levels, cfg.threads, log)
+            if self.compiled is None:
+                self.engine = "torch"
+        if self.compiled is not None:
+            self.engine_info = dict(self.compiled.info)
+        else:
+            encoder.prepare(device, cfg.precision, cfg.channels_last)
+            self.engine_info = {"engine": "torch", "version": str(torch.__version__), "compile": cfg.compile}
         self.eager = encoder.forward_levels
-        self.fn = torch.compile(self.eager, dynamic=False) if cfg.compile else self.eager
+        self.fn = torch.compile(self.eager, dynamic=False) if cfg.compile and self.compiled is None else self.eager
         self.images = 0
         self.seconds = 0.0
 
@@ -227,7 +251,9 @@ class _Runner:
     def __call__(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         t = time.perf_counter()
         x = x.to(self.device, non_blocking=True)
-        if self.fn is self.eager:
+        if self.compiled is not None:
+            out = self.compiled(x)
+        elif self.fn is self.eager:
             out = self.fn(x, self.levels)
         else:
             out = self._compiled(x)
@@ -264,7 +290,7 @@ def _chunk_ok(path: Path, n_rows: int) -> bool:
     try:
         with np.load(path, allow_pickle=False) as z:
             return z["vec"].shape[0] == n_rows and z["map"].shape[0] == n_rows
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
         return False
 
 
@@ -332,6 +358,8 @@ def extract(
     device = joined or _pick_device(cfg.device)
     if cfg.precision == "fp16" and device.type != "cuda":
         raise UserError("precision=fp16 is for CUDA only", fix="use bf16 or fp32 on the CPU")
+    # `auto` becomes what this device runs natively; the store records the resolved value.
+    cfg = dataclasses.replace(cfg, precision=hardware.resolve_precision(cfg.precision, device, "extract precision"))
 
     # Settings -> the provenance this run will record (needs the encoder's weights hash).
     if encoder is None:
@@ -352,7 +380,7 @@ def extract(
     plan = _on_primary(setup)  # rank 0 touches the directory; every rank gets the plan or its error
     if plan is None:
         distributed.barrier()
-        return FeatureStore.open(root)
+        return FeatureStore.open(root, verify="size")  # rank 0 has just checked the hashes
     manifest, pending = plan
     chunk_size = int(manifest["chunk_size"])
 
@@ -360,14 +388,19 @@ def extract(
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     try:
-        encoder.prepare(device, cfg.precision, cfg.channels_last)
         run = _Runner(encoder, cfg, device, log)
+        log(
+            f"extracting {encoder.name}@{encoder.img_size} features on {hardware.describe_device(device)}: "
+            f"precision {cfg.precision}, engine {run.engine}"
+        )
+        manifest["engine"] = run.engine_info | {"device": hardware.describe_device(device)}
         basis = None
         if cfg.pca == "global":
             basis = _global_basis(root, splits["train"], encoder, run, cfg, progress, log)
             manifest["map"] |= {
                 "basis_file": PCA_FILE,
                 "basis_sha256": _sha(root / PCA_FILE) if primary else None,
+                "basis_bytes": (root / PCA_FILE).stat().st_size if primary else None,
                 "explained_variance": basis.explained,
                 "fit_vectors": basis.n_vectors,
                 "fit_split": "train",
@@ -391,9 +424,10 @@ def extract(
                 ).items()
             }
             for name, split in splits.items():
-                manifest["splits"][name] |= _assemble_split(root, name, len(split), template, chunk_size)
+                if "checksums" not in manifest["splits"][name]:  # not an intact split kept by a repair
+                    manifest["splits"][name] |= _assemble_split(root, name, len(split), template, chunk_size)
             manifest["complete"] = True
-            atomic_write_json(root / MANIFEST, manifest)  # the commit point
+            write_manifest(root, manifest)  # the commit point
             shutil.rmtree(root / CHUNKS, ignore_errors=True)
     finally:
         torch.set_num_threads(old_threads)
@@ -444,16 +478,22 @@ def _open_or_create(root, bundle, cfg, encoder, provenance, map_size, resume, ov
         _wipe_store(root)
         existing = None
     if existing is not None:
+        check_manifest_digest(root, existing)
         problems = diff_provenance(existing, bundle, cfg, encoder.weights_sha256)
         if problems:
             raise UserError(
                 f"{str(root)!r} holds a feature store made differently: " + "; ".join(problems),
                 fix="choose another --out, or pass --overwrite to replace it",
             )
-        if existing.get("complete"):
+        damaged = damaged_files(root, existing) if existing.get("complete") else {}
+        if existing.get("complete") and not damaged:
             log(f"feature store {root} is complete and matches; nothing to do")
             return None
-        if not resume:
+        if damaged and not resume:
+            raise damage_error(root, damaged, fix="pass --resume to recompute it, or --overwrite to start again")
+        if damaged:
+            log(f"repairing the feature store in {root}: " + "; ".join(f"{k}: {v}" for k, v in damaged.items()))
+        elif not resume:
             raise UserError(
                 f"{str(root)!r} holds an unfinished extraction",
                 fix="pass --resume to continue it, or --overwrite to start again",
@@ -483,16 +523,34 @@ def _open_or_create(root, bundle, cfg, encoder, provenance, map_size, resume, ov
         "map": {"pca": cfg.pca, "size": [map_size, map_size]},
         "splits": {name: {"n": len(s), "fingerprint": s.fingerprint()} for name, s in splits.items()},
     }
-    atomic_write_json(root / MANIFEST, manifest)
+    intact = _intact_splits(root, existing) if existing is not None else {}
+    manifest["splits"] |= intact
+    write_manifest(root, manifest)
     pending = {
         name: [
             (c, idx)
             for c, idx in _chunk_jobs(len(split), chunk_size)
-            if not _chunk_ok(_chunk_path(root, name, c), len(idx))
+            if name not in intact and not _chunk_ok(_chunk_path(root, name, c), len(idx))
         ]
         for name, split in splits.items()
     }
     return manifest, pending
+
+
+def _intact_splits(root: Path, existing: dict) -> dict:
+    """The manifest entries of the splits whose arrays a repair keeps (assembled, recorded,
+    and every file's size and sha256 as recorded). A damaged PCA basis keeps none: the
+    maps of every split were projected on it."""
+    damaged = damaged_files(root, existing)
+    if PCA_FILE in damaged:
+        (root / PCA_FILE).unlink(missing_ok=True)
+        return {}
+    keep = {}
+    for name, entry in existing.get("splits", {}).items():
+        files = entry.get("files", {})
+        if "checksums" in entry and not any(rel in damaged for rel in files.values()):
+            keep[name] = entry
+    return keep
 
 
 def _sha(path: Path) -> str:
@@ -601,10 +659,12 @@ def _assemble_split(root: Path, name: str, n: int, template: dict[str, np.ndarra
     for out in outs.values():
         out.flush()
     outs.clear()  # unmap before the rename
+    checksums: dict[str, dict] = {}  # size and sha256 of each file, checked when the store opens
     for key in files:
         final = root / files[key]
         with open(tmp_name(final), "rb+") as f:
             os.fsync(f.fileno())
+        checksums[key] = file_record(tmp_name(final))
         os.replace(tmp_name(final), final)
     fsync_dir(root / name)
-    return {"files": files, "bad": bad}
+    return {"files": files, "bad": bad, "checksums": checksums}

@@ -16,16 +16,19 @@ complete refuses to open.
 
 from __future__ import annotations
 
-import io
+import hashlib
 import json
 import os
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from lvmlt import rundir
 from lvmlt.errors import UserError
 from lvmlt.features.config import PROVENANCE_FIELDS, ExtractConfig
 from lvmlt.features.pca import PcaBasis
+from lvmlt.rundir import atomic_write, file_sha256, fsync_dir, tmp_name  # noqa: F401 (used by the pipeline)
 
 FORMAT = "lvmlt-features/1"
 MANIFEST = "manifest.json"
@@ -33,50 +36,38 @@ PCA_FILE = "pca.npz"
 CHUNKS = "chunks"
 
 
+REPAIR = "re-run the same `lvmlt extract ... --resume` to recompute it"
+REEXTRACT = "restore it, or re-extract with `lvmlt extract ... --overwrite`"
+VERIFY_ENV = "LVMLT_STORE_VERIFY"  # "size" skips the sha256 check of the arrays when a store opens
+
+
 # ---------------------------------------------------------------------------------------
-# Durable, atomic writes
+# Durable, atomic writes (the one helper of lvmlt.rundir)
 # ---------------------------------------------------------------------------------------
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def tmp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that the file is either absent, old, or complete.
-
-    The bytes go to a temporary file which is fsync-ed before the rename, and the directory
-    is fsync-ed after it: once this returns, the file survives a crash or power loss.
-    A full disk raises OSError before anything is renamed.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = tmp_name(path)
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
-
-
 def atomic_save_npz(path: Path, **arrays: np.ndarray) -> None:
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
 def atomic_write_json(path: Path, obj: dict) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=1, sort_keys=False) + "\n").encode())
+    rundir.atomic_write_json(path, obj, indent=1)
+
+
+def manifest_digest(m: dict) -> str:
+    """sha256 of a manifest's contents, itself left out: an edited manifest shows."""
+    body = {k: v for k, v in m.items() if k != "manifest_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def write_manifest(root: Path, manifest: dict) -> None:
+    """Write ``root/manifest.json`` atomically, with the digest of its contents."""
+    m = json.loads(json.dumps({k: v for k, v in manifest.items() if k != "manifest_sha256"}))
+    m["manifest_sha256"] = manifest_digest(m)
+    atomic_write_json(root / MANIFEST, m)
+
+
+def file_record(path: Path) -> dict:
+    """What the manifest records of a finished file: its size and sha256."""
+    return {"bytes": Path(path).stat().st_size, "sha256": file_sha256(path)}
 
 
 def read_manifest(root: Path) -> dict | None:
@@ -86,12 +77,101 @@ def read_manifest(root: Path) -> dict | None:
     try:
         m = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
-        raise UserError("feature-store manifest is not valid JSON", where=str(path)) from None
+        raise UserError("feature-store manifest is not valid JSON", where=str(path), fix=REEXTRACT) from None
+    if not isinstance(m, dict):
+        raise UserError("feature-store manifest is not a JSON object", where=str(path), fix=REEXTRACT)
     if m.get("format") != FORMAT:
         raise UserError(
             f"unknown feature-store format {m.get('format')!r}", where=str(path), fix=f"expected {FORMAT}"
         )
     return m
+
+
+# ---------------------------------------------------------------------------------------
+# Integrity: sizes always, sha256 by default
+# ---------------------------------------------------------------------------------------
+def check_manifest_digest(root: Path, m: dict) -> None:
+    """A manifest changed after lvmlt wrote it is refused (older stores carry no digest)."""
+    recorded = m.get("manifest_sha256")
+    if recorded is not None and recorded != manifest_digest(m):
+        raise UserError(
+            f"feature-store manifest {root / MANIFEST} was edited or damaged after extraction "
+            "(its contents do not match their sha256)",
+            fix=REEXTRACT,
+        )
+
+
+def _npy_problem(path: Path, n: int) -> str | None:
+    """Why ``path`` is not a complete .npy array of ``n`` rows (None when it is)."""
+    from numpy.lib import format as npy
+
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as f:
+            version = npy.read_magic(f)
+            read = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
+            shape, _, dtype = read(f)
+            data_start = f.tell()
+    except Exception as e:  # numpy raises ValueError, SyntaxError, ... for a broken header
+        return f"its .npy header is unreadable ({type(e).__name__})"
+    if dtype.hasobject:
+        return "it holds Python objects"
+    want = data_start + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if size != want:
+        return f"it has {size} bytes, its header needs {want}"
+    if not shape or shape[0] != n:
+        return f"it holds {shape[0] if shape else 0} rows, the manifest says {n}"
+    return None
+
+
+def _file_problem(path: Path, record: dict | None, hashes: bool) -> str | None:
+    if not path.is_file():
+        return "it is missing"
+    if record is not None:
+        size = path.stat().st_size
+        if size != record.get("bytes"):
+            return f"it has {size} bytes, the manifest records {record.get('bytes')}"
+        if hashes and file_sha256(path) != record.get("sha256"):
+            return "its contents changed (the sha256 differs from the manifest's)"
+    return None
+
+
+def damaged_files(root: Path, m: dict, hashes: bool = True) -> dict[str, str]:
+    """{relative path: what is wrong} for the arrays and PCA basis of a complete store.
+
+    Sizes are always checked (against the manifest and the .npy headers), the sha256 of
+    every file when ``hashes``. Stores from before the sizes and hashes were recorded get
+    the header checks only.
+    """
+    root = Path(root)
+    out: dict[str, str] = {}
+    basis = m.get("map", {})
+    if basis.get("pca") == "global":
+        record = {"bytes": basis["basis_bytes"], "sha256": basis.get("basis_sha256")} if "basis_bytes" in basis else None
+        problem = _file_problem(root / PCA_FILE, record, hashes)
+        if problem:
+            out[PCA_FILE] = problem
+    for entry in m.get("splits", {}).values():
+        checks = entry.get("checksums", {})
+        for key, rel in entry.get("files", {}).items():
+            problem = _file_problem(root / rel, checks.get(key), hashes) or _npy_problem(root / rel, int(entry["n"]))
+            if problem:
+                out[rel] = problem
+    return out
+
+
+def damage_error(root: Path, damaged: dict[str, str], fix: str = REPAIR) -> UserError:
+    rel, why = next(iter(damaged.items()))
+    more = f" (and {len(damaged) - 1} more file(s))" if len(damaged) > 1 else ""
+    return UserError(f"feature store file {Path(root) / rel} is damaged: {why}{more}", fix=fix)
+
+
+def _verify_mode(verify: str | None) -> bool:
+    """True when sha256 hashes are to be checked."""
+    mode = verify or os.environ.get(VERIFY_ENV) or "sha256"
+    if mode not in ("sha256", "size"):
+        raise UserError(f"unknown feature-store verify mode {mode!r}", fix=f"use sha256 or size (e.g. {VERIFY_ENV}=size)")
+    return mode == "sha256"
 
 
 # ---------------------------------------------------------------------------------------
@@ -149,8 +229,14 @@ class FeatureStore:
         self.manifest = manifest
 
     @classmethod
-    def open(cls, path: str | Path) -> FeatureStore:
-        """Open a store; one whose extraction did not finish is refused."""
+    def open(cls, path: str | Path, verify: str | None = None) -> FeatureStore:
+        """Open a store; one whose extraction did not finish, or a damaged one, is refused.
+
+        Args:
+            verify: ``"sha256"`` (default) checks every array's size and sha256 against the
+                manifest; ``"size"`` checks sizes only (quicker on very large stores).
+                None = the ``LVMLT_STORE_VERIFY`` environment variable, else sha256.
+        """
         root = Path(path)
         m = read_manifest(root)
         if m is None:
@@ -163,6 +249,10 @@ class FeatureStore:
                 f"the feature store at {str(root)!r} is incomplete (its extraction was interrupted)",
                 fix="re-run the same `lvmlt extract ... --resume` to finish it",
             )
+        check_manifest_digest(root, m)
+        damaged = damaged_files(root, m, hashes=_verify_mode(verify))
+        if damaged:
+            raise damage_error(root, damaged)
         return cls(root, m)
 
     @property
@@ -216,6 +306,11 @@ def expected_provenance(cfg: ExtractConfig, sha256: str | None = None) -> dict:
     p["img_size"] = img_size
     p["map_size"] = cfg.map_size or grid
     p["levels"] = list(cfg.levels)
+    if cfg.precision == "auto":  # what `auto` means on the device this config names
+        from lvmlt.hardware import resolve_precision
+
+        device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+        p["precision"] = resolve_precision("auto", device)
     if cfg.pca != "global":  # the basis sample settings do not matter then
         p["pca_images"] = p["pca_seed"] = None
     if sha256 is not None:

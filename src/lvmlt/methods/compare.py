@@ -145,6 +145,7 @@ def _evaluate_checkpoint(run_cfg, ckpt: Path, glt: dict) -> dict:
     """Test-CBL and Test-GBL metrics (with per-attribute accuracy) of one saved checkpoint."""
     import torch
 
+    from lvmlt import rundir
     from lvmlt.methods.common import score
     from lvmlt.methods.glt import attribute_accuracy
     from lvmlt.models.classifier import build_model
@@ -153,7 +154,7 @@ def _evaluate_checkpoint(run_cfg, ckpt: Path, glt: dict) -> dict:
 
     device = runtime.pick_device(run_cfg.device)
     model = build_model(run_cfg, glt["gbl"].num_classes).to(device)
-    model.load_state_dict(torch.load(ckpt, map_location=device, weights_only=False)["model"])
+    model.load_state_dict(rundir.load_checkpoint(ckpt, map_location=device)["model"])
     out = {}
     for k, b in glt.items():
         loader = torch.utils.data.DataLoader(b.test, batch_size=run_cfg.data.batch_size, collate_fn=collate)
@@ -176,6 +177,7 @@ def run_ifl_glt(
     Returns:
         ``({"best"|"last": {"cbl"|"gbl": {row: [metrics per seed]}}}, {row: cost})``.
     """
+    from lvmlt import rundir
     from lvmlt.config import replace
     from lvmlt.data import build_data
     from lvmlt.methods.common import count_trainable
@@ -218,14 +220,14 @@ def run_ifl_glt(
             rec = json.loads(done.read_text()) if done.exists() else {}
             if "seconds" not in rec:
                 t0 = time.time()
-                last = (rd / "checkpoints" / "last.pt").exists()
+                last = (rd / rundir.LAST).exists()
                 Trainer(run_cfg, resume=last, progress=progress, bundle=glt["gbl"]).fit()
                 rec = {"seconds": time.time() - t0}
             if "last" not in rec:
                 rec["params"] = count_trainable(build_model(run_cfg, glt["gbl"].num_classes))
-                rec["best_epoch"] = json.loads((rd / "metrics.json").read_text())["best_epoch"]
-                for c in ("best", "last"):
-                    rec[c] = _evaluate_checkpoint(run_cfg, rd / "checkpoints" / f"{c}.pt", glt)
+                rec["best_epoch"] = rundir.read_metrics(rd)["best_epoch"]
+                for c, ckpt in (("best", rundir.BEST), ("last", rundir.LAST)):
+                    rec[c] = _evaluate_checkpoint(run_cfg, rd / ckpt, glt)
                 done.write_text(json.dumps(rec))
             for c, tab in tables.items():
                 for k in ("cbl", "gbl"):

@@ -134,15 +134,16 @@ def apply_stage(model: LTClassifier, stage, device=None) -> None:
     """
     from pathlib import Path
 
+    from lvmlt import rundir
     from lvmlt.errors import UserError
 
     if stage.init_from:
         path = Path(stage.init_from)
         if path.is_dir():
-            path = path / "checkpoints" / "best.pt"
+            path = path / rundir.BEST
         if not path.is_file():
             raise UserError(f"stage.init_from: no checkpoint at {path}", fix="pass a finished run directory")
-        state = torch.load(path, map_location=device or "cpu", weights_only=False)
+        state = rundir.load_checkpoint(path, map_location=device or "cpu")
         missing, unexpected = model.load_state_dict(state["model"], strict=False)
         if unexpected or [k for k in missing if k != "class_scale"]:
             raise UserError(

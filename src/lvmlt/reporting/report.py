@@ -26,7 +26,6 @@ import html
 import io
 import json
 import math
-import os
 import re
 import warnings
 import zipfile
@@ -43,6 +42,7 @@ from matplotlib.ticker import MaxNLocator, StrMethodFormatter
 
 from lvmlt.errors import UserError
 from lvmlt.evaluation.metrics import format_table, mean_std_table
+from lvmlt.rundir import atomic_write_text as _write_atomic  # a reader never sees a half-written page
 
 COLUMNS = ("many", "medium", "few", "top1", "mean_class_acc", "ece")
 # Config keys that differ between the seeds of one experiment; everything else must match.
@@ -853,16 +853,6 @@ def _figure_html(fig_id: str, b64: str, alt: str, caption: str) -> str:
         f'<figure id="fig-{fig_id}"><img alt="{html.escape(alt)}" data-figure="{html.escape(fig_id)}" '
         f'src="data:image/png;base64,{b64}"><figcaption>{html.escape(caption)}</figcaption></figure>'
     )
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)  # a reader never sees a half-written page
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def write_report(run_dirs: Sequence[str | Path], out: str | Path, title: str | None = None) -> dict:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -21,7 +22,7 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from lvmlt import distributed
+from lvmlt import distributed, hardware, rundir
 from lvmlt.config import Config, replace, to_dict
 from lvmlt.errors import UserError
 from lvmlt.losses import build_terms
@@ -40,7 +41,7 @@ def _setup_logging(run_dir: Path) -> None:
     for h in list(log.handlers):
         if getattr(h, "_lvmlt", False):
             log.removeHandler(h)
-    fh = logging.FileHandler(run_dir / "train.log")
+    fh = logging.FileHandler(run_dir / rundir.TRAIN_LOG)
     fh.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
     fh._lvmlt = True
     log.addHandler(fh)
@@ -153,12 +154,12 @@ class Trainer:
     def __init__(self, cfg: Config, resume: bool = False, progress: bool = True, bundle=None):
         self.cfg, self.progress = cfg, progress
         self.run_dir = run_dir_for(cfg)
-        self.ckpt_dir = self.run_dir / "checkpoints"
-        last = self.ckpt_dir / "last.pt"
+        self.ckpt_dir = self.run_dir / rundir.CHECKPOINTS
+        last = self.run_dir / rundir.LAST
         if resume:
             if not last.exists():
                 raise UserError(f"nothing to resume in {self.run_dir}", fix="start without --resume")
-            saved = _load_saved(self.run_dir / "config.yaml")["config"]
+            saved = _load_saved(self.run_dir / rundir.CONFIG)["config"]
             if saved != to_dict(cfg):
                 diff = _diff(saved, to_dict(cfg))
                 raise UserError(
@@ -173,6 +174,7 @@ class Trainer:
             torch.set_num_threads(cfg.threads)
         runtime.seed_everything(cfg.seed)
         self.device = distributed.init_from_env(cfg.device) or runtime.pick_device(cfg.device)
+        self.precision = hardware.resolve_precision(cfg.optim.precision, self.device, "optim.precision")
         self.rank, self.world = distributed.world()
         self.progress = progress and self.rank == 0
         if cfg.data.batch_size % self.world:
@@ -206,23 +208,43 @@ class Trainer:
             params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, nesterov=o.nesterov
         )
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(cfg, self.steps_per_epoch))
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=o.precision == "fp16")
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.start_epoch, self.best, self.best_epoch = 0, -math.inf, -1
         self.bad_ids: set[str] = set()
         if runtime.is_primary():
             self.run_dir.mkdir(parents=True, exist_ok=True)
             _setup_logging(self.run_dir)
+        started = (
+            f"{self.run_dir}: {hardware.describe_device(self.device)}, precision {self.precision}"
+            f" (optim.precision={cfg.optim.precision}), {self.loaders['train'].num_workers} data workers"
+        )
+        if self.progress:
+            print(started, file=sys.stderr)
         if resume:
             self._load(last)
-            log.info("resumed %s at epoch %d", self.run_dir, self.start_epoch)
+            log.info("resumed %s at epoch %d; %s", self.run_dir, self.start_epoch, started)
         elif runtime.is_primary():
+            log.info(started)
             resolved = {
                 "config": to_dict(cfg),
                 "git_commit": runtime.git_commit(),
                 "seed": cfg.seed,
                 "data_fingerprint": {k: s.fingerprint() for k, s in self.bundle.splits().items()},
+                # What `auto` became on this machine (the config keeps what was asked for,
+                # so that a run resumes on another kind of machine).
+                "runtime": self.runtime_record(),
             }
-            runtime.atomic_write_text(self.run_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
+            runtime.atomic_write_text(self.run_dir / rundir.CONFIG, yaml.safe_dump(resolved, sort_keys=False))
+
+    def runtime_record(self) -> dict:
+        return {
+            "device": str(self.device),
+            "device_name": hardware.describe_device(self.device),
+            "precision": self.precision,
+            "num_workers": self.loaders["train"].num_workers,
+            "torch": str(torch.__version__),
+            "threads": torch.get_num_threads(),
+        }
 
     def _loaders(self) -> dict:
         from lvmlt.data.samplers import build_sampler
@@ -233,7 +255,14 @@ class Trainer:
         # Every rank draws the same global order and keeps its share, so a step's
         # batches over all ranks are the single-process batch: data.batch_size is global.
         self.sampler = build_sampler(d.sampler, self.bundle.train.labels, seed=self.cfg.seed, rank=rank, world_size=size)
-        common = dict(batch_size=d.batch_size // size, num_workers=d.num_workers, collate_fn=collate)
+        workers = runtime.loader_workers(d.num_workers, self.device, size)
+        common = dict(
+            batch_size=d.batch_size // size,
+            num_workers=workers,
+            collate_fn=collate,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=workers > 0,
+        )
         out = {"train": torch.utils.data.DataLoader(train, sampler=self.sampler, drop_last=False, **common)}
         for k in ("val", "test"):
             shard = list(range(rank, len(self.splits[k]), size))
@@ -256,7 +285,9 @@ class Trainer:
         }
 
     def _load(self, path: Path) -> None:
-        st = torch.load(path, map_location=self.device, weights_only=False)
+        st = rundir.load_checkpoint(
+            path, map_location=self.device, fix="restore it, or start the run again without --resume in a new run directory"
+        )
         self.model.load_state_dict(st["model"])
         self.terms.load_state_dict(st["terms"])
         self.opt.load_state_dict(st["opt"])
@@ -274,11 +305,11 @@ class Trainer:
         if runtime.is_primary():
             from torch.utils.tensorboard import SummaryWriter
 
-            writer = SummaryWriter(str(self.run_dir / "tb"))
+            writer = SummaryWriter(str(self.run_dir / rundir.TENSORBOARD))
         for epoch in range(self.start_epoch, o.epochs):
             t0 = time.time()
             train_terms = self._train_epoch(epoch)
-            logits, labels = predict(self.model, self.loaders["val"], self.device, o.precision, "val", self.progress)
+            logits, labels = predict(self.model, self.loaders["val"], self.device, self.precision, "val", self.progress)
             val = score(cfg, self.bundle, logits, labels)
             # Selection uses the validation split only; balanced accuracy suits long tails.
             val_score = val["mean_class_acc"]
@@ -295,9 +326,9 @@ class Trainer:
             }
             if runtime.is_primary():
                 if improved:
-                    runtime.atomic_torch_save(self._state(epoch), self.ckpt_dir / "best.pt")
-                runtime.atomic_torch_save(self._state(epoch), self.ckpt_dir / "last.pt")
-                with open(self.run_dir / "history.jsonl", "a") as f:
+                    rundir.save_checkpoint(self.run_dir / rundir.BEST, self._state(epoch))
+                rundir.save_checkpoint(self.run_dir / rundir.LAST, self._state(epoch))
+                with open(self.run_dir / rundir.HISTORY, "a") as f:
                     f.write(json.dumps(rec) + "\n")
                 for k, v in rec.items():
                     if k != "epoch":
@@ -327,7 +358,7 @@ class Trainer:
                 break
             batch = _to(batch, self.device)
             self._note_bad(batch)
-            with runtime.autocast(self.device, o.precision):
+            with runtime.autocast(self.device, self.precision):
                 out = self.net(batch)
             values = {}
             for t in self.terms.values():
@@ -372,22 +403,23 @@ class Trainer:
     def finish(self) -> dict:
         """Evaluate the best-on-validation checkpoint on val and test; write metrics and logits."""
         cfg = self.cfg
-        best = self.ckpt_dir / "best.pt"
+        best = self.run_dir / rundir.BEST
         if best.exists():
-            self.model.load_state_dict(torch.load(best, map_location=self.device, weights_only=False)["model"])
+            self.model.load_state_dict(rundir.load_checkpoint(best, map_location=self.device)["model"])
         out = {"best_epoch": self.best_epoch, "selected_on": "val/mean_class_acc"}
         preds = {"train_counts": self.bundle.train_counts}
         for split in ("val", "test"):
-            logits, labels = predict(self.model, self.loaders[split], self.device, cfg.optim.precision, split, self.progress)
+            logits, labels = predict(self.model, self.loaders[split], self.device, self.precision, split, self.progress)
             preds[f"{split}_logits"], preds[f"{split}_labels"] = logits, labels
             out[split] = score(cfg, self.bundle, logits, labels)
             self._note_eval_bad(split, labels)
         if runtime.is_primary():
-            np.savez(self.run_dir / "predictions.npz", **preds)
+            rundir.atomic_write(self.run_dir / rundir.PREDICTIONS, lambda f: np.savez(f, **preds))
             if self.bad_ids:
-                runtime.atomic_write_text(self.run_dir / "bad_images.txt", "\n".join(sorted(self.bad_ids)) + "\n")
+                runtime.atomic_write_text(self.run_dir / rundir.BAD_IMAGES, "\n".join(sorted(self.bad_ids)) + "\n")
             out["skipped_images"] = len(self.bad_ids)
-            runtime.atomic_write_json(self.run_dir / "metrics.json", out)
+            # merged: keys other commands added (e.g. "calibrated") stay
+            rundir.write_metrics(self.run_dir, out)
         return out
 
     def _note_eval_bad(self, split: str, labels: np.ndarray) -> None:
@@ -420,7 +452,7 @@ def train(cfg: Config, resume: bool = False, progress: bool = True, bundle=None)
 
 def load_run(run_dir: str | Path) -> Config:
     """The :class:`Config` a run directory was made with."""
-    saved = _load_saved(Path(run_dir) / "config.yaml")
+    saved = _load_saved(Path(run_dir) / rundir.CONFIG)
     from lvmlt.config import _build
 
     return _build(Config, saved["config"])
@@ -429,23 +461,24 @@ def load_run(run_dir: str | Path) -> Config:
 def evaluate_run(run_dir: str | Path, progress: bool = True) -> dict:
     """Re-evaluate a finished run's best checkpoint (``lvmlt evaluate RUN_DIR``)."""
     run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").exists():
+    if not (run_dir / rundir.CONFIG).exists():
         raise UserError(f"{run_dir} is not a run directory (no config.yaml)", fix="pass the directory `lvmlt train` made")
     cfg = load_run(run_dir)
     cfg = replace(cfg, out_dir=str(run_dir.parent), run_name=run_dir.name)
     t = Trainer.__new__(Trainer)
-    t.cfg, t.progress, t.run_dir, t.ckpt_dir = cfg, progress, run_dir, run_dir / "checkpoints"
-    if not (t.ckpt_dir / "best.pt").exists():
+    t.cfg, t.progress, t.run_dir, t.ckpt_dir = cfg, progress, run_dir, run_dir / rundir.CHECKPOINTS
+    if not (run_dir / rundir.BEST).exists():
         raise UserError(f"{run_dir} has no checkpoint yet", fix="train it first (or --resume it)")
     from lvmlt.data import build_data
     from lvmlt.models.classifier import apply_stage, build_model
 
     t.device = runtime.pick_device(cfg.device)
+    t.precision = hardware.resolve_precision(cfg.optim.precision, t.device, "optim.precision")
     t.bundle = build_data(cfg.data)
     t.model = build_model(cfg, t.bundle.num_classes).to(t.device)
     apply_stage(t.model, replace(cfg.stage, init_from=None))  # same parameters as trained; weights come next
     t.splits = attach_features(cfg, t.bundle, t.model.needs)
     t.loaders = Trainer._loaders(t)
-    st = torch.load(t.ckpt_dir / "best.pt", map_location="cpu", weights_only=False)
+    st = rundir.load_checkpoint(run_dir / rundir.BEST)
     t.best_epoch, t.bad_ids = st["best_epoch"], set(st.get("bad_ids", []))
     return t.finish()

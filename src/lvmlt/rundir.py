@@ -1,0 +1,236 @@
+"""The run directory, and the one way lvmlt writes a file durably.
+
+A run directory (``out_dir/run_name``) holds::
+
+    config.yaml              the resolved config, git commit, seed and data fingerprints
+    train.log                the log of every epoch
+    tb/                      TensorBoard events
+    history.jsonl            one line per finished epoch
+    checkpoints/last.pt      the state after the last finished epoch (for --resume)
+    checkpoints/best.pt      the epoch with the best *validation* score
+    metrics.json             final metrics; other commands add their own keys (calibrated)
+    predictions.npz          validation and test logits and labels, train class counts
+    bad_images.txt           ids of skipped (unreadable) images, when there were any
+
+Checkpoints hold only tensors and plain Python values and are read with
+``torch.load(weights_only=True)``: a file from someone else is read as data, never run as
+code. Each checkpoint carries the sha256 of its contents, so a damaged file is reported
+instead of loading wrong numbers.
+
+This module sits at the bottom of the package: it imports nothing of lvmlt but the errors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+from lvmlt.errors import UserError
+
+CONFIG = "config.yaml"
+TRAIN_LOG = "train.log"
+TENSORBOARD = "tb"
+HISTORY = "history.jsonl"
+CHECKPOINTS = "checkpoints"
+LAST = f"{CHECKPOINTS}/last.pt"
+BEST = f"{CHECKPOINTS}/best.pt"
+METRICS = "metrics.json"
+PREDICTIONS = "predictions.npz"
+BAD_IMAGES = "bad_images.txt"
+
+
+# ---------------------------------------------------------------------------------------
+# Durable, atomic writes (run directories, feature stores, reports)
+# ---------------------------------------------------------------------------------------
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def tmp_name(path: Path) -> Path:
+    """The temporary name ``path`` is written under before its rename (``.NAME.tmp-PID``)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def atomic_write(path: str | Path, write: Callable) -> None:
+    """Write ``path`` through ``write(binary_file)`` so it is either absent, old, or complete.
+
+    The bytes go to a temporary file which is fsync-ed before the rename, and the directory
+    is fsync-ed after it: once this returns, the file survives a crash or power loss.
+    A full disk raises OSError before anything is renamed.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tmp_name(path)
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    atomic_write(path, lambda f: f.write(data))
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | Path, obj, indent: int = 2) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=indent, default=_json_default) + "\n")
+
+
+def _json_default(o):
+    import numpy as np
+
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not JSON serialisable: {type(o)}")
+
+
+def file_sha256(path: str | Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+# ---------------------------------------------------------------------------------------
+# metrics.json: read, and merge-write (never drop what another command added)
+# ---------------------------------------------------------------------------------------
+def read_metrics(run_dir: str | Path) -> dict:
+    """The run's ``metrics.json`` ({} when there is none yet)."""
+    path = Path(run_dir) / METRICS
+    if not path.is_file():
+        return {}
+    try:
+        m = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path} is not valid JSON ({e})", fix="restore it, or delete it and run `lvmlt evaluate`") from None
+    if not isinstance(m, dict):
+        raise UserError(f"{path} does not hold a JSON object", fix="restore it, or delete it and run `lvmlt evaluate`")
+    return m
+
+
+def write_metrics(run_dir: str | Path, updates: dict) -> dict:
+    """Merge ``updates`` into ``metrics.json``: their keys replace, every other key stays.
+
+    ``lvmlt evaluate`` rewrites "val" and "test" and keeps e.g. the "calibrated" entries
+    that ``lvmlt calibrate`` added. Returns the merged dict as written.
+    """
+    merged = read_metrics(run_dir) | dict(updates)
+    atomic_write_json(Path(run_dir) / METRICS, merged)
+    return merged
+
+
+# ---------------------------------------------------------------------------------------
+# Checkpoints: tensors and plain values only, with a content hash
+# ---------------------------------------------------------------------------------------
+_HASH_KEY = "content_sha256"
+
+
+def _hash_value(h, v) -> None:
+    import torch
+
+    if torch.is_tensor(v):
+        t = v.detach().cpu().contiguous()
+        h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    elif isinstance(v, dict):
+        h.update(f"D{len(v)}".encode())
+        for k in sorted(v, key=repr):
+            _hash_value(h, k)
+            _hash_value(h, v[k])
+    elif isinstance(v, (list, tuple)):
+        h.update(f"{type(v).__name__[0]}{len(v)}".encode())
+        for x in v:
+            _hash_value(h, x)
+    elif isinstance(v, float):
+        h.update(b"f" + (repr(v) if math.isfinite(v) else str(v)).encode())
+    elif v is None or isinstance(v, (bool, int, str, bytes)):
+        h.update(f"{type(v).__name__}:{v!r}".encode())
+    else:
+        raise TypeError(f"a checkpoint may hold only tensors and plain values, not {type(v).__name__}")
+
+
+def content_sha256(state: dict) -> str:
+    """sha256 of a checkpoint's values (tensor bytes, dtypes, shapes and plain values)."""
+    h = hashlib.sha256()
+    _hash_value(h, {k: v for k, v in state.items() if k != _HASH_KEY})
+    return h.hexdigest()
+
+
+def save_checkpoint(path: str | Path, state: dict) -> None:
+    """Write ``state`` (tensors and plain values) atomically, with its content hash."""
+    import torch
+
+    state = dict(state)
+    state[_HASH_KEY] = content_sha256(state)
+    atomic_write(path, lambda f: torch.save(state, f))
+
+
+def _legacy_safe_globals() -> list:
+    """numpy's array reconstruction: checkpoints of older lvmlt hold the numpy RNG state."""
+    import numpy as np
+
+    if np.lib.NumpyVersion(np.__version__) >= "2.0.0":
+        from numpy._core.multiarray import _reconstruct
+    else:
+        from numpy.core.multiarray import _reconstruct
+    return [_reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+
+
+def load_checkpoint(path: str | Path, map_location="cpu", fix: str | None = None) -> dict:
+    """Read a checkpoint with ``weights_only=True`` and check its content hash.
+
+    A missing, damaged or code-carrying file is a one-line :class:`UserError` naming it.
+    """
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"no checkpoint at {path}", fix="pass a finished run directory or its checkpoint file")
+    redo = fix or "restore the file, or train the run again into a new run directory"
+    legacy = _legacy_safe_globals()
+    try:
+        with torch.serialization.safe_globals(legacy):
+            state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # torch raises RuntimeError, UnpicklingError, EOFError, ... for broken files
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
+        if found:
+            raise UserError(
+                f"checkpoint {path} holds a pickled Python object ({found.group(1)}), "
+                "and lvmlt loads checkpoints as data only, never as code",
+                fix="re-save it holding only tensors and plain values (e.g. torch.save({'model': model.state_dict()}))",
+            ) from None
+        raise UserError(
+            f"checkpoint {path} is damaged and cannot be read ({type(e).__name__})", fix=redo
+        ) from None
+    if not isinstance(state, dict) or "model" not in state:
+        raise UserError(f"checkpoint {path} is not an lvmlt checkpoint (no 'model' entry)", fix=redo)
+    recorded = state.get(_HASH_KEY)
+    try:
+        actual = content_sha256(state) if recorded is not None else None
+    except TypeError:
+        actual = None
+    if recorded is not None and recorded != actual:
+        raise UserError(f"checkpoint {path} is damaged (its contents do not match their sha256)", fix=redo)
+    state.pop(_HASH_KEY, None)
+    return state
