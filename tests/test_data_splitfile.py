@@ -1,8 +1,10 @@
 """Split files, ImageFolder trees and the splitfile/imagefolder datasets: every user mistake
 is a one-line UserError naming the file and line."""
 
+import dataclasses
 import re
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -348,3 +350,45 @@ def test_image_folder_mistakes(tmp_path):
     assert str(root / "train") in str(e.value)
     with pytest.raises(UserError, match="image folder not found"):
         build_data(DataConfig(name="imagefolder", root=str(tmp_path)))
+
+
+def test_num_classes_makes_a_mistyped_training_label_an_error_on_its_line(tmp_path):
+    # "10" typed for a class of a 10-class dataset, on line 3 of the training file
+    root, files = make_splitfile_dataset(tmp_path, [0, 0, 10, 1, 1, 9, 9], [0, 1, 9])
+    cfg = DataConfig(
+        name="splitfile", root=str(root), train_split=str(files["train"]), test_split=str(files["test"]),
+        num_classes=10, val_fraction=0.5,
+    )  # fmt: skip
+    with pytest.raises(UserError, match="label 10 is out of range for 10 classes") as e:
+        build_data(cfg)
+    assert f"{files['train']}:3" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_num_classes_must_match_a_dataset_that_knows_its_classes(tmp_path):
+    make_tree(tmp_path, {"train": {"cat": 2, "dog": 2}, "test": {"cat": 1, "dog": 1}})
+    cfg = DataConfig(name="imagefolder", root=str(tmp_path), val_fraction=0.5, num_classes=3)
+    with pytest.raises(UserError, match="data.num_classes=3 but dataset imagefolder has 2 classes"):
+        build_data(cfg)
+    assert build_data(dataclasses.replace(cfg, num_classes=2)).num_classes == 2
+
+
+def test_without_num_classes_a_lone_class_missing_from_val_and_test_is_warned_about(tmp_path):
+    # a 10-class dataset in which line 5 of the training file says 10 (for 1, say)
+    train = [0, 0, 1, 1, 10, *np.repeat(np.arange(2, 10), 2).tolist()]
+    root, files = make_splitfile_dataset(tmp_path, train, list(range(10)), val_labels=list(range(10)))
+    cfg = DataConfig(
+        name="splitfile", root=str(root), train_split=str(files["train"]), val_split=str(files["val"]),
+        test_split=str(files["test"]),
+    )  # fmt: skip
+    with pytest.warns(UserWarning) as record:
+        bundle = build_data(cfg)
+    assert bundle.num_classes == 11  # trains, but the user is told about line 5
+    (w,) = [str(r.message) for r in record if "only training image" in str(r.message)]
+    assert w.startswith(f"label 10 (line 5 of {files['train']})") and "\n" not in w
+    # A one-image class that the test split has too is a real (rare) class: no warning.
+    root, files = make_splitfile_dataset(tmp_path / "b", [0, 0, 1, 2, 2], [0, 1, 2])
+    cfg = dataclasses.replace(cfg, root=str(root), train_split=str(files["train"]), val_split=None,
+                              test_split=str(files["test"]), val_fraction=0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        build_data(cfg)

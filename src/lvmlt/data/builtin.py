@@ -57,6 +57,7 @@ import functools
 import gzip
 import importlib.util
 import pickle
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -511,22 +512,42 @@ def _split_path(path: str | None, root: Path, key: str) -> Path:
     return root / p if (root / p).is_file() else p
 
 
+def _warn_lone_classes(train: ImageSplit, others: list[ImageSplit]) -> None:
+    """Warn, one line each, about a class with one training image that no other split has."""
+    counts = np.bincount(train.labels)
+    elsewhere = set(np.concatenate([s.labels for s in others]).tolist())
+    for k in np.flatnonzero(counts == 1):
+        if int(k) not in elsewhere:
+            i = int(np.flatnonzero(train.labels == k)[0])
+            warnings.warn(
+                f"label {k} ({train.load.origins[i]}) is the only training image of its class and is in "
+                "neither the validation nor the test split (a mistyped label?); "
+                "set data.num_classes to make a label outside 0..C-1 an error",
+                stacklevel=4,
+            )
+
+
 @_builtin("splitfile", None, uses_root=True)
 def build_splitfile(cfg: DataConfig) -> DataBundle:
     """Images under data.root listed by split files (ImageNet-LT / Places-LT / iNat format).
 
-    The classes are 0..C-1 with C = the largest training label + 1, so val/test labels
-    beyond it are reported on their line, and a gap is reported by :func:`build_data`.
+    The classes are 0..C-1 with C = ``data.num_classes``, or else the largest training
+    label + 1; labels beyond it are reported on their line, and a gap is reported by
+    :func:`build_data`. Without ``data.num_classes`` a class with one training image that
+    neither the validation nor the test split has (a mistyped label, most likely) is
+    warned about.
     """
     root = _need_root(cfg, "the folder the split files' paths are relative to")
     train_file = _split_path(cfg.train_split, root, "train_split")
     test_file = _split_path(cfg.test_split, root, "test_split")
-    train = split_from_file(root, train_file, "train")
-    c = int(train.labels.max()) + 1
+    train = split_from_file(root, train_file, "train", num_classes=cfg.num_classes)
+    c = cfg.num_classes if cfg.num_classes is not None else int(train.labels.max()) + 1
     val = None
     if cfg.val_split is not None:
         val = split_from_file(root, _split_path(cfg.val_split, root, "val_split"), "val", num_classes=c)
     test = split_from_file(root, test_file, "test", num_classes=c)
+    if cfg.num_classes is None:
+        _warn_lone_classes(train, [s for s in (val, test) if s is not None])
     return DataBundle(
         "splitfile", train, val, test, [str(k) for k in range(c)], {"train_source": str(train_file)}
     )
@@ -603,6 +624,11 @@ def build_data(cfg: DataConfig) -> DataBundle:
     """
     SAMPLERS.get(cfg.sampler)  # a typo in data.sampler fails now, not after loading the data
     bundle = DATASETS.get(cfg.name)(cfg)
+    if cfg.num_classes is not None and bundle.num_classes != cfg.num_classes:
+        raise UserError(
+            f"data.num_classes={cfg.num_classes} but dataset {cfg.name} has {bundle.num_classes} classes",
+            fix=f"set data.num_classes={bundle.num_classes} or leave it unset",
+        )
     if bundle.val is None:
         _carve_validation(bundle, cfg)
     _check_classes(bundle)
