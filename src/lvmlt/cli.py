@@ -7,6 +7,7 @@ status 2; a traceback means a bug in lvmlt.
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 
 from lvmlt.errors import UserError
@@ -71,17 +72,19 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("datasets", help="list the built-in datasets and their class counts")
     d.set_defaults(func=cmd_datasets)
 
-    for module in _PLUGINS:
-        try:
-            mod = __import__(module, fromlist=["add_parsers"])
-        except ImportError:  # a part still being written must not break the others
-            continue
-        mod.add_parsers(sub)
+    for module in COMMAND_MODULES:
+        # A module that fails to import is a bug to see, never a subcommand silently gone.
+        importlib.import_module(module).add_parsers(sub)
     return p
 
 
-# Modules that add their own subcommands (extract, weights, calibrate, ablate, report).
-_PLUGINS = ("lvmlt.features.cli", "lvmlt.calibration.cli", "lvmlt.experiments.cli", "lvmlt.reporting.cli")
+#: Modules that add their own subcommands with ``add_parsers(subparsers)``.
+COMMAND_MODULES = (
+    "lvmlt.features.cli",  # extract, weights
+    "lvmlt.calibration.cli",  # calibrate
+    "lvmlt.experiments.cli",  # ablate, baselines
+    "lvmlt.reporting.cli",  # report
+)
 
 
 def main(argv: list[str] | None = None) -> int:
