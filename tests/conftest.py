@@ -12,3 +12,15 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _engine_cache_in_tmp(tmp_path_factory):
+    """Compiled encoder engines of the tests go to a temporary cache, not the user's."""
+    from lvmlt.features import engines
+
+    root = tmp_path_factory.mktemp("engines")
+    mp = pytest.MonkeyPatch()
+    mp.setattr(engines, "cache_root", lambda: root)
+    yield root
+    mp.undo()

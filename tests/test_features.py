@@ -19,7 +19,10 @@ from lvmlt.features import pipeline as extract_mod
 from lvmlt.features.pca import CovarianceAccumulator, fix_sign, image_pca_map
 
 # fp32 so that values can be compared exactly; tiny chunks so that resume has work to skip.
-CFG = ExtractConfig(encoder="tiny_test", precision="fp32", chunk_size=3, batch_size=2, pca_images=4)
+# engine=torch: these tests count and patch the torch encoder's calls (engines: test_engines.py).
+CFG = ExtractConfig(
+    encoder="tiny_test", precision="fp32", engine="torch", chunk_size=3, batch_size=2, pca_images=4
+)
 
 
 def _split(name: str, n: int, seed: int, sizes=None) -> ImageSplit:

@@ -32,7 +32,7 @@ class DataConfig:
     image_size: int = 64  # images are resized to image_size x image_size for the backbone
     sampler: str = "instance"  # instance | class_balanced | sqrt
     batch_size: int = 64
-    num_workers: int = 0
+    num_workers: int = -1  # DataLoader workers; -1 = automatic (0 on small CPUs, more on CUDA)
     skip_bad_images: bool = False  # skip and count unreadable images instead of stopping
     augment: bool = True  # random crop + flip on the training split
 
@@ -70,7 +70,8 @@ class OptimConfig:
     gamma: float = 0.1  # step schedule only
     warmup_epochs: int = 0
     accumulate: int = 1  # gradient accumulation steps
-    precision: str = "bf16"  # fp32 | bf16 | fp16 (fp16 on CUDA only)
+    precision: str = "auto"  # auto (bf16 where native, else fp32) | fp32 | bf16 | fp16 (CUDA only)
+    channels_last: bool = True  # NHWC convolutions: 1.2-1.8x faster steps on both our CPU kinds (benchmarks/train_step.py)
     max_steps_per_epoch: int = 0  # 0 = whole epoch; >0 caps it (smoke tests)
 
 

@@ -19,7 +19,7 @@ class ExtractConfig:
     encoder: str = "mobilesam"  # mobilesam | litemedsam | sam_vit_b | sam_vit_l | sam_vit_h
     checkpoint: str | None = None  # None = cached official weights; required for sam_vit_*
     img_size: int = 0  # encoder input side; 0 = native (1024, LiteMedSAM 256)
-    precision: str = "bf16"  # fp32 | bf16 | fp16 (CUDA): the encoder's compute dtype
+    precision: str = "auto"  # auto (bf16 where native, else fp32) | fp32 | bf16 | fp16 (CUDA): compute dtype
     dtype: str = "float16"  # float16 | float32: the stored arrays
     pca: str = "global"  # global: one train-fitted basis | per_image: each image its own
     pca_images: int = 64  # train images whose spatial vectors (all cells) fit the global basis
@@ -32,7 +32,8 @@ class ExtractConfig:
     batch_size: int = 1  # measured fastest on a 2-core CPU; larger on a GPU
     chunk_size: int = 128  # samples per atomically written chunk (the unit of resume)
     channels_last: bool = True
-    compile: bool = False  # torch.compile the encoder (minutes to compile, then faster)
+    engine: str = "auto"  # auto | torch | openvino | onnxruntime (auto: OpenVINO on the CPU, torch on CUDA)
+    compile: bool = False  # torch.compile the encoder (engine=torch; minutes to compile, then faster)
     threads: int = 0  # torch intra-op threads; 0 = torch's default
     workers: int = 1  # image-decoding threads running ahead of the encoder
     device: str = "auto"  # auto | cpu | cuda
@@ -42,8 +43,10 @@ class ExtractConfig:
         def bad(key, fix):
             raise UserError(f"extract setting {key}={getattr(self, key)!r} is invalid", fix=fix)
 
-        if self.precision not in ("fp32", "bf16", "fp16"):
-            bad("precision", "choose fp32, bf16 or fp16")
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            bad("precision", "choose auto, fp32, bf16 or fp16")
+        if self.engine not in ("auto", "torch", "openvino", "onnxruntime"):
+            bad("engine", "choose auto, torch, openvino or onnxruntime")
         if self.dtype not in ("float16", "float32"):
             bad("dtype", "choose float16 or float32")
         if self.pca not in ("global", "per_image"):

@@ -111,12 +111,17 @@ def attach_features(cfg: Config, bundle, needs: set[str]) -> dict:
     return {k: _WithFeatures(s, store.split(k), needs) for k, s in splits.items()}
 
 
-def _to(batch: dict, device) -> dict:
-    return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+def _to(batch: dict, device, channels_last: bool = False) -> dict:
+    out = {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+    if channels_last and "image" in out:
+        out["image"] = out["image"].contiguous(memory_format=torch.channels_last)
+    return out
 
 
 @torch.inference_mode()
-def predict(model, loader, device, precision: str, desc: str = "eval", progress: bool = True):
+def predict(
+    model, loader, device, precision: str, desc: str = "eval", progress: bool = True, channels_last: bool = False
+):
     """Logits (N x C float32), labels (N, -1 for skipped images) of a whole split, in order.
 
     Under torchrun each rank scores its shard of the split and the shards are gathered,
@@ -125,7 +130,7 @@ def predict(model, loader, device, precision: str, desc: str = "eval", progress:
     model.eval()
     logits, labels, index = [], [], []
     for batch in tqdm(loader, desc=desc, leave=False, disable=not progress, dynamic_ncols=True):
-        batch = _to(batch, device)
+        batch = _to(batch, device, channels_last)
         with runtime.autocast(device, precision):
             out = model(batch)
         logits.append(out["logits"].float().cpu())
@@ -193,6 +198,8 @@ class Trainer:
         from lvmlt.models.classifier import apply_stage, build_model
 
         self.model = build_model(cfg, self.bundle.num_classes).to(self.device)
+        if cfg.optim.channels_last:
+            self.model.to(memory_format=torch.channels_last)
         apply_stage(self.model, cfg.stage, self.device)
         self.splits = attach_features(cfg, self.bundle, self.model.needs)
         counts = self.bundle.train_counts
@@ -309,7 +316,9 @@ class Trainer:
         for epoch in range(self.start_epoch, o.epochs):
             t0 = time.time()
             train_terms = self._train_epoch(epoch)
-            logits, labels = predict(self.model, self.loaders["val"], self.device, self.precision, "val", self.progress)
+            logits, labels = predict(
+                self.model, self.loaders["val"], self.device, self.precision, "val", self.progress, o.channels_last
+            )
             val = score(cfg, self.bundle, logits, labels)
             # Selection uses the validation split only; balanced accuracy suits long tails.
             val_score = val["mean_class_acc"]
@@ -356,7 +365,7 @@ class Trainer:
         for b, batch in enumerate(loader):
             if b >= n_batches:
                 break
-            batch = _to(batch, self.device)
+            batch = _to(batch, self.device, o.channels_last)
             self._note_bad(batch)
             with runtime.autocast(self.device, self.precision):
                 out = self.net(batch)
@@ -409,7 +418,10 @@ class Trainer:
         out = {"best_epoch": self.best_epoch, "selected_on": "val/mean_class_acc"}
         preds = {"train_counts": self.bundle.train_counts}
         for split in ("val", "test"):
-            logits, labels = predict(self.model, self.loaders[split], self.device, self.precision, split, self.progress)
+            logits, labels = predict(
+                self.model, self.loaders[split], self.device, self.precision, split, self.progress,
+                cfg.optim.channels_last,
+            )  # fmt: skip
             preds[f"{split}_logits"], preds[f"{split}_labels"] = logits, labels
             out[split] = score(cfg, self.bundle, logits, labels)
             self._note_eval_bad(split, labels)
@@ -476,6 +488,8 @@ def evaluate_run(run_dir: str | Path, progress: bool = True) -> dict:
     t.precision = hardware.resolve_precision(cfg.optim.precision, t.device, "optim.precision")
     t.bundle = build_data(cfg.data)
     t.model = build_model(cfg, t.bundle.num_classes).to(t.device)
+    if cfg.optim.channels_last:
+        t.model.to(memory_format=torch.channels_last)
     apply_stage(t.model, replace(cfg.stage, init_from=None))  # same parameters as trained; weights come next
     t.splits = attach_features(cfg, t.bundle, t.model.needs)
     t.loaders = Trainer._loaders(t)
