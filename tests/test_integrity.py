@@ -310,3 +310,16 @@ def test_metrics_are_merged_never_dropped(tmp_path):
     with pytest.raises(UserError) as e:
         rundir.read_metrics(tmp_path)
     _one_line(e.value)
+
+
+def test_a_checkpoint_of_an_older_lvmlt_still_resumes(tmp_path):
+    """Older checkpoints hold numpy's RNG state as an array: numpy's array globals are allowed."""
+    import random
+
+    from lvmlt.training import runtime
+
+    rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    torch.save({"model": {"w": torch.ones(2)}, "rng": rng}, tmp_path / "old.pt")
+    state = rundir.load_checkpoint(tmp_path / "old.pt")
+    runtime.set_rng_state(state["rng"])
+    assert np.random.get_state()[1].tolist() == rng["numpy"][1].tolist()
