@@ -9,8 +9,15 @@ import pytest
 from torchvision.transforms import RandomHorizontalFlip
 
 from lvmlt.config import DataConfig
-from lvmlt.data import DATASETS, DataNotFoundError, build_data, describe_builtins, format_datasets_table
-from lvmlt.data import builtin as B
+from lvmlt.data import (
+    DATASETS,
+    DataNotFoundError,
+    build_data,
+    cifar,
+    describe_builtins,
+    format_datasets_table,
+    mnist,
+)
 from lvmlt.data.longtail import long_tailed_counts, subsample_long_tailed
 from lvmlt.errors import UserError
 
@@ -88,7 +95,7 @@ def test_elpv_split_is_seeded(elpv):
 @pytest.fixture(scope="module")
 def mnist_pool():
     pytest.importorskip("mnist")
-    return B._load_mnist()
+    return mnist._load_mnist()
 
 
 def test_mnist_pool_is_the_official_training_set(mnist_pool):
@@ -127,7 +134,7 @@ def test_mnist_lt_counts(mnist_pool):
 
 
 def test_fashion_mnist_lt():
-    if not Path(B.FASHION_MNIST_DIR).is_dir():
+    if not Path(mnist.FASHION_MNIST_DIR).is_dir():
         pytest.skip("Fashion-MNIST not installed (make fashion-mnist)")
     b = build_data(DataConfig(name="fashion-mnist-lt"))
     assert b.train_counts.tolist() == LT_COUNTS and np.bincount(b.test.labels).tolist() == [1000] * 10
@@ -137,7 +144,7 @@ def test_fashion_mnist_lt():
 
 
 def test_fashion_mnist_missing_says_make(tmp_path, monkeypatch):
-    monkeypatch.setattr(B, "FASHION_MNIST_DIR", str(tmp_path))
+    monkeypatch.setattr(mnist, "FASHION_MNIST_DIR", str(tmp_path))
     with pytest.raises(DataNotFoundError, match="make fashion-mnist") as e:
         build_data(DataConfig(name="fashion-mnist"))
     assert str(tmp_path) in str(e.value) and e.value.short == "not installed: make fashion-mnist"
@@ -146,7 +153,7 @@ def test_fashion_mnist_missing_says_make(tmp_path, monkeypatch):
 def test_truncated_idx_file(tmp_path):
     (tmp_path / "x.idx").write_bytes(b"\x00\x00\x08\x01\x00\x00\x00\x05\x01\x02")
     with pytest.raises(UserError, match="truncated"):
-        B._read_idx(tmp_path / "x.idx")
+        mnist._read_idx(tmp_path / "x.idx")
 
 
 # ----------------------------------------------------------------------------- CIFAR
@@ -212,7 +219,7 @@ def test_cifar10_from_pickles(tmp_path):
 
 def test_cifar10_lt_from_pickles(tmp_path, monkeypatch):
     fake_cifar10(tmp_path)
-    monkeypatch.setitem(B.CIFAR_LT_VAL_PER_CLASS, "cifar10", 10)
+    monkeypatch.setitem(cifar.CIFAR_LT_VAL_PER_CLASS, "cifar10", 10)
     b = build_data(DataConfig(name="cifar10-lt", root=str(tmp_path), imbalance_factor=10))
     expected = long_tailed_counts(130, 10, 10)  # n_max = the pool's 130 images per class
     assert expected[:3] == [130, 100, 77] and expected[-1] == 13
@@ -258,7 +265,7 @@ def test_describe_reports_missing_packages(monkeypatch, tmp_path):
         raise DataNotFoundError("x is not installed", fix="pip install x")
 
     monkeypatch.setitem(DATASETS._items, "elpv", missing)
-    monkeypatch.setattr(B, "FASHION_MNIST_DIR", str(tmp_path))
+    monkeypatch.setattr(mnist, "FASHION_MNIST_DIR", str(tmp_path))
     rows = {r["name"]: r["status"] for r in describe_builtins()}
     assert rows["elpv"] == "not installed: pip install x"
     assert rows["fashion-mnist-lt"] == "not installed: make fashion-mnist"

@@ -2,18 +2,13 @@
 
 ``build_data(cfg.data)`` turns the data section of a config into a :class:`DataBundle`
 (train / val / test :class:`ImageSplit` with transforms attached); ``build_sampler``
-gives the training sampler. New datasets register a builder in :data:`DATASETS`.
+gives the training sampler. New datasets register a builder in :data:`DATASETS`
+(:mod:`lvmlt.data.datasets`); each built-in family has its own module.
 """
 
 from lvmlt.data.base import DataBundle, ImageSplit
-from lvmlt.data.builtin import (
-    DATASETS,
-    DataNotFoundError,
-    array_split,
-    build_data,
-    describe_builtins,
-    format_datasets_table,
-)
+from lvmlt.data.build import build_data, describe_builtins, format_datasets_table
+from lvmlt.data.datasets import DATASETS, DataNotFoundError, array_split
 from lvmlt.data.longtail import (
     long_tailed_counts,
     long_tailed_train_val,

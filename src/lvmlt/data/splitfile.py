@@ -20,13 +20,16 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from lvmlt.data.base import ImageSplit
+from lvmlt.config import DataConfig
+from lvmlt.data.base import DataBundle, ImageSplit
+from lvmlt.data.datasets import DataNotFoundError, register_dataset
 from lvmlt.errors import BadImageError, UserError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -260,3 +263,84 @@ def split_from_image_folder(
     loader = FileLoader(id_root, ids, [f"image folder {folder}"] * len(ids))
     sizes = [loader.size(i) for i in range(len(ids))]
     return ImageSplit(name, ids, np.array(labels, dtype=np.int64), loader, sizes), list(class_names)
+
+
+# ----------------------------------------------------------------------------- the splitfile and imagefolder datasets
+
+
+def _need_root(cfg: DataConfig, what: str) -> Path:
+    if cfg.root is None:
+        raise DataNotFoundError(
+            f"data.name={cfg.name} needs data.root", fix=f"set data.root to {what}", short="needs data.root"
+        )
+    root = Path(cfg.root)
+    if not root.is_dir():
+        raise UserError("data.root folder not found", where=str(root), fix=f"set data.root to {what}")
+    return root
+
+
+def _split_path(path: str | None, root: Path, key: str) -> Path:
+    if path is None:
+        raise DataNotFoundError(
+            f"data.{key} is not set",
+            fix=f"set data.{key} to a split file for data.name=splitfile",
+            short="needs data.root and split files",
+        )
+    p = Path(path)
+    if p.is_file() or p.is_absolute():
+        return p
+    # A relative path may be given from the working directory or from data.root.
+    return root / p if (root / p).is_file() else p
+
+
+def _warn_lone_classes(train: ImageSplit, others: list[ImageSplit]) -> None:
+    """Warn, one line each, about a class with one training image that no other split has."""
+    counts = np.bincount(train.labels)
+    elsewhere = set(np.concatenate([s.labels for s in others]).tolist())
+    for k in np.flatnonzero(counts == 1):
+        if int(k) not in elsewhere:
+            i = int(np.flatnonzero(train.labels == k)[0])
+            warnings.warn(
+                f"label {k} ({train.load.origins[i]}) is the only training image of its class and is in "
+                "neither the validation nor the test split (a mistyped label?); "
+                "set data.num_classes to make a label outside 0..C-1 an error",
+                stacklevel=4,
+            )
+
+
+@register_dataset("splitfile", None, uses_root=True)
+def build_splitfile(cfg: DataConfig) -> DataBundle:
+    """Images under data.root listed by split files (ImageNet-LT / Places-LT / iNat format).
+
+    The classes are 0..C-1 with C = ``data.num_classes``, or else the largest training
+    label + 1; labels beyond it are reported on their line, and a gap is reported by
+    :func:`build_data`. Without ``data.num_classes`` a class with one training image that
+    neither the validation nor the test split has (a mistyped label, most likely) is
+    warned about.
+    """
+    root = _need_root(cfg, "the folder the split files' paths are relative to")
+    train_file = _split_path(cfg.train_split, root, "train_split")
+    test_file = _split_path(cfg.test_split, root, "test_split")
+    train = split_from_file(root, train_file, "train", num_classes=cfg.num_classes)
+    c = cfg.num_classes if cfg.num_classes is not None else int(train.labels.max()) + 1
+    val = None
+    if cfg.val_split is not None:
+        val = split_from_file(root, _split_path(cfg.val_split, root, "val_split"), "val", num_classes=c)
+    test = split_from_file(root, test_file, "test", num_classes=c)
+    if cfg.num_classes is None:
+        _warn_lone_classes(train, [s for s in (val, test) if s is not None])
+    return DataBundle(
+        "splitfile", train, val, test, [str(k) for k in range(c)], {"train_source": str(train_file)}
+    )
+
+
+@register_dataset("imagefolder", None, uses_root=True)
+def build_imagefolder(cfg: DataConfig) -> DataBundle:
+    """data.root/{train,val,test}/<class_name>/<image>; val/ is optional (else carved)."""
+    root = _need_root(cfg, "a folder with train/, test/ and optionally val/ class folders")
+    train, classes = split_from_image_folder(root / "train", "train", id_root=root)
+    val = None
+    if (root / "val").is_dir():
+        val, _ = split_from_image_folder(root / "val", "val", classes, id_root=root)
+    test, _ = split_from_image_folder(root / "test", "test", classes, id_root=root)
+    return DataBundle("imagefolder", train, val, test, classes, {"train_source": str(root / "train")})

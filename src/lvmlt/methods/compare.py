@@ -252,7 +252,7 @@ def run_ifl_glt(
 
 def _dataset_of(filename: str) -> str | None:
     """The longest built-in dataset name in a file name ("...-fashion-mnist-lt-ce.csv" is not mnist-lt)."""
-    from lvmlt.data.builtin import DATASETS
+    from lvmlt.data import DATASETS
 
     names = [n for n in DATASETS.names() if n in filename]
     return max(names, key=len) if names else None
