@@ -20,7 +20,8 @@ from lvmlt.data.transforms import build_transform
 from lvmlt.errors import UserError
 from lvmlt.evaluation.metrics import compute_metrics
 from lvmlt.reporting import write_report
-from lvmlt.reporting.report import COLUMNS, reliability_bins, top1_confidence
+from lvmlt.reporting.runs import reliability_bins, top1_confidence
+from lvmlt.reporting.tables import COLUMNS
 from lvmlt.training.trainer import train
 
 SHA = "ab" * 32

@@ -6,7 +6,7 @@ from __future__ import annotations
 def cmd_report(args) -> int:
     from pathlib import Path
 
-    from lvmlt.reporting.report import write_report
+    from lvmlt.reporting.page import write_report
 
     result = write_report([Path(p) for p in args.run_dirs], Path(args.out), title=args.title)
     print(result["table"])

@@ -1,0 +1,125 @@
+"""The report's tables, in markdown (from :mod:`lvmlt.evaluation.metrics`), and their HTML form.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from collections.abc import Sequence
+
+from lvmlt.evaluation.metrics import format_table, mean_std_table
+from lvmlt.reporting.runs import RunGroup, RunRecord, provenance, short_id
+
+COLUMNS = ("many", "medium", "few", "top1", "mean_class_acc", "ece")
+
+# ---------------------------------------------------------------------------------------
+# Tables (markdown from lvmlt.evaluation.metrics, turned into HTML for the page)
+# ---------------------------------------------------------------------------------------
+def _rename_first_header(md: str, name: str) -> str:
+    first, _, rest = md.partition("\n")
+    return re.sub(r"^\| [^|]+ \|", f"| {name} |", first, count=1) + "\n" + rest
+
+
+def _calibrated(run: RunRecord) -> dict[str, dict]:
+    cal = run.metrics.get("calibrated")
+    if not isinstance(cal, dict):
+        return {}
+    return {
+        str(k): v["test"] for k, v in cal.items() if isinstance(v, dict) and isinstance(v.get("test"), dict)
+    }
+
+
+def summary_table(groups: Sequence[RunGroup]) -> str:
+    """Mean ± std over seeds per group (test split), each calibration method as an extra row."""
+    rows: dict[str, list[dict]] = {}
+    for g in groups:
+        rows[g.label] = [r.test for r in g.runs]
+        methods = dict.fromkeys(m for r in g.runs for m in _calibrated(r))
+        for m in methods:
+            rows[f"{g.label} +{m}"] = [_calibrated(r)[m] for r in g.runs if m in _calibrated(r)]
+    return _rename_first_header(mean_std_table(rows, COLUMNS), "group")
+
+
+def runs_table(groups: Sequence[RunGroup]) -> str:
+    """One row per run (test split), calibrated metrics as extra rows."""
+    rows: dict[str, dict] = {}
+    for g in groups:
+        for r in g.runs:
+            rows[r.name] = {"group": g.label, "seed": r.seed, **r.test}
+            for m, test in _calibrated(r).items():
+                rows[f"{r.name} +{m}"] = {"group": g.label, "seed": r.seed, **test}
+    return format_table(rows, ("group", "seed", *COLUMNS))
+
+
+def groups_table(groups: Sequence[RunGroup]) -> str:
+    rows = {
+        g.label: {
+            "runs": len(g.runs),
+            "seeds": ", ".join(str(s) for s in g.seeds),
+            "config vs. first group": g.differences,
+        }
+        for g in groups
+    }
+    return _rename_first_header(format_table(rows, ("runs", "seeds", "config vs. first group")), "group")
+
+
+def provenance_table(groups: Sequence[RunGroup]) -> str:
+    rows = {}
+    for g in groups:
+        for r in g.runs:
+            p = provenance(r)
+            fps = p["fingerprints"]
+            epochs = (r.config.get("optim") or {}).get("epochs")
+            best = r.metrics.get("best_epoch")  # 0-based in metrics.json, 1-based on screen
+            if best is not None:
+                best = f"{best + 1}/{epochs}" if epochs else best + 1
+            rows[r.name] = {
+                "seed": p["seed"],
+                "git commit": short_id(p["git_commit"]),
+                "backbone": p["backbone"],
+                "encoder": p["encoder"],
+                "weights sha256": short_id(p["weights_sha256"]),
+                "data fingerprint": ", ".join(f"{k} {v[:12]}" for k, v in fps.items()) or None,
+                "best epoch": best,
+            }
+    cols = ("seed", "git commit", "backbone", "encoder", "weights sha256", "data fingerprint", "best epoch")
+    return format_table(rows, cols)
+
+
+_NUMBER = re.compile(r"^[-+]?\d[\d.]*(e[-+]?\d+)?( ± \d[\d.]*)?$|^\d+/\d+$")
+
+
+def md_to_html(md: str, colors: dict[str, str] | None = None) -> str:
+    """An HTML table from a markdown table written by :mod:`lvmlt.evaluation.metrics`.
+
+    Columns whose cells are all numbers (or "-") are right-aligned; text columns stay left.
+    """
+
+    def cells(line: str) -> list[str]:
+        inner = line.strip()[2:-2]
+        return [c.replace("\\|", "|") for c in re.split(r"(?<!\\) \| ", inner)]
+
+    lines = md.strip().splitlines()
+    header, body = cells(lines[0]), [cells(line) for line in lines[2:]]
+    numeric = [
+        i > 0 and all(_NUMBER.match(row[i]) or row[i] == "-" for row in body if i < len(row))
+        for i in range(len(header))
+    ]
+    out = ['<div class="scroll"><table>', "<thead><tr>"]
+    out += [
+        f'<th class="{"num" if n else ""}">{html.escape(h)}</th>'
+        for h, n in zip(header, numeric, strict=True)
+    ]
+    out.append("</tr></thead><tbody>")
+    for row in body:
+        out.append("<tr>")
+        for i, c in enumerate(row):
+            text = html.escape(c)
+            if i == 0 and colors:
+                color = next((v for k, v in colors.items() if c == k or c.startswith(k + " +")), None)
+                if color:
+                    text = f'<span class="swatch" style="background:{color}"></span>{text}'
+            out.append(f'<td class="{"num" if i < len(numeric) and numeric[i] else ""}">{text}</td>')
+        out.append("</tr>")
+    out.append("</tbody></table></div>")
+    return "".join(out)
