@@ -24,3 +24,15 @@ def _engine_cache_in_tmp(tmp_path_factory):
     mp.setattr(engines, "cache_root", lambda: root)
     yield root
     mp.undo()
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op thread for a module of tiny tensors (``pytest.mark.usefixtures``): a second
+    thread only adds contention on a loaded 2-core machine. Restored after the module."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -30,13 +30,7 @@ from lvmlt.errors import UserError
 LABEL_SHIFT = ("bbse", "mlls", "mapls")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    # Tiny tensors: a second intra-op thread only adds contention on a loaded 2-core box.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def long_tail(k: int, imbalance: float) -> np.ndarray:

@@ -10,9 +10,9 @@ import torch
 from PIL import Image
 from torch import nn
 
+from helpers import toy_bundle
 from lvmlt.config import IFLConfig, load_config
 from lvmlt.data.base import DataBundle, ImageSplit
-from lvmlt.data.transforms import build_transform
 from lvmlt.errors import UserError
 from lvmlt.losses import TERMS
 from lvmlt.losses.ifl import IFLTerm, environment_weights, irm_penalty, resolve_schedule
@@ -149,23 +149,6 @@ def test_irm_penalty_matches_autograd_of_the_dummy_scale():
     assert irm_penalty(logits, y, w).item() == pytest.approx((g**2).sum().item(), rel=1e-5)
 
 
-def _bundle():
-    rng = np.random.default_rng(0)
-
-    def mk(name, n):
-        labels = np.repeat(np.arange(3), [n // 2, n // 3, n - n // 2 - n // 3])
-        imgs = (rng.random((n, 16, 16)) * 80 + labels[:, None, None] * 60).astype(np.uint8)
-        return ImageSplit(
-            name,
-            [f"{name}/{i}" for i in range(n)],
-            labels,
-            lambda i: Image.fromarray(imgs[i]),
-            transform=build_transform(16, name == "train", True),
-        )
-
-    return DataBundle("syn", mk("train", 48), mk("val", 24), mk("test", 24), ["a", "b", "c"])
-
-
 def test_ifl_runs_in_the_trainer_under_any_baseline(tmp_path):
     from lvmlt.training.trainer import train
 
@@ -187,7 +170,7 @@ def test_ifl_runs_in_the_trainer_under_any_baseline(tmp_path):
             "ifl.irm_weight=0.01",
         ],
     )
-    m = train(cfg, bundle=_bundle(), progress=False)
+    m = train(cfg, bundle=toy_bundle(48, 24, 24), progress=False)
     hist = [json.loads(line) for line in (tmp_path / "r/history.jsonl").read_text().splitlines()]
     assert "train/ifl_center" not in hist[0]  # warm-up
     for h in hist[1:]:

@@ -14,9 +14,8 @@ import pytest
 import yaml
 from PIL import Image
 
+from helpers import toy_bundle
 from lvmlt.config import load_config
-from lvmlt.data.base import DataBundle, ImageSplit
-from lvmlt.data.transforms import build_transform
 from lvmlt.errors import UserError
 from lvmlt.evaluation.metrics import compute_metrics
 from lvmlt.reporting import write_report
@@ -28,20 +27,6 @@ SHA = "ab" * 32
 FINGERPRINTS = {"train": "f1" * 32, "val": "f2" * 32, "test": "f3" * 32}
 IMG = re.compile(r"<img\b[^>]*>")
 SRC = re.compile(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
-
-
-def _bundle():
-    rng = np.random.default_rng(0)
-
-    def mk(name, n):
-        labels = np.repeat(np.arange(3), [n // 2, n // 3, n - n // 2 - n // 3])
-        imgs = (rng.random((n, 16, 16)) * 80 + labels[:, None, None] * 60).astype(np.uint8)
-        return ImageSplit(
-            name, [f"{name}/{i}" for i in range(n)], labels, lambda i: Image.fromarray(imgs[i]),
-            transform=build_transform(16, name == "train", True),
-        )  # fmt: skip
-
-    return DataBundle("syn", mk("train", 60), mk("val", 30), mk("test", 30), ["a", "b", "c"])
 
 
 def _cfg(out, name, seed, *extra):
@@ -82,12 +67,12 @@ def report(tmp_path_factory):
     store = _fake_store(tmp / "store")
     dirs = []
     for seed in (0, 1, 2):
-        train(_cfg(tmp / "runs", f"ce-seed{seed}", seed), bundle=_bundle(), progress=False)
+        train(_cfg(tmp / "runs", f"ce-seed{seed}", seed), bundle=toy_bundle(), progress=False)
         dirs.append(tmp / "runs" / f"ce-seed{seed}")
     # fusion.store without fusion.map/latent: the model never opens the store, but it is provenance.
     for seed in (0, 1):
         extra = ("loss.name=balanced_softmax", f"fusion.store={store}")
-        train(_cfg(tmp / "runs", f"bs-seed{seed}", seed, *extra), bundle=_bundle(), progress=False)
+        train(_cfg(tmp / "runs", f"bs-seed{seed}", seed, *extra), bundle=toy_bundle(), progress=False)
         dirs.append(tmp / "runs" / f"bs-seed{seed}")
     for d in dirs[:2]:
         calibrate_run(d, "mapls")

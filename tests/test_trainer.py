@@ -5,30 +5,11 @@ import json
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
+from helpers import toy_bundle
 from lvmlt.config import load_config
-from lvmlt.data.base import DataBundle, ImageSplit
-from lvmlt.data.transforms import build_transform
 from lvmlt.errors import BadImageError, UserError
 from lvmlt.training.trainer import Trainer, lr_lambda, train
-
-
-def _bundle(bad: set[int] = frozenset()):
-    rng = np.random.default_rng(0)
-
-    def mk(name, n):
-        labels = np.repeat(np.arange(3), [n // 2, n // 3, n - n // 2 - n // 3])
-        imgs = (rng.random((n, 16, 16)) * 80 + labels[:, None, None] * 60).astype(np.uint8)
-
-        def load(i):
-            if name == "train" and i in bad:
-                raise BadImageError("cannot decode image", where=f"img{i}.png")
-            return Image.fromarray(imgs[i])
-
-        return ImageSplit(name, [f"{name}/{i}" for i in range(n)], labels, load, transform=build_transform(16, name == "train", True))
-
-    return DataBundle("syn", mk("train", 60), mk("val", 30), mk("test", 30), ["a", "b", "c"])
 
 
 def _cfg(tmp_path, *extra):
@@ -40,7 +21,7 @@ def _cfg(tmp_path, *extra):
 
 
 def test_run_directory_and_metrics(tmp_path):
-    m = train(_cfg(tmp_path), bundle=_bundle(), progress=False)
+    m = train(_cfg(tmp_path), bundle=toy_bundle(), progress=False)
     rd = tmp_path / "r"
     for f in ("config.yaml", "train.log", "history.jsonl", "metrics.json", "predictions.npz", "checkpoints/best.pt", "checkpoints/last.pt"):
         assert (rd / f).exists(), f
@@ -53,11 +34,11 @@ def test_run_directory_and_metrics(tmp_path):
     p = np.load(rd / "predictions.npz")
     assert p["test_logits"].shape == (30, 3) and p["train_counts"].tolist() == [30, 20, 10]
     with pytest.raises(UserError, match="already holds a run"):
-        Trainer(_cfg(tmp_path), bundle=_bundle(), progress=False)
+        Trainer(_cfg(tmp_path), bundle=toy_bundle(), progress=False)
 
 
 def test_resume_after_kill_matches_uninterrupted(tmp_path, monkeypatch):
-    full = train(_cfg(tmp_path / "a"), bundle=_bundle(), progress=False)
+    full = train(_cfg(tmp_path / "a"), bundle=toy_bundle(), progress=False)
     real = Trainer._train_epoch
 
     def dying(self, epoch):
@@ -67,28 +48,28 @@ def test_resume_after_kill_matches_uninterrupted(tmp_path, monkeypatch):
 
     monkeypatch.setattr(Trainer, "_train_epoch", dying)
     with pytest.raises(KeyboardInterrupt):
-        train(_cfg(tmp_path / "b"), bundle=_bundle(), progress=False)
+        train(_cfg(tmp_path / "b"), bundle=toy_bundle(), progress=False)
     monkeypatch.setattr(Trainer, "_train_epoch", real)
-    resumed = train(_cfg(tmp_path / "b"), resume=True, bundle=_bundle(), progress=False)
+    resumed = train(_cfg(tmp_path / "b"), resume=True, bundle=toy_bundle(), progress=False)
     a = torch.load(tmp_path / "a/r/checkpoints/last.pt", weights_only=False)["model"]
     b = torch.load(tmp_path / "b/r/checkpoints/last.pt", weights_only=False)["model"]
     for k in a:
         torch.testing.assert_close(a[k], b[k], msg=k)
     assert resumed["test"]["top1"] == pytest.approx(full["test"]["top1"])
     with pytest.raises(UserError, match="different config"):
-        Trainer(_cfg(tmp_path / "b", "optim.lr=0.5"), resume=True, bundle=_bundle(), progress=False)
+        Trainer(_cfg(tmp_path / "b", "optim.lr=0.5"), resume=True, bundle=toy_bundle(), progress=False)
 
 
 def test_bad_image_stops_with_one_error_or_is_skipped(tmp_path):
     with pytest.raises(BadImageError, match="img4.png"):
-        train(_cfg(tmp_path / "stop"), bundle=_bundle({4}), progress=False)
-    m = train(_cfg(tmp_path / "skip", "data.skip_bad_images=true"), bundle=_bundle({4, 7}), progress=False)
+        train(_cfg(tmp_path / "stop"), bundle=toy_bundle(bad={4}), progress=False)
+    m = train(_cfg(tmp_path / "skip", "data.skip_bad_images=true"), bundle=toy_bundle(bad={4, 7}), progress=False)
     assert m["skipped_images"] == 2
     assert (tmp_path / "skip/r/bad_images.txt").read_text().split() == ["train/4", "train/7"]
 
 
 def test_proto_and_accumulation_run(tmp_path):
-    m = train(_cfg(tmp_path, "proto.enabled=true", "optim.accumulate=2", "optim.epochs=2", "optim.warmup_epochs=1"), bundle=_bundle(), progress=False)
+    m = train(_cfg(tmp_path, "proto.enabled=true", "optim.accumulate=2", "optim.epochs=2", "optim.warmup_epochs=1"), bundle=toy_bundle(), progress=False)
     hist = [json.loads(x) for x in (tmp_path / "r/history.jsonl").read_text().splitlines()]
     assert "train/proto_head" in hist[-1] and np.isfinite(hist[-1]["train/total"])
     assert m["test"]["num_samples"] == 30
@@ -104,7 +85,7 @@ def test_lr_schedule():
 
 
 def test_proco_term_trains(tmp_path):
-    m = train(_cfg(tmp_path, "loss.name=logit_adjusted", "proco.enabled=true", "proco.feat_dim=16", "proco.hidden=32", "optim.epochs=2"), bundle=_bundle(), progress=False)
+    m = train(_cfg(tmp_path, "loss.name=logit_adjusted", "proco.enabled=true", "proco.feat_dim=16", "proco.hidden=32", "optim.epochs=2"), bundle=toy_bundle(), progress=False)
     hist = [json.loads(x) for x in (tmp_path / "r/history.jsonl").read_text().splitlines()]
     assert np.isfinite(hist[-1]["train/proco"]) and hist[-1]["train/proco"] > 0
     assert m["test"]["num_samples"] == 30
@@ -112,13 +93,13 @@ def test_proco_term_trains(tmp_path):
 
 @pytest.mark.parametrize("mode", ["crt", "lws"])
 def test_decoupled_second_stage_keeps_representation(tmp_path, mode):
-    train(_cfg(tmp_path / "s1", "optim.epochs=1"), bundle=_bundle(), progress=False)
+    train(_cfg(tmp_path / "s1", "optim.epochs=1"), bundle=toy_bundle(), progress=False)
     first = torch.load(tmp_path / "s1/r/checkpoints/best.pt", weights_only=False)["model"]
     extra = ["stage.reset_head=true"] if mode == "crt" else ["stage.lws=true"]
     train(
         _cfg(tmp_path / "s2", "optim.epochs=2", f"stage.init_from={tmp_path / 's1/r'}", "stage.freeze_backbone=true",
              "data.sampler=class_balanced", *extra),
-        bundle=_bundle(), progress=False,
+        bundle=toy_bundle(), progress=False,
     )
     second = torch.load(tmp_path / "s2/r/checkpoints/last.pt", weights_only=False)["model"]
     for k, v in first.items():
@@ -133,7 +114,7 @@ def test_decoupled_second_stage_keeps_representation(tmp_path, mode):
 def test_fusion_training_reads_the_feature_store_and_checks_it(tmp_path):
     from lvmlt.features import ExtractConfig, extract
 
-    bundle = _bundle()
+    bundle = toy_bundle()
     store = tmp_path / "store"
     extract(bundle, ExtractConfig(encoder="tiny_test", precision="fp32", pca_images=4), store, progress=False)
     m = train(
@@ -144,9 +125,9 @@ def test_fusion_training_reads_the_feature_store_and_checks_it(tmp_path):
     hist = [json.loads(x) for x in (tmp_path / "r/history.jsonl").read_text().splitlines()]
     assert {"train/proto_head", "train/proto_tail_std", "train/proto_tail_dist"} <= set(hist[-1])
     # a store of other data is refused, naming what differs
-    other = _bundle()
+    other = toy_bundle()
     other.train.labels[0] = 2
     with pytest.raises(UserError, match="feature store .* does not match"):
         Trainer(_cfg(tmp_path / "o", f"fusion.store={store}", "fusion.latent=true"), bundle=other, progress=False)
     with pytest.raises(UserError, match="need a feature store"):
-        Trainer(_cfg(tmp_path / "n", "fusion.latent=true"), bundle=_bundle(), progress=False)
+        Trainer(_cfg(tmp_path / "n", "fusion.latent=true"), bundle=toy_bundle(), progress=False)
