@@ -14,8 +14,7 @@ from lvmlt.data.base import DataBundle, ImageSplit
 from lvmlt.encoders import build_encoder
 from lvmlt.encoders.tinyvit import build_tiny_test
 from lvmlt.errors import UserError
-from lvmlt.features import ExtractConfig, FeatureStore, extract
-from lvmlt.features import engines
+from lvmlt.features import ExtractConfig, FeatureStore, engines, extract
 from lvmlt.training import runtime
 
 ENGINES = [e for e in ("openvino", "onnxruntime") if engines.engine_version(e) is not None]

@@ -277,6 +277,8 @@ def _load(engine: str, folder: Path, precision: str, threads: int) -> Callable[[
     options = ort.SessionOptions()
     options.intra_op_num_threads = int(threads)
     options.inter_op_num_threads = 1
+    # No busy-waiting between calls: the reduction and decoding threads need those cores.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(str(folder / "encoder.onnx"), options, providers=["CPUExecutionProvider"])
     input_name = session.get_inputs()[0].name
 
