@@ -3,8 +3,8 @@
 On the same ELPV images, in the same run, alternating round by round:
 (a) official: MobileSAM's ``SamPredictor.set_image`` loop in float32 at its native 1024 px
     (for LiteMedSAM, which has no predictor, its upstream encoder module called per image);
-(b) each of our paths at each requested size: torch float32, torch at ``precision=auto``
-    (when that is bfloat16), OpenVINO and ONNX Runtime (CPU only), each from PIL image to
+(b) each of our paths at each requested size: torch float32, torch bf16
+    (where bfloat16 is native), OpenVINO and ONNX Runtime (CPU only), each from PIL image to
     feature map, one image per call.
 
 Printed per path: images/s, the ratio to the official path (which runs at the native size
@@ -37,8 +37,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine_header, sync  # noqa: E402
 
+from lvmlt import hardware  # noqa: E402
 from lvmlt.data.base import DataBundle, ImageSplit  # noqa: E402
 from lvmlt.encoders import build_encoder, cached_path, load_state_dict  # noqa: E402
+from lvmlt.encoders.base import auto_precision  # noqa: E402
 from lvmlt.features import ExtractConfig, extract  # noqa: E402
 from lvmlt.features import engines as eng  # noqa: E402
 from lvmlt.features.pca import image_pca_map  # noqa: E402
@@ -137,7 +139,7 @@ def agreement(maps: list[torch.Tensor], ref: list[torch.Tensor], valid: list[tup
     for m, r, (gh, gw) in zip(maps, ref, valid, strict=True):
         m, r = m[:, :gh, :gw].float(), r[:, :gh, :gw].float()
         vec.append(cosine(m.mean((1, 2)), r.mean((1, 2))))
-        pca.append(cosine(image_pca_map(m), image_pca_map(r)))
+        pca.append(abs(cosine(image_pca_map(m), image_pca_map(r))))  # a component's sign is arbitrary
     return min(vec), min(pca)
 
 
@@ -161,7 +163,10 @@ def main(argv=None) -> int:
     native = 1024 if args.encoder == "mobilesam" else 256
     sizes = args.sizes or [native]
     header = machine_header(device)
-    rates, auto = header["matmul_gflops"], header["auto"]
+    rates = header["matmul_gflops"]
+    native_dtypes = {header["auto"]}
+    auto = auto_precision(args.encoder, device)  # what extract() uses for this encoder
+    print(f"precision=auto for {args.encoder}: {auto}")
     print(f"{args.n} ELPV images (300 x 300 grayscale), {args.encoder}, one image per call, {args.rounds} rounds")
     images, ids = elpv_images(args.n)
 
@@ -171,14 +176,14 @@ def main(argv=None) -> int:
     builds: dict[str, float] = {}
     for size in sizes:
         paths[(size, "torch fp32")] = TorchPath(args.encoder, size, "fp32", device)
-        if auto != "fp32":
-            paths[(size, f"torch {auto}")] = TorchPath(args.encoder, size, auto, device)
+        if hardware.resolve_precision("auto", device) != "fp32":  # bf16 is native: try it
+            paths[(size, "torch bf16")] = TorchPath(args.encoder, size, "bf16", device)
         if device.type == "cpu":
             for engine in ("openvino", "onnxruntime"):
                 if eng.engine_version(engine) is None:
                     print(f"  ({engine} not installed: skipped)")
                     continue
-                precisions = ["fp32"] + ([auto] if auto != "fp32" and engine == "openvino" else [])
+                precisions = ["fp32"] + (["bf16"] if "bf16" in native_dtypes and engine == "openvino" else [])
                 for prec in precisions:
                     ep = EnginePath(args.encoder, size, engine, prec)
                     paths[(size, f"{engine} {prec}")] = ep

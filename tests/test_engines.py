@@ -228,3 +228,14 @@ def test_real_mobilesam_256_engine_matches_torch_fp32():
         for i in range(len(images)):
             assert _cos(got[i], want[i]) >= 0.999  # the map
             assert _cos(got[i].mean((1, 2)), want[i].mean((1, 2))) >= 0.999  # v_SAM
+
+
+def test_auto_keeps_fp32_for_an_encoder_that_loses_accuracy_in_bf16(flags):
+    from lvmlt.encoders.base import auto_precision
+    from lvmlt.features.store import expected_provenance
+
+    flags(isa="AVX512", bf16=True)
+    assert auto_precision("mobilesam", "cpu") == "bf16"
+    assert auto_precision("litemedsam", "cpu") == "fp32"  # its bf16 v_SAM: cosine 0.998
+    assert expected_provenance(ExtractConfig(encoder="litemedsam", device="cpu"))["precision"] == "fp32"
+    assert expected_provenance(ExtractConfig(encoder="mobilesam", device="cpu"))["precision"] == "bf16"

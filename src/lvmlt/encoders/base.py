@@ -26,14 +26,28 @@ ENCODERS: Registry = Registry("encoder")
 GEOMETRY: dict[str, tuple[int, int]] = {}  # name -> (native input side, output stride)
 
 
-def register_encoder(name: str, native_size: int, stride: int):
+AUTO_FP32: set[str] = set()  # encoders whose features lose accuracy in bf16: ``auto`` keeps fp32
+
+
+def register_encoder(name: str, native_size: int, stride: int, bf16_ok: bool = True):
     """Register an encoder builder ``f(img_size=None, checkpoint=None) -> FrozenEncoder``.
 
     ``native_size`` and ``stride`` let callers resolve "native size" / "native grid"
-    settings without building (and loading) the encoder.
+    settings without building (and loading) the encoder. ``bf16_ok=False`` makes
+    ``precision=auto`` float32 for it even where bfloat16 is native (its bf16 features
+    fall below a cosine of 0.999 to float32).
     """
     GEOMETRY[name] = (native_size, stride)
+    if not bf16_ok:
+        AUTO_FP32.add(name)
     return ENCODERS.register(name)
+
+
+def auto_precision(name: str, device) -> str:
+    """What ``precision=auto`` means for encoder ``name`` on ``device``."""
+    from lvmlt.hardware import resolve_precision
+
+    return "fp32" if name in AUTO_FP32 else resolve_precision("auto", device)
 
 
 def resolve_geometry(name: str, img_size: int = 0) -> tuple[int, int]:

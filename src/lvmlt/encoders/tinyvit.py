@@ -191,12 +191,15 @@ def build_mobilesam(img_size: int | None = None, checkpoint: str | None = None) 
     return TinyViTEncoder("mobilesam", vit, Preprocessing(img_size, "sam"), 4, file_sha256(path))
 
 
-@register_encoder("litemedsam", 256, 4)
+@register_encoder("litemedsam", 256, 4, bf16_ok=False)
 def build_litemedsam(img_size: int | None = None, checkpoint: str | None = None) -> TinyViTEncoder:
     """LiteMedSAM's TinyViT (SAM distilled and tuned on medical images); native input 256.
 
     Its stem has stride 1, so at 256 px it costs about as much as MobileSAM at 1024, and it
-    expects per-image min-max normalised inputs (as in MedSAM), not SAM's mean/std.
+    expects per-image min-max normalised inputs (as in MedSAM), not SAM's mean/std. Its
+    full-resolution stem accumulates bf16 rounding: on ELPV the pooled vector's cosine to
+    float32 is 0.9982 (OpenVINO bf16) to 0.9992 (torch bf16, float32 stem), the PCA map's
+    0.995 to 0.998, so ``precision=auto`` extracts it in float32 (benchmarks/extract.py).
     """
     from lvmlt.encoders.weights import resolve_weights
 

@@ -359,7 +359,12 @@ def extract(
     if cfg.precision == "fp16" and device.type != "cuda":
         raise UserError("precision=fp16 is for CUDA only", fix="use bf16 or fp32 on the CPU")
     # `auto` becomes what this device runs natively; the store records the resolved value.
-    cfg = dataclasses.replace(cfg, precision=hardware.resolve_precision(cfg.precision, device, "extract precision"))
+    if cfg.precision == "auto":
+        from lvmlt.encoders.base import auto_precision
+
+        cfg = dataclasses.replace(cfg, precision=auto_precision(cfg.encoder, device))
+    else:
+        cfg = dataclasses.replace(cfg, precision=hardware.resolve_precision(cfg.precision, device, "extract precision"))
 
     # Settings -> the provenance this run will record (needs the encoder's weights hash).
     if encoder is None:

@@ -306,11 +306,11 @@ def expected_provenance(cfg: ExtractConfig, sha256: str | None = None) -> dict:
     p["img_size"] = img_size
     p["map_size"] = cfg.map_size or grid
     p["levels"] = list(cfg.levels)
-    if cfg.precision == "auto":  # what `auto` means on the device this config names
-        from lvmlt.hardware import resolve_precision
+    if cfg.precision == "auto":  # what `auto` means for this encoder on the device this config names
+        from lvmlt.encoders.base import auto_precision
 
         device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-        p["precision"] = resolve_precision("auto", device)
+        p["precision"] = auto_precision(cfg.encoder, device)
     if cfg.pca != "global":  # the basis sample settings do not matter then
         p["pca_images"] = p["pca_seed"] = None
     if sha256 is not None:
