@@ -60,6 +60,33 @@ def test_resume_after_kill_matches_uninterrupted(tmp_path, monkeypatch):
         Trainer(_cfg(tmp_path / "b", "optim.lr=0.5"), resume=True, bundle=toy_bundle(), progress=False)
 
 
+def test_resume_compares_only_the_sections_the_run_uses():
+    from lvmlt.config import to_dict, used_sections
+
+    plain = to_dict(load_config(None, []))
+    other_scilt = to_dict(load_config(None, ["scilt.epochs=3", "proto.beta=0.5", "ifl.center_lr=0.1"]))
+    assert used_sections(plain) == used_sections(other_scilt)  # a CE run uses none of these
+    proto_a = to_dict(load_config(None, ["proto.enabled=true"]))
+    proto_b = to_dict(load_config(None, ["proto.enabled=true", "proto.beta=0.5"]))
+    assert used_sections(proto_a)["proto"] != used_sections(proto_b)["proto"]
+    assert "proto" not in used_sections(plain) and "data" in used_sections(plain)
+    old = {k: v for k, v in plain.items() if k != "ifl"}  # a run saved before a section existed
+    assert used_sections(old) == {k: v for k, v in used_sections(plain).items()}
+
+
+def test_evaluate_rebuilds_the_run_without_a_trainer(tmp_path, monkeypatch):
+    from lvmlt.training import trainer as T
+
+    m = train(_cfg(tmp_path), bundle=toy_bundle(), progress=False)
+    import lvmlt.data
+
+    monkeypatch.setattr(lvmlt.data, "build_data", lambda cfg: toy_bundle())
+    monkeypatch.setattr(T.Trainer, "__init__", lambda *a, **k: (_ for _ in ()).throw(AssertionError("no Trainer")))
+    again = T.evaluate_run(tmp_path / "r", progress=False)
+    assert again["test"]["top1"] == pytest.approx(m["test"]["top1"])
+    assert again["best_epoch"] == m["best_epoch"]
+
+
 def test_bad_image_stops_with_one_error_or_is_skipped(tmp_path):
     with pytest.raises(BadImageError, match="img4.png"):
         train(_cfg(tmp_path / "stop"), bundle=toy_bundle(bad={4}), progress=False)

@@ -234,6 +234,30 @@ class Config:
     threads: int = 0  # torch intra-op threads; 0 = leave torch's default
 
 
+# Optional sections: a run "uses" one when this says so (on the to_dict form); every other
+# section is always used. `--resume` compares only the sections a run uses, so changing
+# the defaults of a method a run does not use never refuses its resume.
+def _any(section: str, *keys: str):
+    return lambda c: any(bool((c.get(section) or {}).get(k)) for k in keys)
+
+
+SECTION_USED = {
+    "fusion": _any("fusion", "store", "map", "latent", "sam_only"),
+    "proto": _any("proto", "enabled"),
+    "proco": _any("proco", "enabled"),
+    "ifl": _any("ifl", "enabled"),
+    "stage": _any("stage", "init_from", "freeze_backbone", "lws", "reset_head"),
+    # Trained by the feature-only systems (`python -m lvmlt.methods.compare`), never by `lvmlt train`.
+    "synthetic": lambda c: False,
+    "scilt": lambda c: False,
+}
+
+
+def used_sections(d: dict) -> dict:
+    """The sections of a config dict (``to_dict`` form) that its run uses (see SECTION_USED)."""
+    return {k: v for k, v in d.items() if k not in SECTION_USED or SECTION_USED[k](d)}
+
+
 def _type_name(tp) -> str:
     return getattr(tp, "__name__", str(tp)).replace("typing.", "")
 

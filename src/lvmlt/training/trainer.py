@@ -15,6 +15,7 @@ import logging
 import math
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,7 @@ import yaml
 from tqdm import tqdm
 
 from lvmlt import distributed, hardware, rundir
-from lvmlt.config import Config, replace, to_dict
+from lvmlt.config import Config, replace, to_dict, used_sections
 from lvmlt.errors import UserError
 from lvmlt.losses import build_terms
 from lvmlt.training import runtime
@@ -153,6 +154,105 @@ def score(cfg: Config, bundle, logits: np.ndarray, labels: np.ndarray) -> dict:
     return m
 
 
+@dataclass
+class Run:
+    """Everything a config builds before any training: the one construction path.
+
+    Built by :func:`build_run` for training (:class:`Trainer`) and for re-evaluation
+    (:func:`evaluate_run`) alike, so the two can never build different models or loaders.
+    """
+
+    cfg: Config
+    bundle: object  # DataBundle
+    device: torch.device
+    precision: str  # resolved: fp32 | bf16 | fp16
+    model: torch.nn.Module
+    terms: torch.nn.Module  # the loss terms (a ModuleDict)
+    splits: dict  # train / val / test datasets (with SAM features when the model needs them)
+    loaders: dict  # train / val / test DataLoaders (val / test sharded under torchrun)
+    sampler: object  # the training sampler (set_epoch each epoch)
+
+    def record(self) -> dict:
+        """What ``auto`` settings became on this machine (written into config.yaml)."""
+        return {
+            "device": str(self.device),
+            "device_name": hardware.describe_device(self.device),
+            "precision": self.precision,
+            "num_workers": self.loaders["train"].num_workers,
+            "torch": str(torch.__version__),
+            "threads": torch.get_num_threads(),
+        }
+
+
+def build_run(cfg: Config, bundle=None, load_init: bool = True) -> Run:
+    """Build data, model, loss terms and loaders of ``cfg``, seeded; writes nothing.
+
+    Args:
+        cfg: the run's config.
+        bundle: the data (built from ``cfg.data`` when None).
+        load_init: load ``stage.init_from``'s weights (False when a checkpoint of this run
+            will be loaded next, as in re-evaluation).
+    """
+    from lvmlt.models.classifier import apply_stage, build_model
+
+    runtime.seed_everything(cfg.seed)
+    device = distributed.init_from_env(cfg.device) or runtime.pick_device(cfg.device)
+    precision = hardware.resolve_precision(cfg.optim.precision, device, "optim.precision")
+    _, world = distributed.world()
+    if cfg.data.batch_size % world:
+        raise UserError(
+            f"data.batch_size={cfg.data.batch_size} does not split over {world} processes",
+            fix="use a batch size divisible by the number of processes (it is the global batch)",
+        )
+    if bundle is None:
+        from lvmlt.data import build_data
+
+        bundle = build_data(cfg.data)
+    for s in bundle.splits().values():
+        s.skip_bad_images = cfg.data.skip_bad_images
+    model = build_model(cfg, bundle.num_classes).to(device)
+    if cfg.optim.channels_last:
+        model.to(memory_format=torch.channels_last)
+    stage = cfg.stage if load_init else replace(cfg.stage, init_from=None)
+    apply_stage(model, stage, device)
+    splits = attach_features(cfg, bundle, model.needs)
+    terms = build_terms(cfg, bundle.train_counts, model).to(device)
+    loaders, sampler = build_loaders(cfg, bundle, splits, device)
+    return Run(cfg, bundle, device, precision, model, terms, splits, loaders, sampler)
+
+
+def build_loaders(cfg: Config, bundle, splits: dict, device: torch.device) -> tuple[dict, object]:
+    """DataLoaders of the three splits and the training sampler."""
+    from lvmlt.data.samplers import build_sampler
+
+    d = cfg.data
+    rank, size = distributed.world()
+    # Every rank draws the same global order and keeps its share, so a step's
+    # batches over all ranks are the single-process batch: data.batch_size is global.
+    sampler = build_sampler(d.sampler, bundle.train.labels, seed=cfg.seed, rank=rank, world_size=size)
+    workers = runtime.loader_workers(d.num_workers, device, size)
+    common = dict(
+        batch_size=d.batch_size // size,
+        num_workers=workers,
+        collate_fn=collate,
+        pin_memory=device.type == "cuda",
+        persistent_workers=workers > 0,
+    )
+    out = {"train": torch.utils.data.DataLoader(splits["train"], sampler=sampler, drop_last=False, **common)}
+    for k in ("val", "test"):
+        shard = list(range(rank, len(splits[k]), size))
+        out[k] = torch.utils.data.DataLoader(splits[k], sampler=shard, **common)
+    return out, sampler
+
+
+def check_resume(run_dir: Path, cfg: Config) -> None:
+    """A run resumes only with the config it was started with (in the sections it uses)."""
+    saved = _load_saved(run_dir / rundir.CONFIG)["config"]
+    diff = _diff(used_sections(saved), used_sections(to_dict(cfg)))
+    if diff:
+        raise UserError(f"--resume with a different config ({diff})", where=str(run_dir), fix="use the saved config")
+
+
 class Trainer:
     """Trains ``cfg`` into its run directory; ``fit()`` returns the final metrics."""
 
@@ -164,12 +264,7 @@ class Trainer:
         if resume:
             if not last.exists():
                 raise UserError(f"nothing to resume in {self.run_dir}", fix="start without --resume")
-            saved = _load_saved(self.run_dir / rundir.CONFIG)["config"]
-            if saved != to_dict(cfg):
-                diff = _diff(saved, to_dict(cfg))
-                raise UserError(
-                    f"--resume with a different config ({diff})", where=str(self.run_dir), fix="use the saved config"
-                )
+            check_resume(self.run_dir, cfg)
         elif last.exists():
             raise UserError(
                 f"run directory {self.run_dir} already holds a run",
@@ -177,37 +272,17 @@ class Trainer:
             )
         if cfg.threads > 0:
             torch.set_num_threads(cfg.threads)
-        runtime.seed_everything(cfg.seed)
-        self.device = distributed.init_from_env(cfg.device) or runtime.pick_device(cfg.device)
-        self.precision = hardware.resolve_precision(cfg.optim.precision, self.device, "optim.precision")
+        run = build_run(cfg, bundle)
+        self.run = run
+        self.bundle, self.device, self.precision = run.bundle, run.device, run.precision
+        self.model, self.terms, self.splits, self.loaders, self.sampler = (
+            run.model, run.terms, run.splits, run.loaders, run.sampler
+        )  # fmt: skip
         self.rank, self.world = distributed.world()
         self.progress = progress and self.rank == 0
-        if cfg.data.batch_size % self.world:
-            raise UserError(
-                f"data.batch_size={cfg.data.batch_size} does not split over {self.world} processes",
-                fix="use a batch size divisible by the number of processes (it is the global batch)",
-            )
-
-        if bundle is None:
-            from lvmlt.data import build_data
-
-            bundle = build_data(cfg.data)
-        self.bundle = bundle
-        for s in self.bundle.splits().values():
-            s.skip_bad_images = cfg.data.skip_bad_images
-        from lvmlt.models.classifier import apply_stage, build_model
-
-        self.model = build_model(cfg, self.bundle.num_classes).to(self.device)
-        if cfg.optim.channels_last:
-            self.model.to(memory_format=torch.channels_last)
-        apply_stage(self.model, cfg.stage, self.device)
-        self.splits = attach_features(cfg, self.bundle, self.model.needs)
-        counts = self.bundle.train_counts
-        self.terms = build_terms(cfg, counts, self.model).to(self.device)
         self.net = self.model
         if self.world > 1:
             self.net = torch.nn.parallel.DistributedDataParallel(self.model)
-        self.loaders = self._loaders()
         o = cfg.optim
         self.steps_per_epoch = math.ceil(len(self.loaders["train"]) / o.accumulate)
         params = [p for p in list(self.model.parameters()) + list(self.terms.parameters()) if p.requires_grad]
@@ -239,42 +314,9 @@ class Trainer:
                 "data_fingerprint": {k: s.fingerprint() for k, s in self.bundle.splits().items()},
                 # What `auto` became on this machine (the config keeps what was asked for,
                 # so that a run resumes on another kind of machine).
-                "runtime": self.runtime_record(),
+                "runtime": run.record(),
             }
             runtime.atomic_write_text(self.run_dir / rundir.CONFIG, yaml.safe_dump(resolved, sort_keys=False))
-
-    def runtime_record(self) -> dict:
-        return {
-            "device": str(self.device),
-            "device_name": hardware.describe_device(self.device),
-            "precision": self.precision,
-            "num_workers": self.loaders["train"].num_workers,
-            "torch": str(torch.__version__),
-            "threads": torch.get_num_threads(),
-        }
-
-    def _loaders(self) -> dict:
-        from lvmlt.data.samplers import build_sampler
-
-        d = self.cfg.data
-        rank, size = distributed.world()
-        train = self.splits["train"]
-        # Every rank draws the same global order and keeps its share, so a step's
-        # batches over all ranks are the single-process batch: data.batch_size is global.
-        self.sampler = build_sampler(d.sampler, self.bundle.train.labels, seed=self.cfg.seed, rank=rank, world_size=size)
-        workers = runtime.loader_workers(d.num_workers, self.device, size)
-        common = dict(
-            batch_size=d.batch_size // size,
-            num_workers=workers,
-            collate_fn=collate,
-            pin_memory=self.device.type == "cuda",
-            persistent_workers=workers > 0,
-        )
-        out = {"train": torch.utils.data.DataLoader(train, sampler=self.sampler, drop_last=False, **common)}
-        for k in ("val", "test"):
-            shard = list(range(rank, len(self.splits[k]), size))
-            out[k] = torch.utils.data.DataLoader(self.splits[k], sampler=shard, **common)
-        return out
 
     # -- checkpoints ------------------------------------------------------------------
     def _state(self, epoch: int) -> dict:
@@ -411,33 +453,41 @@ class Trainer:
 
     def finish(self) -> dict:
         """Evaluate the best-on-validation checkpoint on val and test; write metrics and logits."""
-        cfg = self.cfg
-        best = self.run_dir / rundir.BEST
-        if best.exists():
-            self.model.load_state_dict(rundir.load_checkpoint(best, map_location=self.device)["model"])
-        out = {"best_epoch": self.best_epoch, "selected_on": "val/mean_class_acc"}
-        preds = {"train_counts": self.bundle.train_counts}
-        for split in ("val", "test"):
-            logits, labels = predict(
-                self.model, self.loaders[split], self.device, self.precision, split, self.progress,
-                cfg.optim.channels_last,
-            )  # fmt: skip
-            preds[f"{split}_logits"], preds[f"{split}_labels"] = logits, labels
-            out[split] = score(cfg, self.bundle, logits, labels)
-            self._note_eval_bad(split, labels)
-        if runtime.is_primary():
-            rundir.atomic_write(self.run_dir / rundir.PREDICTIONS, lambda f: np.savez(f, **preds))
-            if self.bad_ids:
-                runtime.atomic_write_text(self.run_dir / rundir.BAD_IMAGES, "\n".join(sorted(self.bad_ids)) + "\n")
-            out["skipped_images"] = len(self.bad_ids)
-            # merged: keys other commands added (e.g. "calibrated") stay
-            rundir.write_metrics(self.run_dir, out)
-        return out
+        return final_evaluation(self.run, self.run_dir, self.best_epoch, self.bad_ids, self.progress)
 
-    def _note_eval_bad(self, split: str, labels: np.ndarray) -> None:
-        ids = self.bundle.splits()[split].ids
-        for i in np.flatnonzero(labels < 0):
-            self.bad_ids.add(ids[i])
+
+def final_evaluation(run: Run, run_dir: Path, best_epoch: int, bad_ids: set[str], progress: bool = True) -> dict:
+    """Score the run's best checkpoint on val and test; write metrics.json (merged) and logits.
+
+    Args:
+        run: what :func:`build_run` built; its model gets the best checkpoint's weights.
+        run_dir: the run directory (``checkpoints/best.pt`` is read from it).
+        best_epoch: recorded in the metrics.
+        bad_ids: ids of images skipped so far (evaluation adds those of val and test).
+    """
+    cfg = run.cfg
+    best = run_dir / rundir.BEST
+    if best.exists():
+        run.model.load_state_dict(rundir.load_checkpoint(best, map_location=run.device)["model"])
+    out = {"best_epoch": best_epoch, "selected_on": "val/mean_class_acc"}
+    preds = {"train_counts": run.bundle.train_counts}
+    bad_ids = set(bad_ids)
+    for split in ("val", "test"):
+        logits, labels = predict(
+            run.model, run.loaders[split], run.device, run.precision, split, progress, cfg.optim.channels_last
+        )
+        preds[f"{split}_logits"], preds[f"{split}_labels"] = logits, labels
+        out[split] = score(cfg, run.bundle, logits, labels)
+        ids = run.bundle.splits()[split].ids
+        bad_ids |= {ids[i] for i in np.flatnonzero(labels < 0)}
+    if runtime.is_primary():
+        rundir.atomic_write(run_dir / rundir.PREDICTIONS, lambda f: np.savez(f, **preds))
+        if bad_ids:
+            runtime.atomic_write_text(run_dir / rundir.BAD_IMAGES, "\n".join(sorted(bad_ids)) + "\n")
+        out["skipped_images"] = len(bad_ids)
+        # merged: keys other commands added (e.g. "calibrated") stay
+        rundir.write_metrics(run_dir, out)
+    return out
 
 
 def _load_saved(path: Path) -> dict:
@@ -477,22 +527,8 @@ def evaluate_run(run_dir: str | Path, progress: bool = True) -> dict:
         raise UserError(f"{run_dir} is not a run directory (no config.yaml)", fix="pass the directory `lvmlt train` made")
     cfg = load_run(run_dir)
     cfg = replace(cfg, out_dir=str(run_dir.parent), run_name=run_dir.name)
-    t = Trainer.__new__(Trainer)
-    t.cfg, t.progress, t.run_dir, t.ckpt_dir = cfg, progress, run_dir, run_dir / rundir.CHECKPOINTS
     if not (run_dir / rundir.BEST).exists():
         raise UserError(f"{run_dir} has no checkpoint yet", fix="train it first (or --resume it)")
-    from lvmlt.data import build_data
-    from lvmlt.models.classifier import apply_stage, build_model
-
-    t.device = runtime.pick_device(cfg.device)
-    t.precision = hardware.resolve_precision(cfg.optim.precision, t.device, "optim.precision")
-    t.bundle = build_data(cfg.data)
-    t.model = build_model(cfg, t.bundle.num_classes).to(t.device)
-    if cfg.optim.channels_last:
-        t.model.to(memory_format=torch.channels_last)
-    apply_stage(t.model, replace(cfg.stage, init_from=None))  # same parameters as trained; weights come next
-    t.splits = attach_features(cfg, t.bundle, t.model.needs)
-    t.loaders = Trainer._loaders(t)
     st = rundir.load_checkpoint(run_dir / rundir.BEST)
-    t.best_epoch, t.bad_ids = st["best_epoch"], set(st.get("bad_ids", []))
-    return t.finish()
+    run = build_run(cfg, load_init=False)  # same parameters as trained; the weights come from best.pt
+    return final_evaluation(run, run_dir, st["best_epoch"], set(st.get("bad_ids", [])), progress)
