@@ -1,0 +1,163 @@
+"""Convergence study: accuracy against the epoch budget, per system, chosen on validation.
+
+Reads the runs that ``benchmarks/run_convergence.sh`` trained (``<out>/<dataset>-e<E>[-px<P>]-
+<system>-seed0``), and writes, under ``benchmarks/results/convergence/``:
+
+- ``<dataset>.md`` / ``.csv``: per system and budget, validation and test top-1 and mean
+  class accuracy and the many / medium / few test accuracy of the checkpoint chosen on
+  validation; the converged budget;
+- ``<dataset>.png``: validation and test top-1 and mean class accuracy against the budget,
+  one line per system.
+
+The converged budget is the smallest budget at which CE's *validation* top-1 improves by
+less than 1 point at the next budget (never chosen on test).
+
+    python benchmarks/convergence.py --dataset elpv --base-epochs 10
+    python benchmarks/convergence.py --dataset elpv --base-epochs 10 --need-8x   # exit 0 if 8x is needed
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+SYSTEMS = {  # label -> ablate variant slug
+    "CE": "baseline",
+    "CE + SAM features + L_proto": "sam_features_l_proto__ours",
+    "SAM latent only (probe)": "sam_latent_feature_only",
+}
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def read_run(run_dir: Path) -> dict | None:
+    try:
+        m = json.loads((run_dir / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return {
+        "val_top1": m["val"]["top1"],
+        "val_mca": m["val"]["mean_class_acc"],
+        "test_top1": m["test"]["top1"],
+        "test_mca": m["test"]["mean_class_acc"],
+        "many": m["test"].get("many"),
+        "medium": m["test"].get("medium"),
+        "few": m["test"].get("few"),
+        "best_epoch": m.get("best_epoch"),
+    }
+
+
+def collect(out: Path, dataset: str, budgets: list[int], px: str = "") -> dict[str, dict[int, dict]]:
+    table: dict[str, dict[int, dict]] = {}
+    for label, slug in SYSTEMS.items():
+        for e in budgets:
+            r = read_run(out / f"{dataset}-e{e}{px}-{slug}-seed0")
+            if r is not None:
+                table.setdefault(label, {})[e] = r
+    return table
+
+
+def converged_budget(ce: dict[int, dict]) -> int | None:
+    """Smallest budget whose next budget improves CE's validation top-1 by < 1 point."""
+    budgets = sorted(ce)
+    for a, b in zip(budgets, budgets[1:], strict=False):
+        if ce[b]["val_top1"] - ce[a]["val_top1"] < 1.0:
+            return a
+    return None
+
+
+def _fmt(x) -> str:
+    return "-" if x is None else f"{x:.2f}"
+
+
+def write(dataset: str, base: int, table: dict, extra: dict, results: Path) -> str:
+    results.mkdir(parents=True, exist_ok=True)
+    ce = table.get("CE", {})
+    conv = converged_budget(ce)
+    lines = [
+        f"# Convergence on {dataset}: accuracy against the epoch budget (seed 0)",
+        "",
+        f"Budgets are multiples of the committed tables' {base} epochs; each budget is its own run "
+        "(the cosine schedule spans the whole budget), its checkpoint chosen on validation mean "
+        "class accuracy. Converged budget (smallest at which CE's validation top-1 improves by "
+        f"less than 1 point at the next budget): **{conv if conv else 'not reached'}**"
+        + (f" epochs ({conv // base}x)." if conv else "."),
+        "",
+        "| system | epochs | val top1 | val mean class | test top1 | test mean class | many | medium | few |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    rows = []
+    for label, runs in [*table.items(), *extra.items()]:
+        for e in sorted(runs):
+            r = runs[e]
+            lines.append(
+                f"| {label} | {e} | {_fmt(r['val_top1'])} | {_fmt(r['val_mca'])} | {_fmt(r['test_top1'])} | "
+                f"{_fmt(r['test_mca'])} | {_fmt(r['many'])} | {_fmt(r['medium'])} | {_fmt(r['few'])} |"
+            )
+            rows.append({"system": label, "epochs": e, **r})
+    md = "\n".join(lines) + "\n"
+    (results / f"{dataset}.md").write_text(md)
+    with open(results / f"{dataset}.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["system"])
+        w.writeheader()
+        w.writerows(rows)
+    _figure(dataset, table, results / f"{dataset}.png")
+    return md
+
+
+def _figure(dataset: str, table: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharex=True)
+    for ax, metric, title in ((axes[0], "top1", "top-1"), (axes[1], "mca", "mean class accuracy")):
+        for i, (label, runs) in enumerate(table.items()):
+            e = sorted(runs)
+            color = f"C{i}"
+            ax.plot(e, [runs[k][f"val_{metric}"] for k in e], "o--", color=color, label=f"{label} (val)")
+            ax.plot(e, [runs[k][f"test_{metric}"] for k in e], "s-", color=color, label=f"{label} (test)")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("epoch budget")
+        ax.set_ylabel(f"{title} (%)")
+        ax.set_title(f"{dataset}: {title}")
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dataset", required=True)
+    ap.add_argument("--base-epochs", type=int, required=True, help="the committed tables' budget (1x)")
+    ap.add_argument("--out", default="runs/convergence", help="where the runs are")
+    ap.add_argument("--results", default=str(ROOT / "benchmarks" / "results" / "convergence"))
+    ap.add_argument("--px", nargs="*", type=int, default=[], help="extra input sizes run at the converged budget")
+    ap.add_argument("--need-8x", action="store_true", help="exit 0 if CE's val top-1 still gains > 1 point 2x -> 4x")
+    args = ap.parse_args(argv)
+    base, out = args.base_epochs, Path(args.out)
+    budgets = [base, 2 * base, 4 * base, 8 * base]
+    table = collect(out, args.dataset, budgets)
+    if args.need_8x:
+        ce = table.get("CE", {})
+        if 2 * base not in ce or 4 * base not in ce:
+            print("CE at 2x and 4x not finished", file=sys.stderr)
+            return 2
+        gain = ce[4 * base]["val_top1"] - ce[2 * base]["val_top1"]
+        print(f"CE val top-1 2x -> 4x: {gain:+.2f} points")
+        return 0 if gain > 1.0 else 1
+    extra = {}
+    for p in args.px:
+        for label, runs in collect(out, args.dataset, budgets, f"-px{p}").items():
+            extra[f"{label} @ {p} px"] = runs
+    print(write(args.dataset, base, table, extra, Path(args.results)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
