@@ -92,3 +92,33 @@ def test_full_model_all_options_and_sam_only():
     shifted = {**b, "sam_vec": b["sam_vec"] * 0.1 + 0.05}
     expected = only.head(b["sam_vec"].float())  # BN undoes the offset and scale exactly
     torch.testing.assert_close(only(shifted)["logits"], expected, atol=1e-3, rtol=1e-3)
+
+
+def test_one_cosine_head_one_lws_and_the_probe_without_batchnorm():
+    from lvmlt.models.classifier import LTClassifier, apply_stage
+    from lvmlt.models.heads import ClassScale, CosineClassifier
+
+    torch.manual_seed(0)
+    x = torch.randn(4, 8)
+    ldam = CosineClassifier(8, 3)  # LDAM's head: plain cosines
+    z = ldam(x)
+    assert z.abs().max() <= 1 + 1e-6 and ldam.weight.norm(dim=1).max() < 0.1  # std 0.01 rows
+    scilt = CosineClassifier(8, 3, temperature=0.07, init="unit")
+    torch.testing.assert_close(scilt.weight.norm(dim=1), torch.ones(3))
+    torch.testing.assert_close(scilt(x) * 0.07, torch.nn.functional.normalize(x, dim=1) @ scilt.weight.T)
+    lws = ClassScale(3)
+    with torch.no_grad():
+        lws.scale.copy_(torch.tensor([1.0, 2.0, 0.5]))
+    torch.testing.assert_close(lws(z), z * torch.tensor([1.0, 2.0, 0.5]))
+    # The linear probe with sam_norm=none is FC(v): the head of the synthetic-feature system.
+    probe = LTClassifier(None, 3, sam_dim=8, sam_norm="none")
+    torch.testing.assert_close(probe({"sam_vec": x})["logits"], probe.head(x))
+    assert sum(p.numel() for p in probe.parameters()) == 8 * 3 + 3
+    # An LWS checkpoint from before ClassScale (the scales under "class_scale") still loads.
+    cfg = load_config(None, ["fusion.sam_only=true", "stage.lws=true"])
+    m = build_model(cfg, 3)
+    apply_stage(m, cfg.stage)
+    state = {k: v for k, v in m.state_dict().items() if not k.startswith("class_scale")}
+    state["class_scale"] = torch.tensor([3.0, 1.0, 1.0])
+    m.load_state_dict(state)
+    assert m.class_scale.scale.tolist() == [3.0, 1.0, 1.0]

@@ -126,7 +126,7 @@ def test_linear_classifier_learns_a_separable_problem():
     x = centres[y] + 0.3 * rng.normal(size=(len(y), 2))
     head, info = train_linear(x, y, 3, HeadTraining(epochs=60, lr=0.05, batch_size=32), seed=0, val=(x, y))
     with torch.no_grad():
-        pred = head(torch.from_numpy(x.astype(np.float32))).argmax(1).numpy()
+        pred = head({"sam_vec": torch.from_numpy(x.astype(np.float32))})["logits"].argmax(1).numpy()
     assert (pred == y).all()
     assert info["history"][-1]["loss"] < info["history"][0]["loss"] / 5
     assert sum(p.numel() for p in head.parameters()) == 2 * 3 + 3

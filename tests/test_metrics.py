@@ -210,3 +210,31 @@ def test_metric_invariants(seed, n, c):
     # harmonic <= geometric <= arithmetic
     assert m["hmean_class_acc"] <= m["gmean_class_acc"] + 1e-9
     assert m["gmean_class_acc"] <= m["mean_class_acc"] + 1e-9
+
+
+def test_score_honours_the_runs_eval_thresholds_over_the_datasets():
+    from lvmlt.config import EvalConfig
+    from lvmlt.evaluation.metrics import score, thresholds
+
+    logits = np.eye(3, dtype=np.float32)[[0, 1, 2, 0]]
+    labels = np.array([0, 1, 2, -1])  # the skipped image is left out
+    counts = np.array([150, 50, 10])
+    meta = {"many_threshold": 100, "few_threshold": 20}
+    m = score(logits, labels, counts, meta)
+    assert m["thresholds"] == {"many": 100, "few": 20} and m["group_sizes"] == {"many": 1, "medium": 1, "few": 1}
+    assert m["top1"] == 100.0
+    ev = EvalConfig(many_threshold=40, few_threshold=None)
+    m = score(torch.from_numpy(logits), labels, counts, meta, ev)
+    assert m["thresholds"] == {"many": 40, "few": 20} and m["group_sizes"] == {"many": 2, "medium": 0, "few": 1}
+    assert thresholds({}, None) == (100, 20)
+
+
+def test_one_device_choice():
+    from lvmlt.errors import UserError
+    from lvmlt.hardware import pick_device
+
+    assert pick_device("cpu").type == "cpu"
+    assert pick_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="no CUDA device"):
+            pick_device("cuda")

@@ -96,6 +96,7 @@ class FusionConfig:
     latent_dim: int = 256  # token width of the self-attention block
     heads: int = 4
     sam_only: bool = False  # no CNN: a linear classifier on the SAM vector (table III)
+    sam_norm: str = "batchnorm"  # sam_only: batchnorm (parameter-free, the paper's probe) | none (features come normalised)
 
 
 @dataclass(frozen=True)

@@ -126,6 +126,22 @@ def native_bf16(device: torch.device | str = "cpu") -> bool:
     return cpu_info().native_bf16 and bf16_probe_ratio() < 1.5
 
 
+def pick_device(name: str) -> torch.device:
+    """The torch device ``name`` asks for: ``auto`` = CUDA when visible, else the CPU.
+
+    The one device choice of training, evaluation, feature extraction and the feature-only
+    systems alike.
+
+    Raises:
+        UserError: a CUDA device was asked for but none is visible.
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device {name!r} was asked for but no CUDA device is visible", fix="set device=cpu or auto")
+    return torch.device(name)
+
+
 def resolve_precision(precision: str, device: torch.device | str = "cpu", what: str = "precision") -> str:
     """``auto`` -> ``bf16`` where it is native, else ``fp32``; explicit values pass through.
 

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from lvmlt.calibration.label_shift import CALIBRATORS, LabelShiftEstimate, _normalise, _safe_log
+from lvmlt.models.heads import ClassScale
 
 
 def _log_prior(class_prior_or_counts) -> np.ndarray:
@@ -105,7 +106,8 @@ def fit_lws(
     """Learnable weight scaling: per-class scales s with logits ``s * (x Wᵀ + b)``.
 
     The classifier stays frozen; only s (initialised to 1) is fitted, full batch with
-    Adam, minimising class-balanced cross-entropy. [ours] Kang et al. use class-balanced
+    Adam, minimising class-balanced cross-entropy. The scale is the model's own LWS module
+    (:class:`~lvmlt.models.heads.ClassScale`, trained by the trainer under ``stage.lws``). [ours] Kang et al. use class-balanced
     *sampling*; each class's loss is weighted by 1/n_c instead, which has the same
     expectation and is deterministic. Pick ``steps``/``lr`` on a validation split.
 
@@ -126,14 +128,14 @@ def fit_lws(
     counts = torch.bincount(labels, minlength=c).to(base.dtype)
     class_w = torch.where(counts > 0, 1.0 / counts.clamp_min(1), torch.zeros_like(counts))
     class_w = class_w * c / class_w.sum()
-    scales = torch.ones(c, dtype=base.dtype, device=base.device, requires_grad=True)
-    opt = torch.optim.Adam([scales], lr=lr, weight_decay=weight_decay)
+    lws = ClassScale(c, device=base.device, dtype=base.dtype)  # the model's LWS (stage.lws)
+    opt = torch.optim.Adam(lws.parameters(), lr=lr, weight_decay=weight_decay)
     for _ in range(steps):
         opt.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(base * scales, labels, weight=class_w)
+        loss = F.cross_entropy(lws(base), labels, weight=class_w)
         loss.backward()
         opt.step()
-    return scales.detach()
+    return lws.scale.detach()
 
 
 @CALIBRATORS.register("logit_adjust")

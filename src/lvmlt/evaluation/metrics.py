@@ -186,6 +186,41 @@ def compute_metrics(
 # ----------------------------------------------------------------------------- tables
 
 
+def thresholds(meta: Mapping, ev=None) -> tuple[int, int]:
+    """The (many, few) group thresholds: ``ev`` (a run's ``cfg.eval``) where set, else the
+    dataset's own (``meta``), else 100 and 20."""
+    many = getattr(ev, "many_threshold", None)
+    few = getattr(ev, "few_threshold", None)
+    many = meta.get("many_threshold", MANY_THRESHOLD) if many is None else many
+    few = meta.get("few_threshold", FEW_THRESHOLD) if few is None else few
+    return many, few
+
+
+def score(logits, labels, train_counts, meta: Mapping, ev=None) -> dict:
+    """The metrics of one scored split, with the group thresholds of :func:`thresholds`.
+
+    The one scorer of every system (the trainer, the feature-only systems, the GLT runs).
+
+    Args:
+        logits: N x C (numpy or torch). labels: N, ``-1`` for skipped images (left out).
+        train_counts: training images per class (the groups).
+        meta: the bundle's meta (its default thresholds).
+        ev: a run's ``cfg.eval`` (:class:`~lvmlt.config.EvalConfig`): thresholds set there
+            win over the dataset's, and its ``ece_bins``; None = the dataset's defaults.
+
+    Returns:
+        :func:`compute_metrics`'s dict plus ``"thresholds": {"many", "few"}``.
+    """
+    logits = _to_numpy(logits, np.float32)
+    labels = _to_numpy(labels, np.int64)
+    keep = labels >= 0
+    many, few = thresholds(meta, ev)
+    bins = getattr(ev, "ece_bins", 15)
+    m = compute_metrics(logits[keep], labels[keep], train_counts, many, few, bins)
+    m["thresholds"] = {"many": many, "few": few}
+    return m
+
+
 def _fmt(value) -> str:
     if value is None:
         return "-"

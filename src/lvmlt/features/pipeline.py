@@ -198,16 +198,6 @@ class Reducer:
 # ---------------------------------------------------------------------------------------
 # The extraction
 # ---------------------------------------------------------------------------------------
-def _pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(
-            "device=cuda was asked for but no CUDA device is available", fix="use device=cpu or auto"
-        )
-    return torch.device(name)
-
-
 def _progress(total: int, desc: str, enabled: bool):
     from tqdm import tqdm
 
@@ -355,7 +345,7 @@ def extract(
         log = _quiet
     progress = progress and primary
     root = Path(out_dir)
-    device = joined or _pick_device(cfg.device)
+    device = joined or hardware.pick_device(cfg.device)
     if cfg.precision == "fp16" and device.type != "cuda":
         raise UserError("precision=fp16 is for CUDA only", fix="use bf16 or fp32 on the CPU")
     # `auto` becomes what this device runs natively; the store records the resolved value.

@@ -1,5 +1,6 @@
 """What the feature-based methods share: stored features, their normalisation, a small head
-trainer that selects its epoch on the validation split, and scoring.
+trainer that selects its epoch on the validation split (scoring is
+:func:`lvmlt.evaluation.metrics.score`, the trainer's).
 
 These methods never touch an image: they read the feature store that ``lvmlt extract``
 made for the same bundle (checked by fingerprint), so a run costs seconds on a CPU.
@@ -124,19 +125,7 @@ class FeatureNorm:
         return x.astype(np.float32)
 
 
-# ----------------------------------------------------------------------------- scoring
-
-
-def score(logits, labels: np.ndarray, train_counts, meta: dict) -> dict:
-    """:func:`~lvmlt.evaluation.metrics.compute_metrics` with the bundle's group thresholds."""
-    from lvmlt.evaluation.metrics import compute_metrics
-
-    logits = logits.detach().float().cpu().numpy() if torch.is_tensor(logits) else np.asarray(logits)
-    many = meta.get("many_threshold", 100)
-    few = meta.get("few_threshold", 20)
-    m = compute_metrics(logits, labels, train_counts, many, few)
-    m["thresholds"] = {"many": many, "few": few}
-    return m
+# ----------------------------------------------------------------------------- results
 
 
 def count_trainable(module: nn.Module) -> int:

@@ -48,7 +48,7 @@ def feature_systems(cfg, groups: list[str]) -> list[tuple[str, list[str], Callab
     from lvmlt.methods.scilt import fit_scilt
     from lvmlt.methods.synthetic import fit_linear_probe, fit_synthetic
 
-    syn, sc = cfg.synthetic, cfg.scilt
+    syn, sc, ev = cfg.synthetic, cfg.scilt, cfg.eval
 
     def vec(f):
         return lambda lv, lab, k, meta, seed: f({s: lv[s]["vec"] for s in lv}, lab, k, meta, seed)
@@ -59,14 +59,14 @@ def feature_systems(cfg, groups: list[str]) -> list[tuple[str, list[str], Callab
             (
                 "linear probe, v_SAM (CE)",
                 ["vec"],
-                vec(lambda x, y, k, m, s: fit_linear_probe(x, y, k, m, syn, s)),
+                vec(lambda x, y, k, m, s: fit_linear_probe(x, y, k, m, syn, s, ev=ev)),
             )
         )
         rows.append(
             (
                 "linear probe, v_SAM (LA-CE)",
                 ["vec"],
-                vec(lambda x, y, k, m, s: fit_linear_probe(x, y, k, m, syn, s, logit_adjusted=True)),
+                vec(lambda x, y, k, m, s: fit_linear_probe(x, y, k, m, syn, s, logit_adjusted=True, ev=ev)),
             )
         )
     if "synthetic" in groups:
@@ -76,14 +76,14 @@ def feature_systems(cfg, groups: list[str]) -> list[tuple[str, list[str], Callab
             (
                 "synthetic latent features, Gaussian [ours recipe]",
                 ["vec"],
-                vec(lambda x, y, k, m, s: fit_synthetic(x, y, k, m, g, s)),
+                vec(lambda x, y, k, m, s: fit_synthetic(x, y, k, m, g, s, ev=ev)),
             )
         )
         rows.append(
             (
                 "synthetic latent features, vMF [ours recipe]",
                 ["vec"],
-                vec(lambda x, y, k, m, s: fit_synthetic(x, y, k, m, v, s)),
+                vec(lambda x, y, k, m, s: fit_synthetic(x, y, k, m, v, s, ev=ev)),
             )
         )
     if "scilt" in groups:
@@ -101,7 +101,7 @@ def feature_systems(cfg, groups: list[str]) -> list[tuple[str, list[str], Callab
                 (
                     name,
                     list(c.levels),
-                    lambda lv, lab, k, m, s, c=c, name=name: fit_scilt(lv, lab, k, m, c, s, name),
+                    lambda lv, lab, k, m, s, c=c, name=name: fit_scilt(lv, lab, k, m, c, s, name, ev),
                 )
             )
     return rows
@@ -145,21 +145,20 @@ def _evaluate_checkpoint(run_cfg, ckpt: Path, glt: dict) -> dict:
     """Test-CBL and Test-GBL metrics (with per-attribute accuracy) of one saved checkpoint."""
     import torch
 
-    from lvmlt import rundir
-    from lvmlt.methods.common import score
+    from lvmlt import hardware, rundir
+    from lvmlt.evaluation.metrics import score
     from lvmlt.methods.glt import attribute_accuracy
     from lvmlt.models.classifier import build_model
-    from lvmlt.training import runtime
     from lvmlt.training.trainer import collate, predict
 
-    device = runtime.pick_device(run_cfg.device)
+    device = hardware.pick_device(run_cfg.device)
     model = build_model(run_cfg, glt["gbl"].num_classes).to(device)
     model.load_state_dict(rundir.load_checkpoint(ckpt, map_location=device)["model"])
     out = {}
     for k, b in glt.items():
         loader = torch.utils.data.DataLoader(b.test, batch_size=run_cfg.data.batch_size, collate_fn=collate)
         logits, labels = predict(model, loader, device, run_cfg.optim.precision, k, progress=False)
-        m = score(logits, labels, b.train_counts, b.meta)
+        m = score(logits, labels, b.train_counts, b.meta, run_cfg.eval)
         m["mono_acc"], m["poly_acc"] = attribute_accuracy(logits, labels, b.meta["attributes"]["test"], 2)
         out[k] = m
     return out
@@ -461,8 +460,9 @@ def run_comparison(
         cost = cost | c
     out_dir = Path(out)
     sam_rows, sam_files = find_sam_fusion_results(dataset, Path("benchmarks/results"), out_dir.resolve())
-    many = bundle.meta.get("many_threshold", 100)
-    few = bundle.meta.get("few_threshold", 20)
+    from lvmlt.evaluation.metrics import thresholds
+
+    many, few = thresholds(bundle.meta, cfg.eval)
     return write_report(
         out_dir,
         dataset,

@@ -36,6 +36,7 @@ from torch import nn
 
 from lvmlt.config import LossConfig, SciLTConfig
 from lvmlt.errors import UserError
+from lvmlt.evaluation.metrics import score
 from lvmlt.methods.common import (
     FeatureNorm,
     HeadTraining,
@@ -43,8 +44,8 @@ from lvmlt.methods.common import (
     Timer,
     count_trainable,
     fit_head,
-    score,
 )
+from lvmlt.models.heads import CosineClassifier
 
 GATES = ("sample", "channel", "fixed")
 HEADS = ("cosine", "linear")
@@ -97,25 +98,13 @@ class AdaptiveFusion(nn.Module):
         return (ww * stacked).sum(dim=1), w
 
 
-class CosineClassifier(nn.Module):
-    """logits = cos(x, w_k) / temperature, B x D -> B x C."""
-
-    def __init__(self, dim: int, num_classes: int, temperature: float = 0.07):
-        super().__init__()
-        # Unit-norm rows: the gradient of a normalised weight scales with 1 / ||w||, so a
-        # small initial norm would make the first steps far too large.
-        self.weight = nn.Parameter(F.normalize(torch.randn(num_classes, dim), dim=1))
-        self.temperature = float(temperature)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(F.normalize(x, dim=1), F.normalize(self.weight, dim=1)) / self.temperature
-
-
 def _classifier(kind: str, dim: int, num_classes: int, temperature: float) -> nn.Module:
     if kind not in HEADS:
         raise UserError(f"unknown scilt.head {kind!r}", fix=f"choose one of: {', '.join(HEADS)}")
     return (
-        CosineClassifier(dim, num_classes, temperature) if kind == "cosine" else nn.Linear(dim, num_classes)
+        CosineClassifier(dim, num_classes, temperature, init="unit")
+        if kind == "cosine"
+        else nn.Linear(dim, num_classes)
     )
 
 
@@ -214,6 +203,7 @@ def fit_scilt(
     cfg: SciLTConfig,
     seed: int = 0,
     name: str = "SciLT fusion",
+    ev=None,
 ) -> MethodResult:
     """Train the fusion head with dual supervision on stored multi-level features.
 
@@ -225,6 +215,7 @@ def fit_scilt(
         meta: the bundle's meta (group thresholds).
         cfg: the ``scilt`` section.
         seed: seeds the head's initial weights and the batch order.
+        ev: the run's ``cfg.eval`` (group thresholds; None = the dataset's).
 
     Returns:
         A :class:`MethodResult`; ``info`` has the mean fusion weight per level on the test split.
@@ -262,7 +253,7 @@ def fit_scilt(
     with torch.no_grad():
         for s in ("val", "test"):
             out = head(*xs[s])
-            res[s] = score(inference_logits(out, cfg.inference), labels[s], counts, meta)
+            res[s] = score(inference_logits(out, cfg.inference), labels[s], counts, meta, ev)
             if s == "test":
                 w = out["weights"]
                 w = w.mean(dim=2) if w.ndim == 3 else w

@@ -35,6 +35,7 @@ from torch import nn
 
 from lvmlt.config import SyntheticConfig
 from lvmlt.errors import UserError
+from lvmlt.evaluation.metrics import score
 from lvmlt.methods.common import (
     FeatureNorm,
     HeadTraining,
@@ -42,8 +43,8 @@ from lvmlt.methods.common import (
     Timer,
     count_trainable,
     fit_head,
-    score,
 )
+from lvmlt.models.classifier import LTClassifier
 
 DISTRIBUTIONS = ("gaussian", "vmf")
 
@@ -311,8 +312,8 @@ def train_linear(
     weights: np.ndarray | None = None,
     log_prior: np.ndarray | None = None,
     val: tuple[np.ndarray, np.ndarray] | None = None,
-) -> tuple[nn.Linear, dict]:
-    """A linear classifier (with bias) trained with (weighted, optionally logit-adjusted) CE.
+) -> tuple[LTClassifier, dict]:
+    """The linear probe (:class:`~lvmlt.models.classifier.LTClassifier` on the vectors, with bias) trained with (weighted, optionally logit-adjusted) CE.
 
     Args:
         x: n x d features; y: (n,) labels (negative = ignored).
@@ -327,7 +328,9 @@ def train_linear(
         ``(head, {"best_epoch", "history"})``.
     """
     torch.manual_seed(int(seed))
-    head = nn.Linear(x.shape[1], num_classes)
+    # The one linear probe on v_SAM (``fusion.sam_only``), without its BatchNorm: the
+    # features arrive normalised.
+    head = LTClassifier(None, num_classes, sam_dim=x.shape[1], sam_norm="none")
     keep = np.asarray(y) >= 0
     xt = torch.from_numpy(np.asarray(x, dtype=np.float32)[keep])
     yt = torch.from_numpy(np.asarray(y, dtype=np.int64)[keep])
@@ -335,14 +338,14 @@ def train_linear(
     adj = None if log_prior is None else torch.as_tensor(log_prior, dtype=torch.float32)
 
     def loss_fn(m, xs, yb, wb):
-        logits = m(xs[0])
+        logits = m({"sam_vec": xs[0]})["logits"]
         if adj is not None:
             logits = logits + adj
         per = F.cross_entropy(logits, yb, reduction="none")
         return per.mean() if wb is None else (per * wb).sum() / wb.sum().clamp_min(1e-12)
 
     def predict(m, xs):
-        return m(xs[0])
+        return m({"sam_vec": xs[0]})["logits"]
 
     vt = (
         None
@@ -358,11 +361,11 @@ def _prepared(feats: dict[str, np.ndarray], kind: str) -> tuple[FeatureNorm, dic
 
 
 def _evaluate(
-    name: str, head: nn.Linear, xs: dict, labels: dict, train_counts, meta: dict, seconds: float, info: dict
+    name: str, head: nn.Module, xs: dict, labels: dict, train_counts, meta: dict, seconds: float, info: dict, ev=None
 ) -> MethodResult:
     with torch.no_grad():
         res = {
-            s: score(head(torch.from_numpy(xs[s])), labels[s], train_counts, meta) for s in ("val", "test")
+            s: score(head({"sam_vec": torch.from_numpy(xs[s])})["logits"], labels[s], train_counts, meta, ev) for s in ("val", "test")
         }
     return MethodResult(
         name, res["val"], res["test"], count_trainable(head), seconds, info["best_epoch"], info
@@ -378,6 +381,7 @@ def fit_linear_probe(
     seed: int = 0,
     logit_adjusted: bool = False,
     name: str = "linear probe",
+    ev=None,
 ) -> MethodResult:
     """The baseline: a linear classifier on the real features only.
 
@@ -389,6 +393,7 @@ def fit_linear_probe(
         cfg: feature normalisation and head training settings.
         seed: seeds the head's initial weights and batch order.
         logit_adjusted: train with LA-CE on the real prior (tau = 1) instead of CE.
+        ev: the run's ``cfg.eval`` (group thresholds; None = the dataset's).
     """
     with Timer() as t:
         _, xs = _prepared(feats, cfg.features)
@@ -405,7 +410,7 @@ def fit_linear_probe(
             val=(xs["val"], labels["val"]),
         )
     info["loss"] = "logit_adjusted" if logit_adjusted else "ce"
-    return _evaluate(name, head, xs, labels, counts, meta, t.seconds, info)
+    return _evaluate(name, head, xs, labels, counts, meta, t.seconds, info, ev)
 
 
 def fit_synthetic(
@@ -416,6 +421,7 @@ def fit_synthetic(
     cfg: SyntheticConfig,
     seed: int = 0,
     name: str | None = None,
+    ev=None,
 ) -> MethodResult:
     """Synthetic tail features + a linear classifier on real + synthetic (module docstring).
 
@@ -466,4 +472,4 @@ def fit_synthetic(
         shrinkage={c: d.shrinkage for c, d in enumerate(dists) if d is not None and d.shrinkage is not None},
         kappa={c: d.kappa for c, d in enumerate(dists) if d is not None and d.kappa is not None},
     )
-    return _evaluate(name, head, xs, labels, counts, meta, t.seconds, info)
+    return _evaluate(name, head, xs, labels, counts, meta, t.seconds, info, ev)

@@ -2,27 +2,17 @@
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
 from torch import nn
 
+from lvmlt.errors import UserError
 from lvmlt.models.backbones import StagedBackbone, build_backbone
 from lvmlt.models.fusion import LatentFusion, MapFusion
+from lvmlt.models.heads import ClassScale, CosineClassifier
 
-
-class CosineLinear(nn.Module):
-    """Logits = cosine between the feature and each class weight (LDAM's normalised head)."""
-
-    def __init__(self, in_dim: int, num_classes: int):
-        super().__init__()
-        self.weight = nn.Parameter(torch.empty(num_classes, in_dim))
-        self.reset_parameters()
-
-    def reset_parameters(self):
-        nn.init.normal_(self.weight, std=0.01)
-
-    def forward(self, x):
-        return F.linear(F.normalize(x, dim=1), F.normalize(self.weight, dim=1))
+#: What the linear probe (``fusion.sam_only``) puts in front of its FC: a parameter-free
+#: BatchNorm (the paper's probe), or nothing (the features arrive normalised, e.g. by a
+#: feature dataset's ``cl2n`` map).
+SAM_NORMS = ("batchnorm", "none")
 
 
 class LTClassifier(nn.Module):
@@ -37,7 +27,9 @@ class LTClassifier(nn.Module):
     ``z_CNN``. With ``sam_only`` there is no CNN at all: ``logits = FC(BN(v_SAM))`` (table III),
     a linear probe with a parameter-free BatchNorm in front, as in MAE's linear probing: the
     raw vectors share a large offset (per-dimension mean ~0.05, spread ~0.01 on ELPV) that
-    plain SGD on a linear head barely gets past in a few epochs.
+    plain SGD on a linear head barely gets past in a few epochs. ``sam_norm="none"`` drops
+    the BatchNorm for features that arrive normalised: the one linear probe on v_SAM, also
+    of the synthetic-feature system.
     """
 
     def __init__(
@@ -51,20 +43,26 @@ class LTClassifier(nn.Module):
         latent_fusion: LatentFusion | None = None,
         alpha: float = 0.5,
         sam_dim: int = 256,
+        sam_norm: str = "batchnorm",
     ):
         super().__init__()
+        if sam_norm not in SAM_NORMS:
+            raise UserError(f"unknown fusion.sam_norm {sam_norm!r}", fix=f"choose one of: {', '.join(SAM_NORMS)}")
         self.backbone = backbone
         self.sam_dim = sam_dim
         in_dim = backbone.out_dim if backbone is not None else sam_dim
         self.drop = nn.Dropout(dropout)
-        self.sam_bn = nn.BatchNorm1d(sam_dim, affine=False) if backbone is None else None
-        self.head = CosineLinear(in_dim, num_classes) if cosine_head else nn.Linear(in_dim, num_classes)
+        self.sam_bn = None
+        if backbone is None:
+            self.sam_bn = nn.BatchNorm1d(sam_dim, affine=False) if sam_norm == "batchnorm" else nn.Identity()
+        self.head = CosineClassifier(in_dim, num_classes) if cosine_head else nn.Linear(in_dim, num_classes)
         self.map_fusion = map_fusion
         if backbone is not None:
             self.map_stage = map_stage % len(backbone.stages)
         self.latent_fusion = latent_fusion
         self.alpha = alpha
-        self.class_scale = None  # LWS: one learned scale per class on a frozen classifier
+        self.class_scale: ClassScale | None = None  # LWS: one learned scale per class on a frozen classifier
+        self._register_load_state_dict_pre_hook(_old_class_scale_key)
         self.frozen: list[nn.Module] = []  # stay in eval mode (BN statistics fixed) while training
         self.needs = {"image"} if backbone is not None else set()
         if map_fusion is not None:
@@ -88,7 +86,7 @@ class LTClassifier(nn.Module):
     def forward(self, batch: dict) -> dict:
         out = self._forward(batch)
         if self.class_scale is not None:
-            out["logits"] = out["logits"] * self.class_scale
+            out["logits"] = self.class_scale(out["logits"])
         return out
 
     def _forward(self, batch: dict) -> dict:
@@ -111,6 +109,13 @@ class LTClassifier(nn.Module):
         return {"logits": logits, "embedding": emb, "v_cnn": v_cnn}
 
 
+def _old_class_scale_key(state_dict, prefix, *args):
+    """Checkpoints before :class:`ClassScale` held LWS's scales as ``class_scale``."""
+    old = prefix + "class_scale"
+    if old in state_dict:
+        state_dict[old + ".scale"] = state_dict.pop(old)
+
+
 def build_model(cfg, num_classes: int, sam_dim: int = 256) -> LTClassifier:
     """Builds the classifier from ``cfg.model`` and ``cfg.fusion`` (the only place reading config)."""
     m, fu = cfg.model, cfg.fusion
@@ -122,7 +127,16 @@ def build_model(cfg, num_classes: int, sam_dim: int = 256) -> LTClassifier:
     if backbone is not None and fu.latent:
         latent = LatentFusion(backbone.out_dim, sam_dim, num_classes, fu.latent_dim, fu.heads, m.dropout)
     return LTClassifier(
-        backbone, num_classes, m.dropout, m.cosine_head, map_fusion, fu.map_stage, latent, fu.alpha, sam_dim
+        backbone,
+        num_classes,
+        m.dropout,
+        m.cosine_head,
+        map_fusion,
+        fu.map_stage,
+        latent,
+        alpha=fu.alpha,
+        sam_dim=sam_dim,
+        sam_norm=fu.sam_norm,
     )
 
 
@@ -135,7 +149,6 @@ def apply_stage(model: LTClassifier, stage, device=None) -> None:
     from pathlib import Path
 
     from lvmlt import rundir
-    from lvmlt.errors import UserError
 
     if stage.init_from:
         path = Path(stage.init_from)
@@ -145,7 +158,7 @@ def apply_stage(model: LTClassifier, stage, device=None) -> None:
             raise UserError(f"stage.init_from: no checkpoint at {path}", fix="pass a finished run directory")
         state = rundir.load_checkpoint(path, map_location=device or "cpu")
         missing, unexpected = model.load_state_dict(state["model"], strict=False)
-        if unexpected or [k for k in missing if k != "class_scale"]:
+        if unexpected or [k for k in missing if not k.startswith("class_scale")]:
             raise UserError(
                 f"stage.init_from: the checkpoint {path} was made by a different model",
                 fix=f"use the same model/fusion settings (mismatched keys: {(missing + unexpected)[:4]})",
@@ -167,4 +180,4 @@ def apply_stage(model: LTClassifier, stage, device=None) -> None:
         for h in heads:
             h.requires_grad_(False)
         n = model.head.weight.shape[0]
-        model.class_scale = nn.Parameter(torch.ones(n, device=model.head.weight.device))
+        model.class_scale = ClassScale(n, device=model.head.weight.device)

@@ -1,4 +1,4 @@
-"""Device, precision, seeding, distributed rank and atomic file writes: decided in one place."""
+"""Autocast, seeding, distributed rank, loader workers and atomic file writes (the device is chosen by :func:`lvmlt.hardware.pick_device`)."""
 
 from __future__ import annotations
 
@@ -19,14 +19,6 @@ def is_primary() -> bool:
     import torch.distributed as dist
 
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError("device 'cuda' was asked for but no CUDA device is visible", fix="set device=cpu")
-    return torch.device(name)
 
 
 def autocast(device: torch.device, precision: str):

@@ -142,16 +142,10 @@ def predict(
 
 
 def score(cfg: Config, bundle, logits: np.ndarray, labels: np.ndarray) -> dict:
-    from lvmlt.evaluation.metrics import compute_metrics
+    """:func:`lvmlt.evaluation.metrics.score` of a split of ``bundle`` under ``cfg.eval``."""
+    from lvmlt.evaluation.metrics import score as score_split
 
-    keep = labels >= 0
-    many = cfg.eval.many_threshold
-    few = cfg.eval.few_threshold
-    many = bundle.meta.get("many_threshold", 100) if many is None else many
-    few = bundle.meta.get("few_threshold", 20) if few is None else few
-    m = compute_metrics(logits[keep], labels[keep], bundle.train_counts, many, few, cfg.eval.ece_bins)
-    m["thresholds"] = {"many": many, "few": few}
-    return m
+    return score_split(logits, labels, bundle.train_counts, bundle.meta, cfg.eval)
 
 
 @dataclass
@@ -196,7 +190,7 @@ def build_run(cfg: Config, bundle=None, load_init: bool = True) -> Run:
     from lvmlt.models.classifier import apply_stage, build_model
 
     runtime.seed_everything(cfg.seed)
-    device = distributed.init_from_env(cfg.device) or runtime.pick_device(cfg.device)
+    device = distributed.init_from_env(cfg.device) or hardware.pick_device(cfg.device)
     precision = hardware.resolve_precision(cfg.optim.precision, device, "optim.precision")
     _, world = distributed.world()
     if cfg.data.batch_size % world:
