@@ -13,10 +13,10 @@ from torch import nn
 from helpers import toy_bundle
 from lvmlt.config import IFLConfig, load_config
 from lvmlt.data.base import DataBundle, ImageSplit
+from lvmlt.data.glt import GLTSpec, attribute_accuracy, elpv_glt_bundles, glt_bundles
 from lvmlt.errors import UserError
 from lvmlt.losses import TERMS
 from lvmlt.losses.ifl import IFLTerm, environment_weights, irm_penalty, resolve_schedule
-from lvmlt.methods.glt import GLTSpec, attribute_accuracy, elpv_glt_bundles, glt_bundles
 
 torch.set_num_threads(1)
 

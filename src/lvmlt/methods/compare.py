@@ -146,8 +146,8 @@ def _evaluate_checkpoint(run_cfg, ckpt: Path, glt: dict) -> dict:
     import torch
 
     from lvmlt import hardware, rundir
+    from lvmlt.data.glt import attribute_accuracy
     from lvmlt.evaluation.metrics import score
-    from lvmlt.methods.glt import attribute_accuracy
     from lvmlt.models.classifier import build_model
     from lvmlt.training.trainer import collate, predict
 
@@ -179,8 +179,8 @@ def run_ifl_glt(
     from lvmlt import rundir
     from lvmlt.config import replace
     from lvmlt.data import build_data
+    from lvmlt.data.glt import elpv_glt_bundles
     from lvmlt.methods.common import count_trainable
-    from lvmlt.methods.glt import elpv_glt_bundles
     from lvmlt.models.classifier import build_model
     from lvmlt.training.trainer import Trainer, run_dir_for
 

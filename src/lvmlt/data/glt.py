@@ -1,4 +1,5 @@
-"""A generalised long-tail (GLT) protocol built from a dataset with a known attribute.
+"""A generalised long-tail (GLT) protocol built from a dataset with a known attribute: a data
+protocol (splits and test sets), not a method; IFL runs under it.
 
 IFL (Tang et al., ECCV 2022) evaluates on training data that is long-tailed both across
 classes and, inside each class, across attributes, and on two test sets: Test-CBL
@@ -215,7 +216,7 @@ def elpv_glt_bundles(source: DataBundle | None = None, spec: GLTSpec = GLTSpec()
     """
     if source is None:
         from lvmlt.config import DataConfig
-        from lvmlt.data import build_data
+        from lvmlt.data.build import build_data
 
         source = build_data(DataConfig(name="elpv"))
     if source.num_classes != 8:
