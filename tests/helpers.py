@@ -35,3 +35,52 @@ def toy_bundle(n_train: int = 60, n_val: int = 30, n_test: int = 30, bad: frozen
     return DataBundle(
         "syn", split("train", n_train), split("val", n_val), split("test", n_test), ["a", "b", "c"]
     )
+
+
+def write_store(root, bundle: DataBundle, arrays: dict[str, dict[str, np.ndarray]], bad: dict | None = None):
+    """A complete feature store holding given arrays (no encoder run), matched to ``bundle``.
+
+    Args:
+        arrays: ``{split: {"vec": N x D, "level_stage3": N x D3, ...}}`` (file keys as the
+            extraction names them).
+        bad: ``{split: [rows the extraction skipped]}``.
+    """
+    from pathlib import Path
+
+    from lvmlt.features.store import FORMAT, file_record, write_manifest
+
+    root = Path(root)
+    splits = {}
+    for name, split in bundle.splits().items():
+        (root / name).mkdir(parents=True, exist_ok=True)
+        files, checks = {}, {}
+        for key, a in arrays[name].items():
+            rel = f"{name}/{key}.npy"
+            np.save(root / rel, np.ascontiguousarray(a))
+            files[key], checks[key] = rel, file_record(root / rel)
+        splits[name] = {
+            "n": len(split),
+            "fingerprint": split.fingerprint(),
+            "files": files,
+            "checksums": checks,
+            "bad": {str(i): "unreadable" for i in (bad or {}).get(name, [])},
+        }
+    provenance = {"encoder": "arrays", "img_size": 0, "precision": "fp32", "dtype": "float32",
+                  "levels": sorted({k[6:] for a in arrays.values() for k in a if k.startswith("level_")})}
+    manifest = {"format": FORMAT, "complete": True, "provenance": provenance, "config": {},
+                "map": {"pca": "none"}, "splits": splits}
+    write_manifest(root, manifest)
+    return root
+
+
+def feature_bundle(counts_by_split: dict[str, list[int]]) -> DataBundle:
+    """A bundle of blank 8 x 8 images with the given class counts per split (features come from a store)."""
+    blank = Image.fromarray(np.zeros((8, 8), np.uint8))
+
+    def split(name, counts):
+        labels = np.repeat(np.arange(len(counts)), counts)
+        ids = [f"{name}/{i}" for i in range(len(labels))]
+        return ImageSplit(name, ids, labels, lambda i: blank, transform=build_transform(8, False, True))
+
+    names = [f"c{k}" for k in range(len(counts_by_split["train"]))]
+    return DataBundle("feat", *(split(s, counts_by_split[s]) for s in ("train", "val", "test")), names)

@@ -9,7 +9,7 @@ from lvmlt import cli
 
 def test_every_subcommand_is_in_the_parser():
     sub = next(a for a in cli.build_parser()._actions if a.dest == "command")
-    assert {"train", "evaluate", "datasets", "extract", "weights", "calibrate", "ablate", "report"} <= set(
+    assert {"train", "evaluate", "datasets", "extract", "weights", "calibrate", "ablate", "compare", "report"} <= set(
         sub.choices
     )
 

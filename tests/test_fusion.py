@@ -110,10 +110,12 @@ def test_one_cosine_head_one_lws_and_the_probe_without_batchnorm():
     with torch.no_grad():
         lws.scale.copy_(torch.tensor([1.0, 2.0, 0.5]))
     torch.testing.assert_close(lws(z), z * torch.tensor([1.0, 2.0, 0.5]))
-    # The linear probe with sam_norm=none is FC(v): the head of the synthetic-feature system.
-    probe = LTClassifier(None, 3, sam_dim=8, sam_norm="none")
+    # Without its BatchNorm the linear probe is FC(v), the feature dataset normalising v (cl2n):
+    # the head of the synthetic-feature system.
+    probe = LTClassifier(None, 3, sam_dim=8, sam_norm="cl2n")
     torch.testing.assert_close(probe({"sam_vec": x})["logits"], probe.head(x))
-    assert sum(p.numel() for p in probe.parameters()) == 8 * 3 + 3
+    assert sum(p.numel() for p in probe.parameters()) == 8 * 3 + 3 and probe.feature_norms == {"sam_vec": "cl2n"}
+    assert LTClassifier(None, 3, sam_dim=8).feature_norms == {}  # the paper's probe: BatchNorm in the model
     # An LWS checkpoint from before ClassScale (the scales under "class_scale") still loads.
     cfg = load_config(None, ["fusion.sam_only=true", "stage.lws=true"])
     m = build_model(cfg, 3)

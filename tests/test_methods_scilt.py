@@ -1,6 +1,7 @@
 """SciLT fusion, dual supervision, LoRA on the tiny TinyViT, and the stored-level checks."""
 
 import dataclasses
+import json
 import math
 
 import numpy as np
@@ -8,20 +9,15 @@ import pytest
 import torch
 from torch import nn
 
-from lvmlt.config import LossConfig, SciLTConfig
+from helpers import feature_bundle, write_store
+from lvmlt.config import LossConfig, SciLTConfig, load_config
 from lvmlt.errors import UserError
 from lvmlt.losses import build_loss
-from lvmlt.methods.common import load_levels
-from lvmlt.methods.scilt import (
-    AdaptiveFusion,
-    LoRALinear,
-    SciLTHead,
-    apply_lora,
-    build_encoder_scilt,
-    dual_supervision_loss,
-    fit_scilt,
-    inference_logits,
-)
+from lvmlt.losses.scilt import dual_supervision_loss
+from lvmlt.methods.scilt import LoRALinear, apply_lora, build_encoder_scilt
+from lvmlt.models.heads import count_trainable
+from lvmlt.models.scilt import AdaptiveFusion, SciLTHead, inference_logits
+from lvmlt.training.trainer import build_run, train
 
 torch.set_num_threads(1)
 
@@ -108,7 +104,6 @@ def test_lora_starts_as_identity_and_only_lora_parameters_train():
 
 def test_encoder_scilt_end_to_end_counts_lora_and_head_parameters():
     from lvmlt.encoders import build_encoder
-    from lvmlt.methods.common import count_trainable
 
     cfg = dataclasses.replace(SciLTConfig(), levels=("stage3", "vec"), dim=32, lora_rank=4)
     model, n_lora = build_encoder_scilt(cfg, build_encoder("tiny_test", 64), num_classes=3)
@@ -117,43 +112,67 @@ def test_encoder_scilt_end_to_end_counts_lora_and_head_parameters():
     assert count_trainable(model) == n_lora + count_trainable(model.head)
 
 
-def test_missing_levels_are_a_user_error_that_says_how_to_extract_them(tmp_path):
-    class Split:
-        levels: dict = {}
-        vec = np.zeros((2, 4), np.float32)
-        bad: dict = {}
-
-    class Store:
-        root = tmp_path
-
-        def check(self, bundle):
-            pass
-
-        def split(self, name):
-            return Split()
-
-    class Bundle:
-        def splits(self):
-            return {"train": None, "val": None, "test": None}
-
-    with pytest.raises(UserError, match=r"no pooled level 'stage3'.*levels=\[stage3,stage4\]"):
-        load_levels(Store(), Bundle(), ["stage3", "stage4"])
-
-
-def test_fit_scilt_on_toy_levels_reports_weights_and_parameters():
+def _levels_store(tmp_path, levels=True):
+    """Three classes (60 / 20 / 6 training images): stage3 is informative, stage4 pure noise."""
     rng = np.random.default_rng(0)
-    levels, labels = {}, {}
-    for s, n in (("train", [60, 20, 6]), ("val", [10, 10, 10]), ("test", [10, 10, 10])):
+    counts = {"train": [60, 20, 6], "val": [10, 10, 10], "test": [10, 10, 10]}
+    arrays = {}
+    for s, n in counts.items():
         y = np.repeat(np.arange(3), n)
-        levels[s] = {
-            "stage3": (rng.normal(size=(len(y), 8)) + 3 * np.eye(8)[y]).astype(np.float32),
-            "stage4": rng.normal(size=(len(y), 8)).astype(np.float32),  # pure noise
-        }
-        labels[s] = y
-    cfg = dataclasses.replace(SciLTConfig(), epochs=30, batch_size=32)
-    r = fit_scilt(levels, labels, 3, {"many_threshold": 50, "few_threshold": 10}, cfg, seed=0)
-    assert r.trainable_params == (16 * 2 + 2) + 3 * (3 * 8)  # gate + three cosine heads
-    assert r.test["mean_class_acc"] > 80
-    w = r.info["mean_fusion_weight"]
-    assert w["stage3"] + w["stage4"] == pytest.approx(1.0)
-    assert w["stage3"] > w["stage4"]  # the gate learns to trust the informative level
+        arrays[s] = {"vec": rng.normal(size=(len(y), 4)).astype(np.float32)}
+        if levels:
+            arrays[s] |= {
+                "level_stage3": (rng.normal(size=(len(y), 8)) + 3 * np.eye(8)[y]).astype(np.float32),
+                "level_stage4": rng.normal(size=(len(y), 8)).astype(np.float32),
+            }
+    bundle = feature_bundle(counts)
+    return bundle, write_store(tmp_path / "store", bundle, arrays)
+
+
+def _scilt_cfg(tmp_path, store, *extra):
+    from lvmlt.experiments.compare import SCILT
+
+    recipe = [f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in SCILT.items()]
+    return load_config(None, [
+        *recipe, f"fusion.store={store}", "optim.epochs=30", "data.batch_size=32", "device=cpu",
+        "optim.precision=fp32", "data.num_workers=0", "eval.many_threshold=50", "eval.few_threshold=10",
+        f"out_dir={tmp_path / 'runs'}", "run_name=r", *extra,
+    ])
+
+
+def test_missing_levels_are_a_user_error_that_says_how_to_extract_them(tmp_path):
+    bundle, store = _levels_store(tmp_path, levels=False)
+    with pytest.raises(UserError, match=r"pooled level\(s\) \['stage3', 'stage4'\].*has none.*levels=\[stage3,stage4\]"):
+        build_run(_scilt_cfg(tmp_path, store), bundle)
+
+
+def test_scilt_trained_by_the_trainer_on_stored_levels_reports_weights_and_parameters(tmp_path):
+    bundle, store = _levels_store(tmp_path)
+    cfg = _scilt_cfg(tmp_path, store, "seed=0")
+    m = train(cfg, bundle=bundle, progress=False)
+    assert m["trainable_params"] == (16 * 2 + 2) + 3 * (3 * 8)  # gate + three cosine heads
+    assert m["test"]["mean_class_acc"] > 80
+    history = [json.loads(line) for line in (tmp_path / "runs/r/history.jsonl").read_text().splitlines()]
+    assert {"train/baseline", "train/scilt_levels"} <= set(history[0])  # dual supervision: both terms
+    # The fusion weights of the selected checkpoint on the test split: the gate trusts stage3.
+    run = build_run(cfg, bundle, load_init=False)
+    run.model.load_state_dict(torch.load(tmp_path / "runs/r/checkpoints/best.pt", weights_only=False)["model"])
+    run.model.eval()
+    with torch.no_grad():
+        w = torch.cat([run.model(b)["weights"] for b in run.loaders["test"]]).mean(dim=0)
+    assert w.sum().item() == pytest.approx(1.0) and w[0] > w[1]
+    # Standardised per level by the feature dataset, with training statistics.
+    x = run.splits["train"].arrays["level/stage3"]
+    np.testing.assert_allclose(x.mean(axis=0), 0, atol=1e-5)
+
+
+def test_scilt_inference_mean_averages_all_heads_in_evaluation_only(tmp_path):
+    bundle, store = _levels_store(tmp_path)
+    run = build_run(_scilt_cfg(tmp_path, store, "scilt.inference=mean"), bundle)
+    batch = next(iter(run.loaders["val"]))
+    run.model.train()
+    out = run.model(batch)
+    torch.testing.assert_close(out["logits"], run.model.head(batch["level/stage3"], batch["level/stage4"])["logits"])
+    run.model.eval()
+    ev = run.model(batch)
+    torch.testing.assert_close(ev["logits"], torch.stack([out["logits"], *out["level_logits"]]).mean(dim=0))

@@ -1,25 +1,25 @@
 """Synthetic latent features: distribution fitting, borrowing, sampling, top-up, linear head."""
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
 import torch
 
-from lvmlt.config import SyntheticConfig
+from helpers import feature_bundle, write_store
+from lvmlt.config import SyntheticConfig, load_config
 from lvmlt.errors import UserError
-from lvmlt.methods.common import FeatureNorm, HeadTraining
-from lvmlt.methods.synthetic import (
+from lvmlt.features.dataset import FeatureNorm, build_splits
+from lvmlt.features.synthetic import (
     estimate_kappa,
     fit_class_distributions,
-    fit_linear_probe,
-    fit_synthetic,
     ledoit_wolf,
     sample_gaussian,
     sample_vmf,
     synthesize,
-    train_linear,
 )
+from lvmlt.training.trainer import build_run, open_store, train
 
 torch.set_num_threads(1)
 
@@ -119,20 +119,40 @@ def test_vmf_needs_normalised_features():
         synthesize(x, y, 2, _cfg(distribution="vmf"), np.random.default_rng(0), on_sphere=False)
 
 
-def test_linear_classifier_learns_a_separable_problem():
+def _store(tmp_path, feats: dict, labels: dict):
+    counts = {k: np.bincount(v).tolist() for k, v in labels.items()}
+    bundle = feature_bundle(counts)
+    for k, y in labels.items():  # feature_bundle sorts by class
+        assert (bundle.splits()[k].labels == y).all()
+    return bundle, write_store(tmp_path / "store", bundle, {k: {"vec": v} for k, v in feats.items()})
+
+
+def _probe_cfg(tmp_path, store, *extra):
+    from lvmlt.experiments.compare import PROBE
+
+    recipe = [f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in PROBE.items()]
+    return load_config(None, [
+        *recipe, f"fusion.store={store}", "device=cpu", "optim.precision=fp32", "data.num_workers=0",
+        f"out_dir={tmp_path / 'runs'}", *extra,
+    ])
+
+
+def test_linear_probe_learns_a_separable_problem_in_the_trainer(tmp_path):
     rng = np.random.default_rng(0)
     centres = np.array([[3.0, 0.0], [-3.0, 0.0], [0.0, 3.0]])
     y = np.repeat(np.arange(3), 40)
-    x = centres[y] + 0.3 * rng.normal(size=(len(y), 2))
-    head, info = train_linear(x, y, 3, HeadTraining(epochs=60, lr=0.05, batch_size=32), seed=0, val=(x, y))
-    with torch.no_grad():
-        pred = head({"sam_vec": torch.from_numpy(x.astype(np.float32))})["logits"].argmax(1).numpy()
-    assert (pred == y).all()
-    assert info["history"][-1]["loss"] < info["history"][0]["loss"] / 5
-    assert sum(p.numel() for p in head.parameters()) == 2 * 3 + 3
+    x = (centres[y] + 0.3 * rng.normal(size=(len(y), 2))).astype(np.float32)
+    bundle, store = _store(tmp_path, {"train": x, "val": x, "test": x}, {"train": y, "val": y, "test": y})
+    cfg = _probe_cfg(tmp_path, store, "fusion.sam_norm=raw", "optim.epochs=60", "optim.lr=0.05",
+                     "data.batch_size=32", "run_name=sep")
+    m = train(cfg, bundle=bundle, progress=False)
+    assert m["test"]["top1"] == 100.0
+    history = [json.loads(line) for line in (tmp_path / "runs/sep/history.jsonl").read_text().splitlines()]
+    assert history[-1]["train/total"] < history[0]["train/total"] / 5
+    assert m["trainable_params"] == 2 * 3 + 3  # FC with bias, nothing else
 
 
-def test_probe_and_synthetic_report_params_seconds_and_borrowing():
+def test_probe_and_synthetic_report_params_and_borrowing(tmp_path):
     rng = np.random.default_rng(0)
     counts = np.array([80, 30, 4])
     feats, labels = {}, {}
@@ -140,12 +160,29 @@ def test_probe_and_synthetic_report_params_seconds_and_borrowing():
         y = np.repeat(np.arange(3), n)
         feats[s] = (rng.normal(size=(len(y), 16)) + 6.0 * np.eye(16)[y]).astype(np.float32)
         labels[s] = y
-    meta = {"many_threshold": 50, "few_threshold": 10}
-    cfg = _cfg(epochs=20)
-    probe = fit_linear_probe(feats, labels, 3, meta, cfg, seed=0)
-    syn = fit_synthetic(feats, labels, 3, meta, cfg, seed=0)
-    assert probe.trainable_params == syn.trainable_params == 16 * 3 + 3
-    assert syn.info["synthetic_counts"] == [0, 50, 76] and syn.info["loss"] == "ce"
-    assert syn.info["borrowed"] == {1: [0], 2: [0]}  # the only head class (n >= 50)
-    assert syn.seconds > 0 and syn.test["group_sizes"] == {"many": 1, "medium": 1, "few": 1}
-    assert syn.test["top1"] > 80
+    bundle, store = _store(tmp_path, feats, labels)
+    th = ["eval.many_threshold=50", "eval.few_threshold=10", "optim.epochs=20"]
+    probe = train(_probe_cfg(tmp_path, store, *th, "run_name=probe"), bundle=bundle, progress=False)
+    cfg = _probe_cfg(tmp_path, store, *th, "synthetic.enabled=true", "run_name=syn")
+    syn = train(cfg, bundle=bundle, progress=False)
+    assert probe["trainable_params"] == syn["trainable_params"] == 16 * 3 + 3
+    assert syn["test"]["group_sizes"] == {"many": 1, "medium": 1, "few": 1}  # by the real counts
+    assert syn["test"]["top1"] > 80
+    run = build_run(cfg, bundle)
+    info = run.splits["train"].info()
+    assert info["synthetic_counts"] == [0, 50, 76] and info["real_counts"] == [80, 30, 4]
+    assert info["borrowed"] == {1: [0], 2: [0]}  # the only head class (n >= 50)
+    assert run.splits["train"].class_counts.tolist() == [80, 80, 80]  # what the loss terms see
+    assert len(run.splits["train"]) == 114 + 126 and len(run.loaders["train"].sampler) == 240
+    np.testing.assert_allclose(np.linalg.norm(run.splits["train"].x_syn, axis=1), 1.0, atol=1e-5)  # cl2n sphere
+
+
+def test_synthetic_features_need_the_probe_on_stored_vectors(tmp_path):
+    from lvmlt.models.classifier import build_model
+
+    y = np.repeat(np.arange(2), 4)
+    x = np.random.default_rng(0).normal(size=(8, 4)).astype(np.float32)
+    bundle, store = _store(tmp_path, {"train": x, "val": x, "test": x}, {"train": y, "val": y, "test": y})
+    cfg = load_config(None, ["synthetic.enabled=true", f"fusion.store={store}", "fusion.latent=true"])
+    with pytest.raises(UserError, match="synthetic.enabled needs a model on stored v_SAM"):
+        build_splits(cfg, bundle, open_store(cfg), build_model(cfg, 2, feature_dims={"sam_vec": 4}))

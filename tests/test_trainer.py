@@ -64,12 +64,18 @@ def test_resume_compares_only_the_sections_the_run_uses():
     from lvmlt.config import to_dict, used_sections
 
     plain = to_dict(load_config(None, []))
-    other_scilt = to_dict(load_config(None, ["scilt.epochs=3", "proto.beta=0.5", "ifl.center_lr=0.1"]))
+    other_scilt = to_dict(load_config(None, ["scilt.dim=3", "proto.beta=0.5", "ifl.center_lr=0.1"]))
     assert used_sections(plain) == used_sections(other_scilt)  # a CE run uses none of these
     proto_a = to_dict(load_config(None, ["proto.enabled=true"]))
     proto_b = to_dict(load_config(None, ["proto.enabled=true", "proto.beta=0.5"]))
     assert used_sections(proto_a)["proto"] != used_sections(proto_b)["proto"]
     assert "proto" not in used_sections(plain) and "data" in used_sections(plain)
+    # Each method owns its section: compared once the run uses the method.
+    scilt_a = to_dict(load_config(None, ["scilt.enabled=true"]))
+    scilt_b = to_dict(load_config(None, ["scilt.enabled=true", "scilt.dim=3"]))
+    assert used_sections(scilt_a)["scilt"] != used_sections(scilt_b)["scilt"]
+    assert "synthetic" in used_sections(to_dict(load_config(None, ["synthetic.enabled=true"])))
+    assert not {"scilt", "synthetic"} & set(used_sections(plain))
     old = {k: v for k, v in plain.items() if k != "ifl"}  # a run saved before a section existed
     assert used_sections(old) == {k: v for k, v in used_sections(plain).items()}
 
@@ -158,3 +164,36 @@ def test_fusion_training_reads_the_feature_store_and_checks_it(tmp_path):
         Trainer(_cfg(tmp_path / "o", f"fusion.store={store}", "fusion.latent=true"), bundle=other, progress=False)
     with pytest.raises(UserError, match="need a feature store"):
         Trainer(_cfg(tmp_path / "n", "fusion.latent=true"), bundle=toy_bundle(), progress=False)
+
+
+def test_the_optimiser_comes_from_the_registry(tmp_path):
+    from lvmlt.training.optim import OPTIMIZERS
+
+    assert OPTIMIZERS.names() == ["adamw", "sgd"]
+    t = Trainer(_cfg(tmp_path / "a", "optim.name=adamw", "optim.lr=0.01", "optim.weight_decay=0.001"),
+                bundle=toy_bundle(), progress=False)
+    assert isinstance(t.opt, torch.optim.AdamW) and t.opt.defaults["weight_decay"] == 0.001
+    t = Trainer(_cfg(tmp_path / "b", "optim.nesterov=true"), bundle=toy_bundle(), progress=False)
+    assert isinstance(t.opt, torch.optim.SGD) and t.opt.defaults["nesterov"]
+    with pytest.raises(UserError, match="unknown optimizer"):
+        Trainer(_cfg(tmp_path / "c", "optim.name=lbfgs"), bundle=toy_bundle(), progress=False)
+
+
+def test_a_run_saved_before_the_trainer_took_over_the_other_systems_still_loads(tmp_path):
+    import yaml
+
+    from lvmlt.training.trainer import check_resume, load_run
+
+    cfg = _cfg(tmp_path, "optim.epochs=1")
+    train(cfg, bundle=toy_bundle(), progress=False)
+    path = tmp_path / "r" / "config.yaml"
+    saved = yaml.safe_load(path.read_text())
+    c = saved["config"]
+    del c["optim"]["name"], c["synthetic"]["enabled"], c["scilt"]["enabled"]  # keys added since
+    c["synthetic"] |= {"features": "cl2n", "loss": "auto", "epochs": 100}  # keys retired since
+    c["scilt"] |= {"loss": "logit_adjusted", "lr": 0.01}
+    path.write_text(yaml.safe_dump(saved, sort_keys=False))
+    assert load_run(tmp_path / "r").optim.name == "sgd"
+    check_resume(tmp_path / "r", cfg)  # the same run: nothing differs
+    with pytest.raises(UserError, match="optim.name: 'sgd' -> 'adamw'"):
+        check_resume(tmp_path / "r", _cfg(tmp_path, "optim.epochs=1", "optim.name=adamw"))

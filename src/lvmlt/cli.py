@@ -83,6 +83,7 @@ COMMAND_MODULES = (
     "lvmlt.features.cli",  # extract, weights
     "lvmlt.calibration.cli",  # calibrate
     "lvmlt.experiments.cli",  # ablate, baselines
+    "lvmlt.experiments.compare",  # compare (the other systems side by side)
     "lvmlt.reporting.cli",  # report
 )
 

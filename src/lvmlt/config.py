@@ -60,6 +60,7 @@ class LossConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
+    name: str = "sgd"  # sgd | adamw (the registry of training/optim.py)
     epochs: int = 30
     lr: float = 0.1
     momentum: float = 0.9
@@ -96,7 +97,9 @@ class FusionConfig:
     latent_dim: int = 256  # token width of the self-attention block
     heads: int = 4
     sam_only: bool = False  # no CNN: a linear classifier on the SAM vector (table III)
-    sam_norm: str = "batchnorm"  # sam_only: batchnorm (parameter-free, the paper's probe) | none (features come normalised)
+    # sam_only: what v_SAM passes before the FC: batchnorm (parameter-free, the paper's probe), or a
+    # fixed map fitted on the training split (features/dataset.py): cl2n (centre, then L2) | l2 | standardize | raw
+    sam_norm: str = "batchnorm"
 
 
 @dataclass(frozen=True)
@@ -150,10 +153,13 @@ class SyntheticConfig:
     """Synthetic tail features in the frozen encoder's latent space + a linear classifier.
 
     Sharma 2025 gives no sampling recipe; every default here is [ours] (METHODS-NOTES 5.2).
-    The head-training settings are shared by the plain linear probe (no synthetic features).
+    On: the training split of a linear probe on stored v_SAM (``fusion.sam_only=true``)
+    gets the synthetic features, sampled after the probe's normalisation
+    (``fusion.sam_norm``, cl2n in the recipe); the head is trained by the trainer
+    (``optim.*``, ``loss.*`` on the real + synthetic counts).
     """
 
-    features: str = "cl2n"  # cl2n (centre on the train mean, then L2) | l2 | standardize | raw
+    enabled: bool = False
     distribution: str = "gaussian"  # gaussian (shrunk covariance) | vmf (needs cl2n or l2)
     shrinkage: float = -1.0  # covariance shrinkage towards (tr S / d) I in [0, 1]; -1 = Ledoit-Wolf
     n_min: int = 50  # classes with fewer real samples borrow head-class statistics
@@ -162,12 +168,6 @@ class SyntheticConfig:
     eps: float = 1e-4  # added to the diagonal of a borrowed covariance
     target: int = 0  # samples per class after the top-up; 0 = the largest class's count
     renormalize: bool = True  # put Gaussian samples back on the unit sphere (normalised features)
-    synthetic_weight: float = 1.0  # loss weight of a synthetic sample (0.5 down-weights them)
-    loss: str = "auto"  # auto: ce if the mix is balanced, else logit_adjusted on the mix's prior | ce | logit_adjusted
-    epochs: int = 100  # the recipe's 30 epochs at lr 1e-3 underfit unit vectors (ELPV validation)
-    lr: float = 1e-2  # AdamW
-    weight_decay: float = 1e-4
-    batch_size: int = 512  # 0 = full batch
 
 
 @dataclass(frozen=True)
@@ -175,23 +175,19 @@ class SciLTConfig:
     """SciLT-style multi-level fusion with dual supervision (Chen & Su 2026).
 
     Only the abstract is public: the fusion form, heads, loss weights and schedule are
-    [ours] (METHODS-NOTES 3). Levels are pooled encoder stages from the feature store.
+    [ours] (METHODS-NOTES 3). Levels are pooled encoder stages from the feature store
+    (``fusion.store``). On: the model is the fusion head (models/scilt.py), its per-level
+    heads trained with ``loss.*`` times ``aux_weight`` (losses/scilt.py), by the trainer.
     """
 
+    enabled: bool = False
     levels: tuple[str, ...] = ("stage3", "stage4")  # penultimate first; "vec" = v_SAM (the neck)
     gate: str = "sample"  # sample (one weight per level and image) | channel | fixed (uniform average)
     dim: int = 0  # common width the levels are projected to; 0 = none (the levels' widths must match)
     head: str = "cosine"  # cosine (logits / temperature) | linear
     temperature: float = 0.07
     aux_weight: float = 0.5  # beta: weight of each per-level head's loss (0 = fused head only)
-    loss: str = "logit_adjusted"  # a loss.name: logit_adjusted | balanced_softmax | ce | ...
-    tau: float = 1.0
     inference: str = "fused"  # fused | mean (of the fused and per-level heads' logits)
-    epochs: int = 20
-    lr: float = 0.01  # SGD
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    batch_size: int = 128
     lora_rank: int = 8  # PEFT option: LoRA on the TinyViT attention projections
     lora_alpha: float = 16.0
     lora_targets: tuple[str, ...] = ("qkv", "proj")
@@ -248,10 +244,28 @@ SECTION_USED = {
     "proco": _any("proco", "enabled"),
     "ifl": _any("ifl", "enabled"),
     "stage": _any("stage", "init_from", "freeze_backbone", "lws", "reset_head"),
-    # Trained by the feature-only systems (`python -m lvmlt.methods.compare`), never by `lvmlt train`.
-    "synthetic": lambda c: False,
-    "scilt": lambda c: False,
+    "synthetic": _any("synthetic", "enabled"),
+    "scilt": _any("scilt", "enabled"),
 }
+
+
+# Keys a run directory's config.yaml may hold from an older lvmlt: dropped when it is read
+# back (``lvmlt evaluate``, ``--resume``), so those runs still load. The head-training
+# settings of the synthetic and SciLT systems became optim.* / data.batch_size / loss.*
+# when the trainer took them over.
+RETIRED_KEYS = {
+    "synthetic": ("features", "synthetic_weight", "loss", "epochs", "lr", "weight_decay", "batch_size"),
+    "scilt": ("loss", "tau", "epochs", "lr", "momentum", "weight_decay", "batch_size"),
+}
+
+
+def without_retired(d: dict) -> dict:
+    """A config dict (``to_dict`` form) without the :data:`RETIRED_KEYS` of older versions."""
+    out = dict(d)
+    for section, keys in RETIRED_KEYS.items():
+        if isinstance(out.get(section), dict):
+            out[section] = {k: v for k, v in out[section].items() if k not in keys}
+    return out
 
 
 def used_sections(d: dict) -> dict:

@@ -73,19 +73,31 @@ def run_grid(
     return {k: v for k, v in results.items() if v}
 
 
-def run_metrics(cfg: Config, progress: bool = True, train_missing: bool = True) -> dict | None:
-    """The test metrics of the run ``cfg`` names: read when it has finished, else trained
-    (a killed run resumes from its last checkpoint); None if missing and not ``train_missing``."""
+def run_result(cfg: Config, progress: bool = True, train_missing: bool = True, bundle=None) -> dict | None:
+    """The ``metrics.json`` of the run ``cfg`` names: read when it has finished, else trained
+    (a killed run resumes from its last checkpoint); None if missing and not ``train_missing``.
+
+    The one read-or-train helper of ``lvmlt ablate``, ``baselines``, ``compare`` and the demo.
+
+    Args:
+        bundle: the data (built from ``cfg.data`` when None).
+    """
     from lvmlt import rundir
     from lvmlt.training.trainer import Trainer, run_dir_for
 
     rd = run_dir_for(cfg)
     if (rd / rundir.METRICS).exists():
-        return rundir.read_metrics(rd)["test"]
+        return rundir.read_metrics(rd)
     if not train_missing:
         return None
     resume = (rd / rundir.LAST).exists()
-    return Trainer(cfg, resume=resume, progress=progress).fit()["test"]
+    return Trainer(cfg, resume=resume, progress=progress, bundle=bundle).fit()
+
+
+def run_metrics(cfg: Config, progress: bool = True, train_missing: bool = True, bundle=None) -> dict | None:
+    """The test metrics of :func:`run_result`."""
+    m = run_result(cfg, progress, train_missing, bundle)
+    return None if m is None else m["test"]
 
 
 def write_tables(

@@ -13,7 +13,6 @@ Finished runs are reused; an interrupted demo continues where it stopped.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -39,9 +38,10 @@ def main(argv=None) -> int:
     from lvmlt.config import load_config
     from lvmlt.data import build_data
     from lvmlt.evaluation.metrics import format_table
+    from lvmlt.experiments.ablate import run_result
     from lvmlt.features import ExtractConfig, extract
     from lvmlt.reporting import write_report
-    from lvmlt.training.trainer import Trainer, run_dir_for
+    from lvmlt.training.trainer import run_dir_for
 
     t0 = time.time()
     out = Path(args.out)
@@ -62,13 +62,9 @@ def main(argv=None) -> int:
             args.config,
             [*args.overrides, *extra, f"fusion.store={store_dir}", f"out_dir={out}", f"run_name={slug}"],
         )
-        rd = run_dir_for(cfg)
-        if (rd / "metrics.json").exists():
-            m = json.loads((rd / "metrics.json").read_text())
-        else:
-            print(f"\n== {name}")
-            m = Trainer(cfg, resume=(rd / "checkpoints" / "last.pt").exists(), bundle=bundle).fit()
-        rows[name], dirs = m["test"], [*dirs, rd]
+        print(f"\n== {name}")
+        m = run_result(cfg, bundle=bundle)  # finished runs are read, a killed one resumes
+        rows[name], dirs = m["test"], [*dirs, run_dir_for(cfg)]
     th = next(iter(rows.values()))["thresholds"]
     print(
         f"\nELPV test split ({len(bundle.test)} images; many > {th['many']}, few < {th['few']} training images; "

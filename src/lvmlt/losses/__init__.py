@@ -14,14 +14,15 @@ Adding a loss means registering a builder (``@LOSSES.register("name")``, see
 
 The training objective is a sum of *terms* (:mod:`lvmlt.losses.terms`): the baseline loss
 above, and the optional prototype (:mod:`~lvmlt.losses.proto`), ProCo
-(:mod:`~lvmlt.losses.proco`) and IFL (:mod:`~lvmlt.losses.ifl`) terms, each registered in
+(:mod:`~lvmlt.losses.proco`), IFL (:mod:`~lvmlt.losses.ifl`) and SciLT's per-level heads
+(:mod:`~lvmlt.losses.scilt`) terms, each registered in
 ``TERMS`` by its own module.
 """
 
 from __future__ import annotations
 
 # Importing the term modules registers their terms in TERMS.
-from lvmlt.losses import ifl, proco, proto  # noqa: F401,I001  (after the names above)
+from lvmlt.losses import ifl, proco, proto, scilt  # noqa: F401,I001  (after the names above)
 from lvmlt.losses.baseline import (
     IGNORE_INDEX,
     LOSSES,

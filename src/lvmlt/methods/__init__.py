@@ -1,27 +1,16 @@
-"""The other systems of our references, on the same data, features and evaluation.
+"""What the other systems of our references add beyond the core's pieces.
 
-- :mod:`~lvmlt.methods.synthetic`: synthetic tail features in the encoder's latent space
-  and a linear classifier (and the plain linear probe it is compared with);
-- :mod:`~lvmlt.methods.scilt`: SciLT-style multi-level fusion with dual supervision, and
-  LoRA for the frozen encoder;
-- IFL is a registered loss term (:mod:`lvmlt.losses.ifl`, ``ifl.enabled``) and runs under
-  the generalised long-tail protocol, a data protocol (:mod:`lvmlt.data.glt`);
-- :mod:`~lvmlt.methods.compare`: the side-by-side comparison (``python -m lvmlt.methods.compare``).
+The linear probe (``fusion.sam_only``), the synthetic tail features
+(:mod:`lvmlt.features.synthetic`, ``synthetic.enabled``), SciLT's multi-level fusion
+(:mod:`lvmlt.models.scilt` with its loss term :mod:`lvmlt.losses.scilt`,
+``scilt.enabled``) and IFL (:mod:`lvmlt.losses.ifl`, ``ifl.enabled``, under the GLT data
+protocol :mod:`lvmlt.data.glt`) are all trained by the one trainer, and compared side by
+side by ``lvmlt compare`` (:mod:`lvmlt.experiments.compare`). Left here:
+
+- :mod:`~lvmlt.methods.scilt`: LoRA for the frozen encoder and SciLT end to end on images
+  (PEFT; not run in the reported experiments).
 """
 
-from lvmlt.losses.ifl import IFLTerm, environment_weights
-from lvmlt.methods.scilt import AdaptiveFusion, LoRALinear, SciLTHead, apply_lora, fit_scilt
-from lvmlt.methods.synthetic import fit_linear_probe, fit_synthetic, synthesize
+from lvmlt.methods.scilt import EncoderSciLT, LoRALinear, apply_lora, build_encoder_scilt
 
-__all__ = [
-    "AdaptiveFusion",
-    "IFLTerm",
-    "LoRALinear",
-    "SciLTHead",
-    "apply_lora",
-    "environment_weights",
-    "fit_linear_probe",
-    "fit_scilt",
-    "fit_synthetic",
-    "synthesize",
-]
+__all__ = ["EncoderSciLT", "LoRALinear", "apply_lora", "build_encoder_scilt"]

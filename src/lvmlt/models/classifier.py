@@ -10,9 +10,9 @@ from lvmlt.models.fusion import LatentFusion, MapFusion
 from lvmlt.models.heads import ClassScale, CosineClassifier
 
 #: What the linear probe (``fusion.sam_only``) puts in front of its FC: a parameter-free
-#: BatchNorm (the paper's probe), or nothing (the features arrive normalised, e.g. by a
-#: feature dataset's ``cl2n`` map).
-SAM_NORMS = ("batchnorm", "none")
+#: BatchNorm (the paper's probe), or a fixed map the feature dataset fits on the training
+#: split (``cl2n``, ``l2``, ``standardize``; ``raw`` = none), :mod:`lvmlt.features.dataset`.
+SAM_NORMS = ("batchnorm", "cl2n", "l2", "standardize", "raw")
 
 
 class LTClassifier(nn.Module):
@@ -27,9 +27,9 @@ class LTClassifier(nn.Module):
     ``z_CNN``. With ``sam_only`` there is no CNN at all: ``logits = FC(BN(v_SAM))`` (table III),
     a linear probe with a parameter-free BatchNorm in front, as in MAE's linear probing: the
     raw vectors share a large offset (per-dimension mean ~0.05, spread ~0.01 on ELPV) that
-    plain SGD on a linear head barely gets past in a few epochs. ``sam_norm="none"`` drops
-    the BatchNorm for features that arrive normalised: the one linear probe on v_SAM, also
-    of the synthetic-feature system.
+    plain SGD on a linear head barely gets past in a few epochs. Any other ``sam_norm``
+    drops the BatchNorm and asks the feature dataset for that map (``feature_norms``): the
+    one linear probe on v_SAM, also of the synthetic-feature system (``cl2n``).
     """
 
     def __init__(
@@ -55,6 +55,8 @@ class LTClassifier(nn.Module):
         self.sam_bn = None
         if backbone is None:
             self.sam_bn = nn.BatchNorm1d(sam_dim, affine=False) if sam_norm == "batchnorm" else nn.Identity()
+        # How the feature dataset normalises a stored vector before the model sees it.
+        self.feature_norms = {"sam_vec": sam_norm} if backbone is None and sam_norm != "batchnorm" else {}
         self.head = CosineClassifier(in_dim, num_classes) if cosine_head else nn.Linear(in_dim, num_classes)
         self.map_fusion = map_fusion
         if backbone is not None:
@@ -116,8 +118,19 @@ def _old_class_scale_key(state_dict, prefix, *args):
         state_dict[old + ".scale"] = state_dict.pop(old)
 
 
-def build_model(cfg, num_classes: int, sam_dim: int = 256) -> LTClassifier:
-    """Builds the classifier from ``cfg.model`` and ``cfg.fusion`` (the only place reading config)."""
+def build_model(cfg, num_classes: int, sam_dim: int = 256, feature_dims: dict | None = None) -> nn.Module:
+    """Builds the classifier from ``cfg.model`` and ``cfg.fusion`` (the only place reading config),
+    or SciLT's fusion head on stored levels (``cfg.scilt.enabled``, :mod:`lvmlt.models.scilt`).
+
+    Args:
+        feature_dims: widths of the stored vectors (``{"sam_vec": 256, "level/stage3": 320}``),
+            from the feature store; the SciLT head needs those of its levels.
+    """
+    if cfg.scilt.enabled:
+        from lvmlt.models.scilt import build_scilt
+
+        return build_scilt(cfg.scilt, num_classes, feature_dims or {})
+    sam_dim = (feature_dims or {}).get("sam_vec", sam_dim)
     m, fu = cfg.model, cfg.fusion
     backbone = None if fu.sam_only else build_backbone(m.backbone, m.pretrained)
     map_fusion = latent = None
@@ -150,6 +163,13 @@ def apply_stage(model: LTClassifier, stage, device=None) -> None:
 
     from lvmlt import rundir
 
+    if not (stage.init_from or stage.freeze_backbone or stage.reset_head or stage.lws):
+        return
+    if not isinstance(model, LTClassifier):
+        raise UserError(
+            f"the stage.* options apply to the classifier, not to {type(model).__name__}",
+            fix="drop stage.* for this model (e.g. scilt.enabled)",
+        )
     if stage.init_from:
         path = Path(stage.init_from)
         if path.is_dir():

@@ -1,4 +1,4 @@
-"""Classifier heads shared by every model: the cosine classifier and LWS's per-class scale."""
+"""Classifier heads shared by every model: the cosine classifier, LWS's per-class scale, and a parameter count."""
 
 from __future__ import annotations
 
@@ -53,3 +53,13 @@ class ClassScale(nn.Module):
 
     def forward(self, logits: torch.Tensor) -> torch.Tensor:
         return logits * self.scale
+
+
+def count_trainable(module: nn.Module) -> int:
+    """Number of parameters with ``requires_grad`` (shared tensors counted once)."""
+    seen, n = set(), 0
+    for p in module.parameters():
+        if p.requires_grad and id(p) not in seen:
+            seen.add(id(p))
+            n += p.numel()
+    return n

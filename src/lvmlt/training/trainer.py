@@ -28,6 +28,7 @@ from lvmlt.config import Config, replace, to_dict, used_sections
 from lvmlt.errors import UserError
 from lvmlt.losses import build_terms
 from lvmlt.training import runtime
+from lvmlt.training.optim import build_optimizer
 
 log = logging.getLogger("lvmlt")
 
@@ -72,44 +73,6 @@ def collate(items: list[dict]) -> dict:
     # A skipped (unreadable) image keeps its slot but gets label -1: losses and metrics ignore it.
     batch["label"] = torch.where(batch["valid"], batch["label"], torch.full_like(batch["label"], -1))
     return batch
-
-
-class _WithFeatures(torch.utils.data.Dataset):
-    """Adds the stored SAM features of each sample (``sam_vec`` 256, ``sam_map`` 1 x h x w)."""
-
-    def __init__(self, split, feats, needs: set[str]):
-        self.split, self.feats, self.needs = split, feats, needs
-
-    def __len__(self):
-        return len(self.split)
-
-    def __getitem__(self, i):
-        if "image" in self.needs:
-            item = self.split[i]
-        else:  # a model on SAM features only: don't decode the image at all
-            item = {"label": int(self.split.labels[i]), "index": i, "valid": True}
-        if "sam_vec" in self.needs:
-            item["sam_vec"] = torch.from_numpy(np.asarray(self.feats.vec[i], dtype=np.float32))
-        if "sam_map" in self.needs:
-            item["sam_map"] = torch.from_numpy(np.asarray(self.feats.map[i], dtype=np.float32))
-        return item
-
-
-def attach_features(cfg: Config, bundle, needs: set[str]) -> dict:
-    """The three splits, wrapped with their stored SAM features when the model needs them."""
-    splits = bundle.splits()
-    if not needs - {"image"}:
-        return splits
-    if not cfg.fusion.store:
-        raise UserError(
-            "the SAM fusion or sam_only options need a feature store",
-            fix="run `lvmlt extract` and set fusion.store=DIR",
-        )
-    from lvmlt.features import FeatureStore
-
-    store = FeatureStore.open(cfg.fusion.store)
-    store.check(bundle)
-    return {k: _WithFeatures(s, store.split(k), needs) for k, s in splits.items()}
 
 
 def _to(batch: dict, device, channels_last: bool = False) -> dict:
@@ -187,6 +150,7 @@ def build_run(cfg: Config, bundle=None, load_init: bool = True) -> Run:
         load_init: load ``stage.init_from``'s weights (False when a checkpoint of this run
             will be loaded next, as in re-evaluation).
     """
+    from lvmlt.features.dataset import build_splits, feature_dims
     from lvmlt.models.classifier import apply_stage, build_model
 
     runtime.seed_everything(cfg.seed)
@@ -204,15 +168,28 @@ def build_run(cfg: Config, bundle=None, load_init: bool = True) -> Run:
         bundle = build_data(cfg.data)
     for s in bundle.splits().values():
         s.skip_bad_images = cfg.data.skip_bad_images
-    model = build_model(cfg, bundle.num_classes).to(device)
+    store = open_store(cfg)
+    model = build_model(cfg, bundle.num_classes, feature_dims=feature_dims(store)).to(device)
     if cfg.optim.channels_last:
         model.to(memory_format=torch.channels_last)
     stage = cfg.stage if load_init else replace(cfg.stage, init_from=None)
     apply_stage(model, stage, device)
-    splits = attach_features(cfg, bundle, model.needs)
-    terms = build_terms(cfg, bundle.train_counts, model).to(device)
+    splits = build_splits(cfg, bundle, store, model)
+    # The loss terms see the counts trained on (with synthetic features: real + synthetic);
+    # the metric groups stay those of the real training split.
+    counts = getattr(splits["train"], "class_counts", bundle.train_counts)
+    terms = build_terms(cfg, counts, model).to(device)
     loaders, sampler = build_loaders(cfg, bundle, splits, device)
     return Run(cfg, bundle, device, precision, model, terms, splits, loaders, sampler)
+
+
+def open_store(cfg: Config):
+    """The feature store ``fusion.store`` names, opened (None when unset)."""
+    if not cfg.fusion.store:
+        return None
+    from lvmlt.features import FeatureStore
+
+    return FeatureStore.open(cfg.fusion.store)
 
 
 def build_loaders(cfg: Config, bundle, splits: dict, device: torch.device) -> tuple[dict, object]:
@@ -223,7 +200,8 @@ def build_loaders(cfg: Config, bundle, splits: dict, device: torch.device) -> tu
     rank, size = distributed.world()
     # Every rank draws the same global order and keeps its share, so a step's
     # batches over all ranks are the single-process batch: data.batch_size is global.
-    sampler = build_sampler(d.sampler, bundle.train.labels, seed=cfg.seed, rank=rank, world_size=size)
+    labels = getattr(splits["train"], "labels", bundle.train.labels)  # synthetic samples included
+    sampler = build_sampler(d.sampler, labels, seed=cfg.seed, rank=rank, world_size=size)
     workers = runtime.loader_workers(d.num_workers, device, size)
     common = dict(
         batch_size=d.batch_size // size,
@@ -241,7 +219,9 @@ def build_loaders(cfg: Config, bundle, splits: dict, device: torch.device) -> tu
 
 def check_resume(run_dir: Path, cfg: Config) -> None:
     """A run resumes only with the config it was started with (in the sections it uses)."""
-    saved = _load_saved(run_dir / rundir.CONFIG)["config"]
+    # Built back into a Config: keys added since the run was saved take their defaults
+    # (what the older version did), retired ones are dropped.
+    saved = to_dict(load_run(run_dir))
     diff = _diff(used_sections(saved), used_sections(to_dict(cfg)))
     if diff:
         raise UserError(f"--resume with a different config ({diff})", where=str(run_dir), fix="use the saved config")
@@ -280,9 +260,7 @@ class Trainer:
         o = cfg.optim
         self.steps_per_epoch = math.ceil(len(self.loaders["train"]) / o.accumulate)
         params = [p for p in list(self.model.parameters()) + list(self.terms.parameters()) if p.requires_grad]
-        self.opt = torch.optim.SGD(
-            params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, nesterov=o.nesterov
-        )
+        self.opt = build_optimizer(params, o)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(cfg, self.steps_per_epoch))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.start_epoch, self.best, self.best_epoch = 0, -math.inf, -1
@@ -463,7 +441,10 @@ def final_evaluation(run: Run, run_dir: Path, best_epoch: int, bad_ids: set[str]
     best = run_dir / rundir.BEST
     if best.exists():
         run.model.load_state_dict(rundir.load_checkpoint(best, map_location=run.device)["model"])
+    from lvmlt.models.heads import count_trainable
+
     out = {"best_epoch": best_epoch, "selected_on": "val/mean_class_acc"}
+    out["trainable_params"] = count_trainable(run.model) + count_trainable(run.terms)
     preds = {"train_counts": run.bundle.train_counts}
     bad_ids = set(bad_ids)
     for split in ("val", "test"):
@@ -509,9 +490,9 @@ def train(cfg: Config, resume: bool = False, progress: bool = True, bundle=None)
 def load_run(run_dir: str | Path) -> Config:
     """The :class:`Config` a run directory was made with."""
     saved = _load_saved(Path(run_dir) / rundir.CONFIG)
-    from lvmlt.config import _build
+    from lvmlt.config import _build, without_retired
 
-    return _build(Config, saved["config"])
+    return _build(Config, without_retired(saved["config"]))
 
 
 def evaluate_run(run_dir: str | Path, progress: bool = True) -> dict:

@@ -1,11 +1,12 @@
-"""Synthetic tail features in the frozen encoder's latent space, and a linear classifier.
+"""Synthetic tail features in the frozen encoder's latent space, as a training-set wrapper.
 
 The system (Sharma, arXiv 2509.15859) samples synthetic features for tail classes in a
 foundation model's latent space and trains only a linear classifier on real + synthetic
 features. Its sampling procedure is not public, so this module follows the recipe of
 METHODS-NOTES 5.2, which is **ours** (marked [ours] in reports):
 
-1. features: stored v_SAM vectors, centred on the training mean and L2-normalised (``cl2n``);
+1. features: stored v_SAM vectors, centred on the training mean and L2-normalised (``cl2n``,
+   the probe's ``fusion.sam_norm``);
 2. per class c with n_c >= n_min (50): a Gaussian N(mu_c, Sigma_c) with
    Sigma_c = (1 - beta) S_c + beta (tr S_c / d) I, beta from Ledoit-Wolf;
 3. per class with n_c < n_min: its own mean, and the mean covariance of the k = 3 head
@@ -13,15 +14,16 @@ METHODS-NOTES 5.2, which is **ours** (marked [ours] in reports):
    borrowing; a class with one image needs it most);
 4. M_c = max(0, n_target - n_c) samples per class, n_target = the largest class's count,
    re-normalised onto the sphere;
-5. a linear head (with bias) on real + synthetic, AdamW, cosine schedule; plain CE because
-   the mix is balanced (logit adjustment on the mix's prior otherwise).
+5. the linear probe (``fusion.sam_only``) on real + synthetic, trained by the trainer
+   (AdamW, cosine schedule in the comparison's recipe); plain CE because the mix is
+   balanced (``loss.*`` sees the mix's counts, so logit adjustment corrects the mix's prior).
 
 A von Mises-Fisher option (``distribution=vmf``) fits a mean direction and a concentration
 kappa per class instead (kappa borrowed from the nearest head classes for tail classes) and
 samples with Wood's (1994) rejection sampler.
 
-The linear probe (:func:`fit_linear_probe`) is step 5 on the real features alone: the
-baseline the synthetic features must beat, with the same head and optimiser.
+:class:`SyntheticTopUp` is the training split with the synthetic samples appended (built
+by :func:`lvmlt.features.dataset.attach_features` when ``synthetic.enabled``).
 """
 
 from __future__ import annotations
@@ -30,21 +32,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from lvmlt.config import SyntheticConfig
 from lvmlt.errors import UserError
-from lvmlt.evaluation.metrics import score
-from lvmlt.methods.common import (
-    FeatureNorm,
-    HeadTraining,
-    MethodResult,
-    Timer,
-    count_trainable,
-    fit_head,
-)
-from lvmlt.models.classifier import LTClassifier
 
 DISTRIBUTIONS = ("gaussian", "vmf")
 
@@ -272,7 +262,7 @@ def synthesize(
     counts = np.bincount(y, minlength=num_classes)
     if cfg.distribution == "vmf" and not on_sphere:
         raise UserError(
-            "synthetic.distribution=vmf needs unit-norm features", fix="set synthetic.features=cl2n or l2"
+            "synthetic.distribution=vmf needs unit-norm features", fix="set fusion.sam_norm=cl2n or l2"
         )
     target = cfg.target or int(counts.max())
     dists = fit_class_distributions(x, y, num_classes, cfg)
@@ -294,182 +284,55 @@ def synthesize(
     return np.concatenate(xs), np.concatenate(ys), dists
 
 
-# ----------------------------------------------------------------------------- the classifier
+# ----------------------------------------------------------------------------- the training split
 
 
-def _head_training(cfg: SyntheticConfig) -> HeadTraining:
-    return HeadTraining(
-        epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay, batch_size=cfg.batch_size
-    )
+class SyntheticTopUp(torch.utils.data.Dataset):
+    """The training :class:`~lvmlt.features.dataset.FeatureDataset` plus synthetic samples
+    of ``key`` that top every class up to the target count (:func:`synthesize`).
 
-
-def train_linear(
-    x: np.ndarray,
-    y: np.ndarray,
-    num_classes: int,
-    how: HeadTraining,
-    seed: int,
-    weights: np.ndarray | None = None,
-    log_prior: np.ndarray | None = None,
-    val: tuple[np.ndarray, np.ndarray] | None = None,
-) -> tuple[LTClassifier, dict]:
-    """The linear probe (:class:`~lvmlt.models.classifier.LTClassifier` on the vectors, with bias) trained with (weighted, optionally logit-adjusted) CE.
+    Items ``0..n-1`` are the real ones; the rest carry only the synthetic vector, the
+    class and ``valid``. ``labels`` (for the sampler) and ``class_counts`` (for the loss
+    terms: the mix actually trained on) cover real + synthetic; the metric groups stay
+    those of the real training counts.
 
     Args:
-        x: n x d features; y: (n,) labels (negative = ignored).
+        base: the real training split, its ``key`` vectors already normalised.
         num_classes: C.
-        how: optimiser settings.
-        seed: seeds the initial weights and the batch order.
-        weights: per-sample loss weights (None = 1); the loss is sum(w l) / sum(w).
-        log_prior: (C,) added to the logits in training only (logit adjustment).
-        val: (features, labels) for epoch selection by mean per-class accuracy.
-
-    Returns:
-        ``(head, {"best_epoch", "history"})``.
+        cfg: the ``synthetic`` section.
+        seed: seeds the sampling (the run's seed).
+        on_sphere: the vectors are unit vectors (``cl2n`` or ``l2``).
+        key: the vector the synthetic samples replace (v_SAM).
     """
-    torch.manual_seed(int(seed))
-    # The one linear probe on v_SAM (``fusion.sam_only``), without its BatchNorm: the
-    # features arrive normalised.
-    head = LTClassifier(None, num_classes, sam_dim=x.shape[1], sam_norm="none")
-    keep = np.asarray(y) >= 0
-    xt = torch.from_numpy(np.asarray(x, dtype=np.float32)[keep])
-    yt = torch.from_numpy(np.asarray(y, dtype=np.int64)[keep])
-    wt = None if weights is None else torch.from_numpy(np.asarray(weights, dtype=np.float32)[keep])
-    adj = None if log_prior is None else torch.as_tensor(log_prior, dtype=torch.float32)
 
-    def loss_fn(m, xs, yb, wb):
-        logits = m({"sam_vec": xs[0]})["logits"]
-        if adj is not None:
-            logits = logits + adj
-        per = F.cross_entropy(logits, yb, reduction="none")
-        return per.mean() if wb is None else (per * wb).sum() / wb.sum().clamp_min(1e-12)
-
-    def predict(m, xs):
-        return m({"sam_vec": xs[0]})["logits"]
-
-    vt = (
-        None
-        if val is None
-        else ([torch.from_numpy(np.asarray(val[0], dtype=np.float32))], np.asarray(val[1]))
-    )
-    return fit_head(head, loss_fn, predict, ([xt], yt, wt), vt, how, seed)
-
-
-def _prepared(feats: dict[str, np.ndarray], kind: str) -> tuple[FeatureNorm, dict[str, np.ndarray]]:
-    norm = FeatureNorm(kind).fit(feats["train"])
-    return norm, {k: norm(v) for k, v in feats.items()}
-
-
-def _evaluate(
-    name: str, head: nn.Module, xs: dict, labels: dict, train_counts, meta: dict, seconds: float, info: dict, ev=None
-) -> MethodResult:
-    with torch.no_grad():
-        res = {
-            s: score(head({"sam_vec": torch.from_numpy(xs[s])})["logits"], labels[s], train_counts, meta, ev) for s in ("val", "test")
-        }
-    return MethodResult(
-        name, res["val"], res["test"], count_trainable(head), seconds, info["best_epoch"], info
-    )
-
-
-def fit_linear_probe(
-    feats: dict[str, np.ndarray],
-    labels: dict[str, np.ndarray],
-    num_classes: int,
-    meta: dict,
-    cfg: SyntheticConfig,
-    seed: int = 0,
-    logit_adjusted: bool = False,
-    name: str = "linear probe",
-    ev=None,
-) -> MethodResult:
-    """The baseline: a linear classifier on the real features only.
-
-    Args:
-        feats: ``{split: N x d}`` stored vectors (v_SAM) of train, val and test.
-        labels: ``{split: (N,)}``, -1 for skipped images.
-        num_classes: C.
-        meta: the bundle's meta (group thresholds).
-        cfg: feature normalisation and head training settings.
-        seed: seeds the head's initial weights and batch order.
-        logit_adjusted: train with LA-CE on the real prior (tau = 1) instead of CE.
-        ev: the run's ``cfg.eval`` (group thresholds; None = the dataset's).
-    """
-    with Timer() as t:
-        _, xs = _prepared(feats, cfg.features)
-        y = labels["train"]
-        counts = np.bincount(y[y >= 0], minlength=num_classes)
-        prior = np.log(np.maximum(counts, 1) / counts.sum()) if logit_adjusted else None
-        head, info = train_linear(
-            xs["train"],
-            y,
-            num_classes,
-            _head_training(cfg),
-            seed,
-            log_prior=prior,
-            val=(xs["val"], labels["val"]),
-        )
-    info["loss"] = "logit_adjusted" if logit_adjusted else "ce"
-    return _evaluate(name, head, xs, labels, counts, meta, t.seconds, info, ev)
-
-
-def fit_synthetic(
-    feats: dict[str, np.ndarray],
-    labels: dict[str, np.ndarray],
-    num_classes: int,
-    meta: dict,
-    cfg: SyntheticConfig,
-    seed: int = 0,
-    name: str | None = None,
-    ev=None,
-) -> MethodResult:
-    """Synthetic tail features + a linear classifier on real + synthetic (module docstring).
-
-    Args: as :func:`fit_linear_probe`. ``seed`` also seeds the sampling.
-
-    Returns:
-        A :class:`MethodResult`; ``info`` holds the synthetic count per class, which classes
-        borrowed statistics (and from whom), the shrinkage per class and the loss used.
-        Groups (many/medium/few) are by the *real* training counts.
-    """
-    name = name or f"synthetic latent features ({cfg.distribution})"
-    with Timer() as t:
-        norm, xs = _prepared(feats, cfg.features)
-        y = labels["train"]
-        keep = y >= 0
-        x_real, y_real = xs["train"][keep], y[keep]
-        counts = np.bincount(y_real, minlength=num_classes)
+    def __init__(self, base, num_classes: int, cfg: SyntheticConfig, seed: int, on_sphere: bool, key: str = "sam_vec"):
+        self.base, self.key = base, key
+        y = np.asarray(base.labels, dtype=np.int64).copy()
+        real = np.array([i not in base.bad for i in range(len(y))], dtype=bool) & (y >= 0)
+        x = np.asarray(base.arrays[key])[real]
         rng = np.random.default_rng([int(seed), 5])
-        x_syn, y_syn, dists = synthesize(x_real, y_real, num_classes, cfg, rng, on_sphere=norm.on_sphere)
-        x_all = np.concatenate([x_real, x_syn])
-        y_all = np.concatenate([y_real, y_syn])
-        w_all = np.concatenate([np.ones(len(y_real)), np.full(len(y_syn), cfg.synthetic_weight)]).astype(
-            np.float32
-        )
-        mix = np.bincount(y_all, weights=w_all, minlength=num_classes)
-        loss = cfg.loss
-        if loss == "auto":
-            loss = "ce" if np.allclose(mix, mix.max()) else "logit_adjusted"
-        if loss not in ("ce", "logit_adjusted"):
-            raise UserError(f"unknown synthetic.loss {cfg.loss!r}", fix="choose auto, ce or logit_adjusted")
-        # Any prior correction must use the mix actually trained on, not the real counts.
-        prior = np.log(np.maximum(mix, 1e-12) / mix.sum()) if loss == "logit_adjusted" else None
-        head, info = train_linear(
-            x_all,
-            y_all,
-            num_classes,
-            _head_training(cfg),
-            seed,
-            weights=w_all,
-            log_prior=prior,
-            val=(xs["val"], labels["val"]),
-        )
-    info.update(
-        loss=loss,
-        real_counts=counts.tolist(),
-        synthetic_counts=np.bincount(y_syn, minlength=num_classes).tolist(),
-        borrowed={c: list(d.borrowed_from) for c, d in enumerate(dists) if d is not None and d.borrowed_from},
-        shrinkage={c: d.shrinkage for c, d in enumerate(dists) if d is not None and d.shrinkage is not None},
-        kappa={c: d.kappa for c, d in enumerate(dists) if d is not None and d.kappa is not None},
-    )
-    return _evaluate(name, head, xs, labels, counts, meta, t.seconds, info, ev)
+        self.x_syn, self.y_syn, self.distributions = synthesize(x, y[real], num_classes, cfg, rng, on_sphere)
+        self.labels = np.concatenate([y, self.y_syn])
+        self.real_counts = np.bincount(y[real], minlength=num_classes)
+        self.class_counts = self.real_counts + np.bincount(self.y_syn, minlength=num_classes)
+
+    def __len__(self):
+        return len(self.base) + len(self.y_syn)
+
+    def __getitem__(self, i):
+        n = len(self.base)
+        if i < n:
+            return self.base[i]
+        j = i - n
+        return {self.key: torch.from_numpy(self.x_syn[j]), "label": int(self.y_syn[j]), "index": i, "valid": True}
+
+    def info(self) -> dict:
+        """What was sampled: counts per class, which classes borrowed (and from whom), shrinkage, kappa."""
+        d = self.distributions
+        return {
+            "real_counts": self.real_counts.tolist(),
+            "synthetic_counts": np.bincount(self.y_syn, minlength=len(d)).tolist(),
+            "borrowed": {c: list(v.borrowed_from) for c, v in enumerate(d) if v is not None and v.borrowed_from},
+            "shrinkage": {c: v.shrinkage for c, v in enumerate(d) if v is not None and v.shrinkage is not None},
+            "kappa": {c: v.kappa for c, v in enumerate(d) if v is not None and v.kappa is not None},
+        }

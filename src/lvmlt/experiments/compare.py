@@ -1,17 +1,22 @@
-"""Side-by-side comparison of the other systems on one dataset, over seeds.
+"""``lvmlt compare``: the other systems side by side on one dataset, over seeds.
 
-    python -m lvmlt.methods.compare --dataset elpv --store runs/features/elpv-mobilesam256-levels
-    python -m lvmlt.methods.compare --dataset fashion-mnist-lt --store runs/features/fashion-mnist-lt-mobilesam256 \
+    lvmlt compare --dataset elpv --store runs/features/elpv-mobilesam256-levels
+    lvmlt compare --dataset fashion-mnist-lt --store runs/features/fashion-mnist-lt-mobilesam256 \
         --systems probe,synthetic
 
-Systems (``--systems``, comma-separated groups):
+Every system is a table of config overrides (:data:`SYSTEMS`, like ``lvmlt ablate``'s
+variants) and every (system, seed) an ordinary trainer run under ``--runs-dir``, read when
+it has finished and trained (or resumed) otherwise (:func:`lvmlt.experiments.ablate.run_result`).
+Groups (``--systems``, comma-separated):
 
 - ``probe``: linear probe on v_SAM (CE, and LA-CE);
-- ``synthetic``: synthetic latent features + linear classifier (Gaussian, and vMF);
-- ``scilt``: SciLT multi-level fusion on stored levels (and two ablations);
+- ``synthetic``: synthetic latent features + the same probe (Gaussian, and vMF);
+- ``scilt``: SciLT multi-level fusion on stored levels (and two ablations, one variant);
 - ``ifl``: the GLT protocol (ELPV only): the CNN baseline with balanced softmax, without and
-  with IFL, trained with the ``lvmlt train`` trainer and tested on Test-CBL and Test-GBL.
+  with IFL, tested on Test-CBL and Test-GBL.
 
+The feature systems read ``--store`` (``fusion.store``). ``key=value`` overrides apply to
+every run and win over a system's recipe (e.g. ``optim.epochs=5`` for a quick look).
 Writes ``OUT/<dataset>.md`` (tables of mean ± std over the seeds, the exact command, the
 feature store's provenance and notes) and ``OUT/<dataset>.csv`` (one row per system and
 seed), and adds the SAM-fusion method's rows when a results file for the dataset exists
@@ -20,121 +25,125 @@ under ``benchmarks/results/`` (outside OUT).
 
 from __future__ import annotations
 
-import argparse
 import csv
-import dataclasses
 import json
+import re
 import shlex
-import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from lvmlt.errors import UserError
 
-GROUPS = ("probe", "synthetic", "scilt", "ifl")
 COLUMNS = ("many", "medium", "few", "top1", "mean_class_acc", "macro_f1")
 DEFAULT_OUT = "benchmarks/results/other-systems"
 DEFAULT_RUNS = "runs/other-systems"
+
+# The recipes (every value [ours] where the papers are silent; docs/methods-other.md).
+# The probe: AdamW, cosine schedule; the recipe's 30 epochs at lr 1e-3 underfit unit
+# vectors (ELPV validation), hence 100 at 1e-2.
+PROBE = {
+    "fusion.sam_only": True,
+    "fusion.sam_norm": "cl2n",
+    "optim.name": "adamw",
+    "optim.lr": 0.01,
+    "optim.weight_decay": 0.0001,
+    "optim.epochs": 100,
+    "optim.schedule": "cosine",
+    "optim.warmup_epochs": 0,
+    "data.batch_size": 512,
+    "loss.name": "ce",
+}
+SCILT = {
+    "scilt.enabled": True,
+    "loss.name": "logit_adjusted",
+    "loss.tau": 1.0,
+    "optim.name": "sgd",
+    "optim.lr": 0.01,
+    "optim.momentum": 0.9,
+    "optim.weight_decay": 0.0005,
+    "optim.epochs": 20,
+    "optim.schedule": "cosine",
+    "optim.warmup_epochs": 0,
+    "data.batch_size": 128,
+}
+
+#: group -> {row name: overrides}; the rows of the tables, in order.
+SYSTEMS: dict[str, dict[str, dict]] = {
+    "probe": {
+        "linear probe, v_SAM (CE)": PROBE,
+        "linear probe, v_SAM (LA-CE)": {**PROBE, "loss.name": "logit_adjusted", "loss.tau": 1.0},
+    },
+    "synthetic": {
+        "synthetic latent features, Gaussian [ours recipe]": {
+            **PROBE, "synthetic.enabled": True, "synthetic.distribution": "gaussian"
+        },
+        "synthetic latent features, vMF [ours recipe]": {
+            **PROBE, "synthetic.enabled": True, "synthetic.distribution": "vmf"
+        },
+    },
+    "scilt": {
+        "SciLT fusion stage3+stage4, gate, dual sup. [ours design]": SCILT,
+        "SciLT ablation: final stage only (stage4)": {**SCILT, "scilt.levels": ["stage4"]},
+        "SciLT ablation: fixed 0.5 average": {**SCILT, "scilt.gate": "fixed"},
+        "SciLT variant: stage3 + v_SAM (dim 256)": {**SCILT, "scilt.levels": ["stage3", "vec"], "scilt.dim": 256},
+    },
+}
+GROUPS = (*SYSTEMS, "ifl")
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def system_config(base, overrides: dict, user_keys: set[str], **fixed):
+    """``base`` with a system's overrides, except the keys the user set, and ``fixed``."""
+    from lvmlt.config import replace
+
+    return replace(base, **{k: v for k, v in overrides.items() if k not in user_keys}, **fixed)
+
+
+def _run_seconds(run_dir: Path) -> float:
+    """Wall time of a run's epochs (training and validation), from its history."""
+    from lvmlt import rundir
+
+    return float(sum(json.loads(line)["seconds"] for line in (run_dir / rundir.HISTORY).read_text().splitlines()))
+
+
+def _cost(metrics: dict, seconds: list[float], encoder: str) -> dict:
+    return {"params": metrics.get("trainable_params"), "seconds": float(np.mean(seconds)), "encoder": encoder}
 
 
 # ----------------------------------------------------------------------------- feature systems
 
 
-def feature_systems(cfg, groups: list[str]) -> list[tuple[str, list[str], Callable]]:
-    """(row name, stored levels it reads, fit(levels, labels, C, meta, seed) -> MethodResult)."""
-    from lvmlt.methods.scilt import fit_scilt
-    from lvmlt.methods.synthetic import fit_linear_probe, fit_synthetic
+def run_feature_systems(
+    base, bundle, groups, seeds, runs_dir: Path, user_keys: set[str] = frozenset(), progress=False, log=print
+) -> tuple[dict, dict]:
+    """Every row of ``groups`` for every seed, read or trained; ({row: [test metrics]}, {row: cost})."""
+    from lvmlt.experiments.ablate import run_result
+    from lvmlt.training.trainer import run_dir_for
 
-    syn, sc, ev = cfg.synthetic, cfg.scilt, cfg.eval
-
-    def vec(f):
-        return lambda lv, lab, k, meta, seed: f({s: lv[s]["vec"] for s in lv}, lab, k, meta, seed)
-
-    rows = []
-    if "probe" in groups:
-        rows.append(
-            (
-                "linear probe, v_SAM (CE)",
-                ["vec"],
-                vec(lambda x, y, k, m, s: fit_linear_probe(x, y, k, m, syn, s, ev=ev)),
-            )
-        )
-        rows.append(
-            (
-                "linear probe, v_SAM (LA-CE)",
-                ["vec"],
-                vec(lambda x, y, k, m, s: fit_linear_probe(x, y, k, m, syn, s, logit_adjusted=True, ev=ev)),
-            )
-        )
-    if "synthetic" in groups:
-        g = dataclasses.replace(syn, distribution="gaussian")
-        v = dataclasses.replace(syn, distribution="vmf")
-        rows.append(
-            (
-                "synthetic latent features, Gaussian [ours recipe]",
-                ["vec"],
-                vec(lambda x, y, k, m, s: fit_synthetic(x, y, k, m, g, s, ev=ev)),
-            )
-        )
-        rows.append(
-            (
-                "synthetic latent features, vMF [ours recipe]",
-                ["vec"],
-                vec(lambda x, y, k, m, s: fit_synthetic(x, y, k, m, v, s, ev=ev)),
-            )
-        )
-    if "scilt" in groups:
-        variants = [
-            (f"SciLT fusion {'+'.join(sc.levels)}, gate, dual sup. [ours design]", sc),
-            ("SciLT ablation: final stage only (stage4)", dataclasses.replace(sc, levels=("stage4",))),
-            ("SciLT ablation: fixed 0.5 average", dataclasses.replace(sc, gate="fixed")),
-            (
-                "SciLT variant: stage3 + v_SAM (dim 256)",
-                dataclasses.replace(sc, levels=("stage3", "vec"), dim=256),
-            ),
-        ]
-        for name, c in variants:
-            rows.append(
-                (
-                    name,
-                    list(c.levels),
-                    lambda lv, lab, k, m, s, c=c, name=name: fit_scilt(lv, lab, k, m, c, s, name, ev),
-                )
-            )
-    return rows
-
-
-def run_feature_systems(cfg, bundle, store, groups, seeds, log=print) -> tuple[dict, dict]:
-    """Fit every feature system for every seed; returns ({row: [test metrics]}, {row: cost})."""
-    from lvmlt.methods.common import load_levels, usable_labels
-
-    rows = feature_systems(cfg, groups)
-    needed = sorted({lv for _, lvs, _ in rows for lv in lvs})
-    levels = load_levels(store, bundle, needed)
-    labels = usable_labels(store, bundle)
     results: dict[str, list[dict]] = {}
     cost: dict[str, dict] = {}
-    for name, _, fit in rows:
-        results[name], secs = [], []
-        for s in seeds:
-            r = fit(levels, labels, bundle.num_classes, bundle.meta, s)
-            results[name].append(
-                r.test
-                | {"val_mean_class_acc": r.val["mean_class_acc"], "best_epoch": r.best_epoch, "seed": s}
-            )
-            secs.append(r.seconds)
-            params = r.trainable_params
-            log(
-                f"{name} seed {s}: test top1 {r.test['top1']:.2f}, mean class {r.test['mean_class_acc']:.2f} ({r.seconds:.1f} s)"
-            )
-        cost[name] = {
-            "params": params,
-            "seconds": float(np.mean(secs)),
-            "encoder": "frozen (stored features)",
-        }
+    for g in groups:
+        for name, over in SYSTEMS[g].items():
+            results[name], secs = [], []
+            for s in seeds:
+                cfg = system_config(
+                    base, over, user_keys, seed=s, out_dir=str(runs_dir), run_name=f"{bundle.name}-{_slug(name)}-seed{s}"
+                )
+                m = run_result(cfg, progress, bundle=bundle)
+                sec = _run_seconds(run_dir_for(cfg))
+                results[name].append(
+                    m["test"] | {"val_mean_class_acc": m["val"]["mean_class_acc"], "best_epoch": m["best_epoch"], "seed": s}
+                )
+                secs.append(sec)
+                log(
+                    f"{name} seed {s}: test top1 {m['test']['top1']:.2f}, mean class "
+                    f"{m['test']['mean_class_acc']:.2f} ({sec:.1f} s)"
+                )
+            cost[name] = _cost(m, secs, "frozen (stored features)")
     return results, cost
 
 
@@ -164,14 +173,26 @@ def _evaluate_checkpoint(run_cfg, ckpt: Path, glt: dict) -> dict:
     return out
 
 
-def run_ifl_glt(
-    cfg, seeds, runs_dir: Path, epochs: int, progress: bool = False, log=print
-) -> tuple[dict, dict]:
+def ifl_variants(backbone: str) -> dict[str, tuple[str, dict]]:
+    """Row name -> (run tag, overrides); the IFL settings of the base config apply when enabled."""
+    return {
+        f"CNN {backbone} + balanced softmax": ("base", {"ifl.enabled": False}),
+        f"CNN {backbone} + balanced softmax + IFL": ("ifl", {"ifl.enabled": True}),
+        f"CNN {backbone} + balanced softmax + IFL, centre loss only (ifl.env2_cls=false)": (
+            "ifl-center",
+            {"ifl.enabled": True, "ifl.env2_cls": False},
+        ),
+    }
+
+
+def run_ifl_glt(cfg, seeds, runs_dir: Path, epochs: int, progress: bool = False, log=print) -> tuple[dict, dict]:
     """CNN baseline (balanced softmax) with and without IFL on ELPV-GLT.
 
-    Every run is an ordinary trainer run under ``runs_dir`` (finished ones are reused) on
-    the GLT training split, its epoch selected on the GLT validation split. Both that
-    checkpoint ("best") and the last epoch's ("last", no selection at all) are tested.
+    Every run is an ordinary trainer run under ``runs_dir`` (read or trained by
+    :func:`~lvmlt.experiments.ablate.run_result`) on the GLT training split, its epoch
+    selected on the GLT validation split. Both that checkpoint ("best") and the last
+    epoch's ("last", no selection at all) are tested on Test-CBL and Test-GBL (kept in the
+    run's ``glt_metrics.json``).
 
     Returns:
         ``({"best"|"last": {"cbl"|"gbl": {row: [metrics per seed]}}}, {row: cost})``.
@@ -180,28 +201,15 @@ def run_ifl_glt(
     from lvmlt.config import replace
     from lvmlt.data import build_data
     from lvmlt.data.glt import elpv_glt_bundles
-    from lvmlt.methods.common import count_trainable
-    from lvmlt.models.classifier import build_model
-    from lvmlt.training.trainer import Trainer, run_dir_for
+    from lvmlt.experiments.ablate import run_result
+    from lvmlt.training.trainer import run_dir_for
 
     if cfg.data.name != "elpv":
-        raise UserError(
-            "the GLT protocol is built for ELPV only", fix="run --systems ifl with --dataset elpv"
-        )
+        raise UserError("the GLT protocol is built for ELPV only", fix="run --systems ifl with --dataset elpv")
     glt = elpv_glt_bundles(build_data(cfg.data))
-    bb = cfg.model.backbone
-    # name -> (run tag, overrides); the IFL settings of cfg (e.g. its schedule) apply when enabled.
-    variants = {
-        f"CNN {bb} + balanced softmax": ("base", {"ifl.enabled": False}),
-        f"CNN {bb} + balanced softmax + IFL": ("ifl", {"ifl.enabled": True}),
-        f"CNN {bb} + balanced softmax + IFL, centre loss only (ifl.env2_cls=false)": (
-            "ifl-center",
-            {"ifl.enabled": True, "ifl.env2_cls": False},
-        ),
-    }
     tables: dict = {c: {"cbl": {}, "gbl": {}} for c in ("best", "last")}
     cost = {}
-    for name, (tag, over) in variants.items():
+    for name, (tag, over) in ifl_variants(cfg.model.backbone).items():
         secs = []
         for c in tables.values():
             c["cbl"][name], c["gbl"][name] = [], []
@@ -214,35 +222,26 @@ def run_ifl_glt(
                 out_dir=str(runs_dir),
                 run_name=f"elpv-glt-{tag}-seed{s}",
             )
+            m = run_result(run_cfg, progress, bundle=glt["gbl"])
             rd = run_dir_for(run_cfg)
             done = rd / "glt_metrics.json"
             rec = json.loads(done.read_text()) if done.exists() else {}
-            if "seconds" not in rec:
-                t0 = time.time()
-                last = (rd / rundir.LAST).exists()
-                Trainer(run_cfg, resume=last, progress=progress, bundle=glt["gbl"]).fit()
-                rec = {"seconds": time.time() - t0}
             if "last" not in rec:
-                rec["params"] = count_trainable(build_model(run_cfg, glt["gbl"].num_classes))
-                rec["best_epoch"] = rundir.read_metrics(rd)["best_epoch"]
                 for c, ckpt in (("best", rundir.BEST), ("last", rundir.LAST)):
                     rec[c] = _evaluate_checkpoint(run_cfg, rd / ckpt, glt)
-                done.write_text(json.dumps(rec))
+                rundir.atomic_write_json(done, rec)
+            seconds = _run_seconds(rd)
             for c, tab in tables.items():
                 for k in ("cbl", "gbl"):
-                    epoch = rec["best_epoch"] if c == "best" else epochs - 1  # the checkpoint tested
+                    epoch = m["best_epoch"] if c == "best" else epochs - 1  # the checkpoint tested
                     tab[k][name].append(rec[c][k] | {"seed": s, "best_epoch": epoch})
-            secs.append(rec["seconds"])
+            secs.append(seconds)
             b = rec["best"]
             log(
                 f"{name} seed {s}: Test-CBL {b['cbl']['top1']:.2f}, Test-GBL {b['gbl']['top1']:.2f} "
-                f"(epoch {rec['best_epoch']} on val; {rec['seconds']:.0f} s)"
+                f"(epoch {m['best_epoch']} on val; {seconds:.0f} s)"
             )
-        cost[name] = {
-            "params": rec["params"],
-            "seconds": float(np.mean(secs)),
-            "encoder": "none (CNN trained on images)",
-        }
+        cost[name] = _cost(m, secs, "none (CNN trained on images)")
     return tables, cost
 
 
@@ -290,7 +289,8 @@ def _cost_table(cost: dict) -> str:
         "| --- | ---: | ---: | --- |",
     ]
     for name, c in cost.items():
-        lines.append(f"| {name} | {c['params']:,} | {c['seconds']:.1f} | {c['encoder']} |")
+        params = "?" if c.get("params") is None else f"{c['params']:,}"
+        lines.append(f"| {name} | {params} | {c['seconds']:.1f} | {c['encoder']} |")
     return "\n".join(lines) + "\n"
 
 
@@ -398,8 +398,9 @@ def write_report(
         "Notes: the synthetic-feature recipe, the SciLT design and the IFL deviations are ours where the "
         "papers are silent (see docs/methods-other.md); every epoch and checkpoint is selected on the "
         "validation split, never on a test set. Seconds are wall time per fit on a shared 2-core CPU "
-        "(torch threads = 1): for the feature-based systems fitting only (the feature extraction is a "
-        "one-off cost they share), for the CNN runs the whole training. IFL adds no trainable parameter "
+        "(torch threads = 1), the run's epochs (training and validation) from its history: for the "
+        "feature-based systems on stored features (the feature extraction is a one-off cost they share), "
+        "for the CNN runs on images. IFL adds no trainable parameter "
         "(its class centres are buffers with their own update)."
     )
     text = "\n\n".join(md) + "\n"
@@ -434,35 +435,35 @@ def run_comparison(
     """The comparison as a function (the CLI's body); returns the markdown written."""
     from lvmlt.config import load_config
     from lvmlt.data import build_data
+    from lvmlt.evaluation.metrics import thresholds
 
     systems = systems or (list(GROUPS) if dataset == "elpv" else ["probe", "synthetic"])
     unknown = [s for s in systems if s not in GROUPS]
     if unknown:
         raise UserError(f"unknown system group(s) {unknown}", fix=f"choose from: {', '.join(GROUPS)}")
-    cfg = load_config(config, [f"data.name={dataset}", *(overrides or [])])
+    overrides = list(overrides or [])
+    user_keys = {o.split("=", 1)[0].strip() for o in overrides}
+    cfg = load_config(config, [f"data.name={dataset}", *overrides])
     bundle = build_data(cfg.data)
     standard, cost, provenance = {}, {}, None
     feat_groups = [g for g in systems if g != "ifl"]
     if feat_groups:
         if not store:
             raise UserError(
-                "the feature-based systems need a feature store",
-                fix="pass --store DIR (made by lvmlt extract)",
+                "the feature-based systems need a feature store", fix="pass --store DIR (made by lvmlt extract)"
             )
+        from lvmlt.config import replace
         from lvmlt.features import FeatureStore
 
-        fs = FeatureStore.open(store)
-        provenance = fs.manifest["provenance"]
-        standard, cost = run_feature_systems(cfg, bundle, fs, feat_groups, seeds, log)
+        provenance = FeatureStore.open(store).manifest["provenance"]
+        feat = replace(cfg, **{"fusion.store": str(store)})
+        standard, cost = run_feature_systems(feat, bundle, feat_groups, seeds, Path(runs_dir), user_keys, progress, log)
     glt = None
     if "ifl" in systems:
         glt, c = run_ifl_glt(cfg, seeds, Path(runs_dir), ifl_epochs, progress, log)
         cost = cost | c
     out_dir = Path(out)
     sam_rows, sam_files = find_sam_fusion_results(dataset, Path("benchmarks/results"), out_dir.resolve())
-    from lvmlt.evaluation.metrics import thresholds
-
-    many, few = thresholds(bundle.meta, cfg.eval)
     return write_report(
         out_dir,
         dataset,
@@ -474,74 +475,74 @@ def run_comparison(
         sam_rows,
         sam_files,
         provenance,
-        (many, few),
+        thresholds(bundle.meta, cfg.eval),
         extraction_note,
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m lvmlt.methods.compare",
+def add_parsers(sub) -> None:
+    """The ``compare`` subcommand (a module of :data:`lvmlt.cli.COMMAND_MODULES`)."""
+    p = sub.add_parser(
+        "compare",
+        help="the other systems side by side over seeds (probe, synthetic features, SciLT, IFL)",
         description="Compare the other systems (linear probe, synthetic latent features, SciLT fusion, IFL) "
-        "on one dataset over seeds; writes markdown + CSV tables.",
+        "on one dataset over seeds, each an ordinary run; writes markdown + CSV tables.",
     )
-    p.add_argument(
-        "--dataset", required=True, help="a built-in dataset (elpv, fashion-mnist-lt, mnist-lt, ...)"
-    )
-    p.add_argument(
-        "--store", help="feature store made by `lvmlt extract` for this dataset (levels for SciLT)"
-    )
+    p.add_argument("--dataset", required=True, help="a built-in dataset (elpv, fashion-mnist-lt, mnist-lt, ...)")
+    p.add_argument("--store", help="feature store made by `lvmlt extract` for this dataset (levels for SciLT)")
     p.add_argument(
         "--systems",
-        help=f"comma-separated groups from {', '.join(GROUPS)} "
-        "(default: all for elpv, probe,synthetic otherwise)",
+        help=f"comma-separated groups from {', '.join(GROUPS)} (default: all for elpv, probe,synthetic otherwise)",
     )
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--config", help="base YAML config (data, model and optim sections for the IFL CNN runs)")
     p.add_argument("--out", default=DEFAULT_OUT, help="folder for <dataset>.md and .csv")
-    p.add_argument("--runs-dir", default=DEFAULT_RUNS, help="folder for the IFL training runs")
+    p.add_argument("--runs-dir", default=DEFAULT_RUNS, help="folder for the runs (finished ones are reused)")
     p.add_argument("--ifl-epochs", type=int, default=10, help="epochs of the GLT CNN runs")
-    p.add_argument(
-        "--note", default="", help="a sentence added after the store's provenance (e.g. its extraction time)"
-    )
+    p.add_argument("--note", default="", help="a sentence added after the store's provenance (e.g. its extraction time)")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
-    p.add_argument("--progress", action="store_true", help="progress bars for the IFL runs")
-    p.add_argument(
-        "overrides", nargs="*", help="key=value config overrides (synthetic.*, scilt.*, ifl.*, optim.*)"
-    )
-    return p
+    p.add_argument("--progress", action="store_true", help="progress bars of the runs")
+    p.add_argument("overrides", nargs="*", help="key=value overrides of every run (win over the recipes)")
+    p.set_defaults(func=cmd_compare)
 
 
-def main(argv: list[str] | None = None) -> int:
+def command_line(args) -> str:
+    """The command that reproduces ``args``, written into the report."""
+    parts = ["lvmlt", "compare", "--dataset", args.dataset]
+    for flag, value, default in (
+        ("--store", args.store, None),
+        ("--systems", args.systems, None),
+        ("--seeds", args.seeds, "0,1,2"),
+        ("--config", args.config, None),
+        ("--out", args.out, DEFAULT_OUT),
+        ("--runs-dir", args.runs_dir, DEFAULT_RUNS),
+        ("--ifl-epochs", args.ifl_epochs, 10),
+        ("--note", args.note, ""),
+    ):
+        if value != default:
+            parts += [flag, str(value)]
+    return " ".join(shlex.quote(a) for a in [*parts, *(args.overrides or [])])
+
+
+def cmd_compare(args) -> int:
     import torch
 
-    args = build_parser().parse_args(argv)
     torch.set_num_threads(args.threads)
-    command = "python -m lvmlt.methods.compare " + " ".join(
-        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
+    command = command_line(args)
+    seeds = tuple(int(s) for s in args.seeds.split(","))
+    md = run_comparison(
+        args.dataset,
+        args.store,
+        seeds,
+        args.systems.split(",") if args.systems else None,
+        args.config,
+        args.overrides,
+        args.out,
+        args.runs_dir,
+        args.ifl_epochs,
+        command,
+        args.note,
+        args.progress,
     )
-    try:
-        seeds = tuple(int(s) for s in args.seeds.split(","))
-        md = run_comparison(
-            args.dataset,
-            args.store,
-            seeds,
-            args.systems.split(",") if args.systems else None,
-            args.config,
-            args.overrides,
-            args.out,
-            args.runs_dir,
-            args.ifl_epochs,
-            command,
-            args.note,
-            args.progress,
-        )
-    except UserError as e:
-        print(f"lvmlt: error: {e}", file=sys.stderr)
-        return 2
     print(md)
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

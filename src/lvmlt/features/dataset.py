@@ -1,0 +1,191 @@
+"""Datasets over the feature store: what a model on stored features is trained on.
+
+A model says what it reads in ``model.needs`` (``image``, ``sam_vec``, ``sam_map``,
+``level/<name>`` for a pooled earlier stage stored with ``levels=[...]``) and, optionally,
+how a stored vector is normalised in ``model.feature_norms`` (``{key: cl2n | l2 |
+standardize | raw}``, the map fitted on the training split). :func:`attach_features`
+wraps the bundle's three splits into :class:`FeatureDataset` s that add those keys to
+each item; a model without ``image`` never decodes an image.
+
+The synthetic tail features (:mod:`lvmlt.features.synthetic`) are one more wrapper of the
+training split.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from lvmlt.errors import UserError
+
+NORMS = ("cl2n", "l2", "standardize", "raw")
+LEVEL = "level/"  # batch key prefix of a pooled stage: "level/stage3"
+
+
+class FeatureNorm:
+    """A fixed map of feature vectors, fitted on the training split.
+
+    ``cl2n``: subtract the training mean, then L2-normalise (pooled SAM vectors share a large
+    common component, so plain L2 leaves every image in a narrow cap of the sphere);
+    ``l2``: L2-normalise; ``standardize``: per-dimension z-score; ``raw``: unchanged.
+    """
+
+    def __init__(self, kind: str = "cl2n"):
+        if kind not in NORMS:
+            raise UserError(f"unknown feature normalisation {kind!r}", fix=f"choose one of: {', '.join(NORMS)}")
+        self.kind = kind
+        self.mean: np.ndarray | None = None
+        self.std: np.ndarray | None = None
+
+    @property
+    def on_sphere(self) -> bool:
+        """True when the outputs are unit vectors."""
+        return self.kind in ("cl2n", "l2")
+
+    def fit(self, x: np.ndarray) -> FeatureNorm:
+        x = np.asarray(x, dtype=np.float64)
+        self.mean = x.mean(axis=0)
+        self.std = x.std(axis=0) + 1e-6
+        return self
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float64)
+        if self.kind in ("cl2n", "standardize") and self.mean is None:
+            raise RuntimeError("FeatureNorm.fit() must be called before use")
+        if self.kind == "cl2n":
+            x = x - self.mean
+        elif self.kind == "standardize":
+            x = (x - self.mean) / self.std
+        if self.on_sphere:
+            x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+        return x.astype(np.float32)
+
+
+def level_hint(store_root, levels: Sequence[str]) -> str:
+    """How to (re-)extract a store with the given pooled levels, as one command line."""
+    wanted = ",".join(lv for lv in levels if lv != "vec") or "stage3,stage4"
+    return (
+        "re-extract with the levels, e.g. `lvmlt extract --dataset elpv --encoder mobilesam --img-size 256 "
+        f"--out NEW_DIR 'levels=[{wanted}]'` (lvmlt extract has no --levels flag: levels is a key=value setting)"
+        f"; the store checked was {store_root}"
+    )
+
+
+def stored(split, key: str, store_root, wanted: Sequence[str] = ()) -> np.ndarray:
+    """The stored array of ``key`` (``sam_vec``, ``sam_map`` or ``level/<name>``) of one split.
+
+    Raises:
+        UserError: the store lacks the pooled level (with the command that stores it).
+    """
+    if key == "sam_vec":
+        return split.vec
+    if key == "sam_map":
+        return split.map
+    name = key[len(LEVEL) :]
+    have = split.levels
+    if not key.startswith(LEVEL) or name not in have:
+        listed = ", ".join(sorted(have)) or "none"
+        raise UserError(
+            f"feature store {str(store_root)!r} has no pooled level {name!r} (stored levels: {listed})",
+            fix=level_hint(store_root, [k[len(LEVEL) :] if k.startswith(LEVEL) else "vec" for k in wanted] or [name]),
+        )
+    return have[name]
+
+
+def feature_dims(store) -> dict[str, int]:
+    """Width of every stored vector (``sam_vec``, ``level/<name>``), read from the training
+    split's array headers; ``{}`` without a store."""
+    if store is None:
+        return {}
+    train = store.split("train")
+    dims = {"sam_vec": int(train.vec.shape[1])} if "vec" in train.files else {}
+    return dims | {LEVEL + k: int(v.shape[1]) for k, v in train.levels.items()}
+
+
+class FeatureDataset(torch.utils.data.Dataset):
+    """One split with its stored features: item i is the split's item (or, without
+    ``image``, only its label) plus a float32 tensor per feature key.
+
+    Args:
+        split: the :class:`~lvmlt.data.ImageSplit`.
+        arrays: ``{key: N x ...}``; normalised vectors are held in memory, maps stay
+            memory-mapped.
+        needs: what the model reads (``image`` decodes the image).
+        bad: rows the extraction skipped (their features are zeros): scored as skipped
+            images (label -1) when the image is not decoded.
+    """
+
+    def __init__(self, split, arrays: dict[str, np.ndarray], needs: set[str], bad: Sequence[int] = ()):
+        self.split, self.arrays, self.needs = split, arrays, set(needs)
+        self.bad = frozenset(int(i) for i in bad)
+        self.labels = np.asarray(split.labels)
+
+    def __len__(self):
+        return len(self.split)
+
+    def __getitem__(self, i):
+        if "image" in self.needs:
+            item = self.split[i]
+        else:  # a model on stored features only: don't decode the image at all
+            item = {"label": int(self.labels[i]), "index": i, "valid": i not in self.bad}
+        for k, a in self.arrays.items():
+            item[k] = torch.from_numpy(np.asarray(a[i], dtype=np.float32))
+        return item
+
+
+def attach_features(bundle, store, model) -> dict:
+    """The three splits of ``bundle``, wrapped with the stored features ``model.needs``.
+
+    Vectors named in ``model.feature_norms`` are normalised by a map fitted on the
+    training split. ``store`` is an open :class:`~lvmlt.features.FeatureStore` (checked
+    against the bundle here); it may be None when the model needs images only.
+
+    Raises:
+        UserError: features are needed but there is no store, or it does not match.
+    """
+    splits = bundle.splits()
+    keys = sorted(model.needs - {"image"})
+    if not keys:
+        return splits
+    if store is None:
+        raise UserError(
+            "the SAM fusion, sam_only and stored-feature options need a feature store",
+            fix="run `lvmlt extract` and set fusion.store=DIR",
+        )
+    store.check(bundle)
+    norms = dict(getattr(model, "feature_norms", {}) or {})
+    raw = {name: {k: stored(store.split(name), k, store.root, keys) for k in keys} for name in splits}
+    fitted = {k: FeatureNorm(kind).fit(raw["train"][k]) for k, kind in norms.items() if k in keys}
+    out = {}
+    for name, split in splits.items():
+        arrays = {}
+        for k in keys:
+            a = raw[name][k]
+            arrays[k] = fitted[k](a) if k in fitted else (a if k == "sam_map" else np.asarray(a, dtype=np.float32))
+        out[name] = FeatureDataset(split, arrays, model.needs, sorted(store.split(name).bad))
+    return out
+
+
+def build_splits(cfg, bundle, store, model) -> dict:
+    """The run's three datasets: :func:`attach_features`, and with ``synthetic.enabled``
+    the training split topped up with synthetic features (:class:`~lvmlt.features.synthetic.SyntheticTopUp`).
+
+    Raises:
+        UserError: synthetic features asked for without stored vectors to sample from.
+    """
+    splits = attach_features(bundle, store, model)
+    syn = cfg.synthetic
+    if syn.enabled:
+        from lvmlt.features.synthetic import SyntheticTopUp
+
+        train = splits["train"]
+        if not isinstance(train, FeatureDataset) or "image" in train.needs or "sam_vec" not in train.arrays:
+            raise UserError(
+                "synthetic.enabled needs a model on stored v_SAM vectors",
+                fix="set fusion.sam_only=true and fusion.store=DIR (the linear probe)",
+            )
+        on_sphere = model.feature_norms.get("sam_vec") in ("cl2n", "l2")
+        splits["train"] = SyntheticTopUp(splits["train"], bundle.num_classes, syn, cfg.seed, on_sphere)
+    return splits

@@ -1,0 +1,44 @@
+"""SciLT's dual supervision as a loss term: the per-level heads' losses, weighted by beta.
+
+With the baseline term on the fused head's logits the objective is SciLT's
+``L = L_lt(h_fuse) + beta sum_l L_lt(h_l)`` (:mod:`lvmlt.models.scilt`); ``L_lt`` is the
+run's ``loss.*`` (built once more here, on the same class counts), beta =
+``scilt.aux_weight``. [ours]: SciLT's abstract names "dual supervision" only.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from lvmlt.losses.baseline import BaselineTerm, build_loss
+from lvmlt.losses.terms import TERMS, Term
+
+
+def dual_supervision_loss(out: dict, targets: torch.Tensor, loss_fn: nn.Module, aux_weight: float) -> dict:
+    """``{"fused": L(h_fuse), "levels": sum_l L(h_l), "total": fused + aux_weight * levels}``.
+
+    Args:
+        out: the SciLT model's output (``logits`` of the fused head, ``level_logits``).
+        targets: B class indices (-1 = skipped).
+        loss_fn: ``loss_fn(logits, targets) -> scalar`` (an lvmlt loss: CE, LA-CE, ...).
+        aux_weight: beta, the weight of every per-level head's loss.
+    """
+    fused = loss_fn(out["logits"], targets)
+    levels = sum(loss_fn(z, targets) for z in out["level_logits"])
+    return {"fused": fused, "levels": levels, "total": fused + aux_weight * levels}
+
+
+class LevelHeadsTerm(BaselineTerm):
+    """``sum_l L(h_l)`` over the per-level heads' logits (``out["level_logits"]``), times beta."""
+
+    def forward(self, out: dict, batch: dict) -> dict:
+        return {"scilt_levels": sum(self.loss(z.float(), batch["label"]) for z in out["level_logits"])}
+
+
+@TERMS.register("scilt_levels")
+def build_level_heads_term(cfg, class_counts, model) -> Term | None:
+    """On with ``scilt.enabled`` and ``scilt.aux_weight`` > 0."""
+    if not cfg.scilt.enabled or cfg.scilt.aux_weight <= 0:
+        return None
+    return LevelHeadsTerm(build_loss(cfg.loss, class_counts, cfg.optim.epochs), cfg.scilt.aux_weight)
