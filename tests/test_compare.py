@@ -39,8 +39,8 @@ def test_feature_systems_are_trainer_runs_read_when_finished(tmp_path, monkeypat
         arrays[s] = {"vec": (rng.normal(size=(len(y), 8)) + 4.0 * np.eye(8)[y]).astype(np.float32)}
     bundle = feature_bundle(counts)
     store = write_store(tmp_path / "store", bundle, arrays)
-    user = ["optim.epochs=3", "device=cpu", "optim.precision=fp32", "data.num_workers=0"]
-    base = load_config(None, [*user, f"fusion.store={store}"])
+    user = ["optim.epochs=3", "device=cpu", "data.num_workers=0"]
+    base = load_config(None, [*user, f"fusion.store={store}", "model.dropout=0.5"])
     fits = []
     real = trainer.Trainer.fit
     monkeypatch.setattr(trainer.Trainer, "fit", lambda self: fits.append(self.run_dir.name) or real(self))
@@ -49,6 +49,7 @@ def test_feature_systems_are_trainer_runs_read_when_finished(tmp_path, monkeypat
     assert list(res) == [*SYSTEMS["probe"], *SYSTEMS["synthetic"]] and len(fits) == 4
     saved = (tmp_path / "runs" / "feat-linear-probe-v-sam-la-ce-seed0" / "config.yaml").read_text()
     assert "name: adamw" in saved and "name: logit_adjusted" in saved and "epochs: 3" in saved  # the user's wins
+    assert "dropout: 0.0" in saved and "precision: fp32" in saved  # the recipe, whatever the base config says
     assert all(c["params"] == 8 * 3 + 3 and c["seconds"] >= 0 for c in cost.values())
     assert all(0 <= r[0]["top1"] <= 100 and r[0]["seed"] == 0 for r in res.values())
     again, _ = run_feature_systems(base, bundle, ["probe", "synthetic"], (0,), tmp_path / "runs", keys, log=lambda s: None)
