@@ -30,7 +30,7 @@ for ds in ${DATASETS:-elpv fashion-mnist-lt mnist-lt}; do
   fi
   python benchmarks/convergence.py --dataset $ds --base-epochs $BASE --out "$OUT" > /dev/null
   if [ "$ds" = elpv ]; then
-    CONV=$(grep -o 'improves by less than 1 point at the next budget): \*\*[0-9]*' benchmarks/results/convergence/elpv.md | grep -o '[0-9]*$' || true)
+    CONV=$(grep -o "in CE's validation top-1): \*\*[0-9]*" benchmarks/results/convergence/elpv.md | grep -o '[0-9]*$' || true)
     CONV=${CONV:-$((4 * BASE))}
     VARIANTS="baseline,+SAM features+L_proto (ours)"
     run "$CONV" "-px96" data.image_size=96
