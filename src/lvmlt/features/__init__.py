@@ -4,6 +4,10 @@
 >>> store = FeatureStore.open("features/elpv-ms512")
 >>> store.check(bundle, ExtractConfig(encoder="mobilesam", img_size=512))  # UserError if anything differs
 >>> train = store.split("train"); train.vec[i]  # (256,) float16;  train.map[i]  # (1, 32, 32)
+
+:mod:`lvmlt.features.dataset` turns a store into the datasets a model on stored features is
+trained on (``model.needs``, ``model.feature_norms``); :mod:`lvmlt.features.synthetic` tops
+the training split up with synthetic tail features (``synthetic.enabled``).
 """
 
 from lvmlt.features.config import ExtractConfig

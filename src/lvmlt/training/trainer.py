@@ -26,6 +26,7 @@ from tqdm import tqdm
 from lvmlt import distributed, hardware, rundir
 from lvmlt.config import Config, replace, to_dict, used_sections
 from lvmlt.errors import UserError
+from lvmlt.evaluation.metrics import score
 from lvmlt.losses import build_terms
 from lvmlt.training import runtime
 from lvmlt.training.optim import build_optimizer
@@ -102,13 +103,6 @@ def predict(
         index.append(batch["index"].cpu())
     cat = [torch.cat(x).numpy() for x in (index, logits, labels)]
     return distributed.gather_in_order(*cat)
-
-
-def score(cfg: Config, bundle, logits: np.ndarray, labels: np.ndarray) -> dict:
-    """:func:`lvmlt.evaluation.metrics.score` of a split of ``bundle`` under ``cfg.eval``."""
-    from lvmlt.evaluation.metrics import score as score_split
-
-    return score_split(logits, labels, bundle.train_counts, bundle.meta, cfg.eval)
 
 
 @dataclass
@@ -333,7 +327,7 @@ class Trainer:
             logits, labels = predict(
                 self.model, self.loaders["val"], self.device, self.precision, "val", self.progress, o.channels_last
             )
-            val = score(cfg, self.bundle, logits, labels)
+            val = score(logits, labels, self.bundle.train_counts, self.bundle.meta, cfg.eval)
             # Selection uses the validation split only; balanced accuracy suits long tails.
             val_score = val["mean_class_acc"]
             improved = val_score > self.best
@@ -452,7 +446,7 @@ def final_evaluation(run: Run, run_dir: Path, best_epoch: int, bad_ids: set[str]
             run.model, run.loaders[split], run.device, run.precision, split, progress, cfg.optim.channels_last
         )
         preds[f"{split}_logits"], preds[f"{split}_labels"] = logits, labels
-        out[split] = score(cfg, run.bundle, logits, labels)
+        out[split] = score(logits, labels, run.bundle.train_counts, run.bundle.meta, cfg.eval)
         ids = run.bundle.splits()[split].ids
         bad_ids |= {ids[i] for i in np.flatnonzero(labels < 0)}
     if runtime.is_primary():
