@@ -36,6 +36,7 @@ class LTClassifier(nn.Module):
         self,
         backbone: StagedBackbone | None,
         num_classes: int,
+        *,
         dropout: float = 0.0,
         cosine_head: bool = False,
         map_fusion: MapFusion | None = None,
@@ -142,11 +143,11 @@ def build_model(cfg, num_classes: int, sam_dim: int = 256, feature_dims: dict | 
     return LTClassifier(
         backbone,
         num_classes,
-        m.dropout,
-        m.cosine_head,
-        map_fusion,
-        fu.map_stage,
-        latent,
+        dropout=m.dropout,
+        cosine_head=m.cosine_head,
+        map_fusion=map_fusion,
+        map_stage=fu.map_stage,
+        latent_fusion=latent,
         alpha=fu.alpha,
         sam_dim=sam_dim,
         sam_norm=fu.sam_norm,
@@ -183,7 +184,7 @@ def apply_stage(model: LTClassifier, stage, device=None) -> None:
                 f"stage.init_from: the checkpoint {path} was made by a different model",
                 fix=f"use the same model/fusion settings (mismatched keys: {(missing + unexpected)[:4]})",
             )
-    heads = [model.head] + ([model.latent_fusion.fc] if model.latent_fusion is not None else [])
+    heads = [model.head] + ([model.latent_fusion.classifier] if model.latent_fusion is not None else [])
     if stage.freeze_backbone or stage.lws:
         head_params = {id(p) for h in heads for p in h.parameters()}
         for p in model.parameters():
@@ -191,8 +192,7 @@ def apply_stage(model: LTClassifier, stage, device=None) -> None:
                 p.requires_grad_(False)
         model.frozen = [m for m in (model.backbone, model.map_fusion) if m is not None]
         if model.latent_fusion is not None:
-            lf = model.latent_fusion
-            model.frozen += [lf.proj_cnn, lf.proj_sam, lf.sam_norm, lf.attn, lf.norm]
+            model.frozen += model.latent_fusion.representation()
     if stage.reset_head:
         for h in heads:
             h.reset_parameters()

@@ -74,6 +74,15 @@ class LatentFusion(nn.Module):
         self.fc = nn.Linear(2 * dim, num_classes)
         self.out_dim = 2 * dim
 
+    @property
+    def classifier(self) -> nn.Module:
+        """The layer that maps the fused embedding to z_SAM (a decoupled stage retrains it)."""
+        return self.fc
+
+    def representation(self) -> list[nn.Module]:
+        """The layers that make the fused embedding (frozen by a decoupled stage)."""
+        return [self.proj_cnn, self.proj_sam, self.sam_norm, self.attn, self.norm]
+
     def embed(self, v_cnn: torch.Tensor, v_sam: torch.Tensor) -> torch.Tensor:
         """v_cnn: B x cnn_dim, v_sam: B x sam_dim -> fused embedding B x 2*dim."""
         tokens = torch.stack([self.proj_cnn(v_cnn), self.proj_sam(self.sam_norm(v_sam.to(v_cnn.dtype)))], dim=1)
