@@ -304,3 +304,19 @@ def test_headless_browser_renders_every_figure(report, tmp_path):
     widths = [int(w) for w in re.search(r'data-widths="([\d,]+)"', body).group(1).split(",")]
     want = [Image.open(io.BytesIO(base64.b64decode(s))).size[0] for s in SRC.findall(report["html"])]
     assert widths == want  # each figure decoded at its full size
+
+
+def test_runs_differing_only_in_the_budget_get_a_budget_figure(tmp_path, report):
+    from lvmlt.reporting.figures import budget_families
+    from lvmlt.reporting.runs import group_runs, read_run
+
+    runs = tmp_path / "runs"
+    for e in (1, 2):
+        train(_cfg(runs, f"ce-e{e}-seed0", 0, f"optim.epochs={e}", "optim.warmup_epochs=0"), bundle=toy_bundle(),
+              progress=False)  # fmt: skip
+    dirs = [runs / "ce-e1-seed0", runs / "ce-e2-seed0"]
+    families = budget_families(group_runs([read_run(d) for d in dirs]))
+    assert [(label, sorted(b)) for label, b in families] == [("ce", [1, 2])]
+    result = write_report(dirs, tmp_path / "r.html")
+    assert "budget" in result["figures"]
+    assert "budget" not in report["result"]["figures"]  # one budget per group there: no such figure

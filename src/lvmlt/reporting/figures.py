@@ -236,3 +236,61 @@ def figure_curves(groups: Sequence[RunGroup]) -> Figure | None:
     if handles:
         fig.legend(handles, labels, loc="outside lower center", ncols=min(4, len(handles)), fontsize=8)
     return fig
+
+
+def budget_families(groups: Sequence[RunGroup]) -> list[tuple[str, dict[int, list[RunRecord]]]]:
+    """Groups whose configs differ only in ``optim.epochs``: [(label, {epochs: runs})].
+
+    Only families with at least two budgets are returned (a convergence study).
+    """
+    import json
+    import re
+
+    from lvmlt.config import Config, _build, to_dict, without_retired
+    from lvmlt.errors import UserError
+
+    fam: dict[str, dict[int, list[RunRecord]]] = {}
+    labels: dict[str, str] = {}
+    for g in groups:
+        cfg = g.runs[0].config
+        try:  # with today's defaults filled in, so that runs of older versions still match
+            cfg = to_dict(_build(Config, without_retired(cfg)))
+        except (UserError, TypeError, ValueError):
+            pass
+        cfg = {k: v for k, v in cfg.items() if k not in ("seed", "run_name", "out_dir")}
+        epochs = int(cfg.get("optim", {}).get("epochs", 0))
+        cfg["optim"] = {k: v for k, v in cfg.get("optim", {}).items() if k != "epochs"}
+        key = json.dumps(cfg, sort_keys=True, default=str)
+        fam.setdefault(key, {}).setdefault(epochs, []).extend(g.runs)
+        labels.setdefault(key, re.sub(r"(^|[-_])e\d+(?=[-_]|$)", "", g.label).strip("-_") or g.label)
+    return [(labels[k], v) for k, v in fam.items() if len(v) >= 2]
+
+
+def figure_budget(groups: Sequence[RunGroup]) -> Figure | None:
+    """Validation and test top-1 and mean class accuracy against the epoch budget.
+
+    One line per family of runs that differ only in ``optim.epochs`` (mean over seeds;
+    dashed = validation, solid = test); each budget's checkpoint was chosen on validation.
+    """
+    families = budget_families(groups)
+    if not families:
+        return None
+    fig = Figure(figsize=(10, 3.8), layout="constrained")
+    axes = [fig.add_subplot(1, 2, i + 1) for i in range(2)]
+    for i, (label, by_budget) in enumerate(families):
+        budgets = sorted(by_budget)
+        color = f"C{i % 10}"
+        for ax, metric in zip(axes, ("top1", "mean_class_acc"), strict=True):
+            for split, style in (("val", "o--"), ("test", "s-")):
+                ys = [np.mean([r.metrics[split][metric] for r in by_budget[b]]) for b in budgets]
+                ax.plot(budgets, ys, style, color=color, label=f"{label} ({split})")
+    ticks = sorted({b for _, by_budget in families for b in by_budget})
+    for ax, title in zip(axes, ("top-1", "mean class accuracy"), strict=True):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+        ax.minorticks_off()
+        ax.set_xlabel("epoch budget (optim.epochs)")
+        ax.set_ylabel(f"{title} (%)")
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=7, loc="lower right")
+    return fig

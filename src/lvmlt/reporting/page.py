@@ -33,6 +33,7 @@ import yaml
 
 from lvmlt.errors import UserError
 from lvmlt.reporting.figures import (
+    figure_budget,
     figure_confusion,
     figure_curves,
     figure_per_class,
@@ -219,6 +220,13 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path, title: str | N
                         "Training loss terms (mean over the epoch), validation accuracy and learning rate by "
                         "epoch; one line per run (line style = seed), a star at the epoch chosen on validation."))  # fmt: skip
 
+    fig = figure_budget(groups)
+    if fig is not None:
+        figures.append(("budget", png_base64(fig), "accuracy against the epoch budget",
+                        "Validation (dashed) and test (solid) accuracy against the epoch budget, for runs "
+                        "whose configs differ only in optim.epochs; mean over seeds, each budget's "
+                        "checkpoint chosen on validation."))  # fmt: skip
+
     notes = {r.name: r.notes for r in runs if r.notes}
     stamp = datetime.now().isoformat(timespec="seconds")
     by_id = {f[0]: f for f in figures}
@@ -243,6 +251,7 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path, title: str | N
             "No confusion matrix.",
         ),
         fig_section("curves", "Training curves", ["training_curves"], "No run has history.jsonl."),
+        fig_section("budget", "Epoch budget", ["budget"], "No runs that differ only in optim.epochs."),
         f'<section id="provenance"><h2>Provenance and configs</h2>{md_to_html(tables["provenance"])}'
         + "".join(_run_details(r, g) for g in groups for r in g.runs)
         + "</section>",
@@ -250,7 +259,7 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path, title: str | N
     nav = "".join(
         f'<a href="#{s}">{t}</a>'
         for s, t in [("summary", "Summary"), ("runs", "Runs"), ("per-class", "Per-class"),
-                     ("reliability", "Calibration"), ("confusion", "Confusion"), ("curves", "Curves"),
+                     ("reliability", "Calibration"), ("confusion", "Confusion"), ("curves", "Curves"), ("budget", "Budget"),
                      ("provenance", "Provenance")]
     )  # fmt: skip
     note_html = ""
