@@ -91,6 +91,10 @@ def write(dataset: str, base: int, table: dict, extra: dict, results: Path) -> s
         f"in CE's validation top-1): **{conv if conv else 'not reached'}**"
         + (f" epochs ({conv // base}x)." if conv else "."),
         "",
+        f"Command (resumes, reuses finished runs): `DATASETS={dataset} bash benchmarks/run_convergence.sh`; "
+        f"the figure is `{dataset}.png` here, and `lvmlt report runs/convergence/{dataset}-e*` shows it too "
+        "(section \"Epoch budget\").",
+        "",
         "| system | epochs | val top1 | val mean class | test top1 | test mean class | many | medium | few |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
@@ -127,6 +131,9 @@ def _figure(dataset: str, table: dict, path: Path) -> None:
             ax.plot(e, [runs[k][f"val_{metric}"] for k in e], "o--", color=color, label=f"{label} (val)")
             ax.plot(e, [runs[k][f"test_{metric}"] for k in e], "s-", color=color, label=f"{label} (test)")
         ax.set_xscale("log", base=2)
+        ticks = sorted({e for runs in table.values() for e in runs})
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+        ax.minorticks_off()
         ax.set_xlabel("epoch budget")
         ax.set_ylabel(f"{title} (%)")
         ax.set_title(f"{dataset}: {title}")
