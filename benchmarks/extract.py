@@ -37,7 +37,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine_header, sync  # noqa: E402
 
-from lvmlt import hardware  # noqa: E402
 from lvmlt.data.base import DataBundle, ImageSplit  # noqa: E402
 from lvmlt.encoders import build_encoder, cached_path, load_state_dict  # noqa: E402
 from lvmlt.encoders.base import auto_precision  # noqa: E402
@@ -164,7 +163,7 @@ def main(argv=None) -> int:
     sizes = args.sizes or [native]
     header = machine_header(device)
     rates = header["matmul_gflops"]
-    native_dtypes = {header["auto"]}
+    bf16_native = header["auto"] == "bf16"  # what precision=auto resolves to on this device
     auto = auto_precision(args.encoder, device)  # what extract() uses for this encoder
     print(f"precision=auto for {args.encoder}: {auto}")
     print(f"{args.n} ELPV images (300 x 300 grayscale), {args.encoder}, one image per call, {args.rounds} rounds")
@@ -176,14 +175,14 @@ def main(argv=None) -> int:
     builds: dict[str, float] = {}
     for size in sizes:
         paths[(size, "torch fp32")] = TorchPath(args.encoder, size, "fp32", device)
-        if hardware.resolve_precision("auto", device) != "fp32":  # bf16 is native: try it
+        if bf16_native:  # try the torch bf16 path too
             paths[(size, "torch bf16")] = TorchPath(args.encoder, size, "bf16", device)
         if device.type == "cpu":
             for engine in ("openvino", "onnxruntime"):
                 if eng.engine_version(engine) is None:
                     print(f"  ({engine} not installed: skipped)")
                     continue
-                precisions = ["fp32"] + (["bf16"] if "bf16" in native_dtypes and engine == "openvino" else [])
+                precisions = ["fp32"] + (["bf16"] if bf16_native and engine == "openvino" else [])
                 for prec in precisions:
                     ep = EnginePath(args.encoder, size, engine, prec)
                     paths[(size, f"{engine} {prec}")] = ep

@@ -69,6 +69,22 @@ class ExtractConfig:
             )
 
 
+def extract_precision(cfg: ExtractConfig, device) -> str:
+    """The precision an extraction with ``cfg`` computes in on ``device``.
+
+    ``auto`` is the encoder's choice (float32 for one registered ``bf16_ok=False``, else
+    bfloat16 where it is native); explicit values are checked (fp16 needs CUDA, emulated
+    bf16 warns once).
+    """
+    if cfg.precision == "auto":
+        from lvmlt.encoders.base import auto_precision
+
+        return auto_precision(cfg.encoder, device)
+    from lvmlt.hardware import resolve_precision
+
+    return resolve_precision(cfg.precision, device, "extract precision")
+
+
 # Fields that change stored values: they are compared when a store is checked or resumed.
 PROVENANCE_FIELDS = (
     "encoder",

@@ -42,7 +42,7 @@ from PIL import Image
 
 from lvmlt import __version__, distributed, hardware
 from lvmlt.errors import BadImageError, UserError
-from lvmlt.features.config import ExtractConfig
+from lvmlt.features.config import ExtractConfig, extract_precision
 from lvmlt.features.engines import choose_engine, compile_encoder
 from lvmlt.features.pca import CovarianceAccumulator, PcaBasis, image_pca_map
 from lvmlt.features.store import (
@@ -346,15 +346,8 @@ def extract(
     progress = progress and primary
     root = Path(out_dir)
     device = joined or hardware.pick_device(cfg.device)
-    if cfg.precision == "fp16" and device.type != "cuda":
-        raise UserError("precision=fp16 is for CUDA only", fix="use bf16 or fp32 on the CPU")
     # `auto` becomes what this device runs natively; the store records the resolved value.
-    if cfg.precision == "auto":
-        from lvmlt.encoders.base import auto_precision
-
-        cfg = dataclasses.replace(cfg, precision=auto_precision(cfg.encoder, device))
-    else:
-        cfg = dataclasses.replace(cfg, precision=hardware.resolve_precision(cfg.precision, device, "extract precision"))
+    cfg = dataclasses.replace(cfg, precision=extract_precision(cfg, device))
 
     # Settings -> the provenance this run will record (needs the encoder's weights hash).
     if encoder is None:
@@ -384,11 +377,9 @@ def extract(
         torch.set_num_threads(cfg.threads)
     try:
         run = _Runner(encoder, cfg, device, log)
-        log(
-            f"extracting {encoder.name}@{encoder.img_size} features on {hardware.describe_device(device)}: "
-            f"precision {cfg.precision}, engine {run.engine}"
-        )
-        manifest["engine"] = run.engine_info | {"device": hardware.describe_device(device)}
+        where = hardware.describe_device(device)
+        log(f"extracting {encoder.name}@{encoder.img_size} features on {where}: precision {cfg.precision}, engine {run.engine}")
+        manifest["engine"] = run.engine_info | {"device": where}
         basis = None
         if cfg.pca == "global":
             basis = _global_basis(root, splits["train"], encoder, run, cfg, progress, log)
@@ -480,7 +471,10 @@ def _open_or_create(root, bundle, cfg, encoder, provenance, map_size, resume, ov
                 f"{str(root)!r} holds a feature store made differently: " + "; ".join(problems),
                 fix="choose another --out, or pass --overwrite to replace it",
             )
-        damaged = damaged_files(root, existing) if existing.get("complete") else {}
+        # Sizes and sha256 of every recorded file, read once: decides "nothing to do" for a
+        # complete store and which splits a repair (or a resumed repair) keeps.
+        found = damaged_files(root, existing)
+        damaged = found if existing.get("complete") else {}
         if existing.get("complete") and not damaged:
             log(f"feature store {root} is complete and matches; nothing to do")
             return None
@@ -518,7 +512,7 @@ def _open_or_create(root, bundle, cfg, encoder, provenance, map_size, resume, ov
         "map": {"pca": cfg.pca, "size": [map_size, map_size]},
         "splits": {name: {"n": len(s), "fingerprint": s.fingerprint()} for name, s in splits.items()},
     }
-    intact = _intact_splits(root, existing) if existing is not None else {}
+    intact = _intact_splits(root, existing, found) if existing is not None else {}
     manifest["splits"] |= intact
     write_manifest(root, manifest)
     pending = {
@@ -532,11 +526,11 @@ def _open_or_create(root, bundle, cfg, encoder, provenance, map_size, resume, ov
     return manifest, pending
 
 
-def _intact_splits(root: Path, existing: dict) -> dict:
+def _intact_splits(root: Path, existing: dict, damaged: dict[str, str]) -> dict:
     """The manifest entries of the splits whose arrays a repair keeps (assembled, recorded,
-    and every file's size and sha256 as recorded). A damaged PCA basis keeps none: the
-    maps of every split were projected on it."""
-    damaged = damaged_files(root, existing)
+    and every file's size and sha256 as recorded: not in ``damaged``, what
+    :func:`damaged_files` found). A damaged PCA basis keeps none: the maps of every split
+    were projected on it."""
     if PCA_FILE in damaged:
         (root / PCA_FILE).unlink(missing_ok=True)
         return {}

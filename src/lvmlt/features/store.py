@@ -26,7 +26,7 @@ import torch
 
 from lvmlt import rundir
 from lvmlt.errors import UserError
-from lvmlt.features.config import PROVENANCE_FIELDS, ExtractConfig
+from lvmlt.features.config import PROVENANCE_FIELDS, ExtractConfig, extract_precision
 from lvmlt.features.pca import PcaBasis
 from lvmlt.rundir import atomic_write, file_sha256, fsync_dir, tmp_name  # noqa: F401 (used by the pipeline)
 
@@ -307,10 +307,10 @@ def expected_provenance(cfg: ExtractConfig, sha256: str | None = None) -> dict:
     p["map_size"] = cfg.map_size or grid
     p["levels"] = list(cfg.levels)
     if cfg.precision == "auto":  # what `auto` means for this encoder on the device this config names
-        from lvmlt.encoders.base import auto_precision
+        from lvmlt.hardware import pick_device
 
-        device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-        p["precision"] = auto_precision(cfg.encoder, device)
+        device = torch.device(cfg.device) if cfg.device != "auto" else pick_device("auto")
+        p["precision"] = extract_precision(cfg, device)
     if cfg.pca != "global":  # the basis sample settings do not matter then
         p["pca_images"] = p["pca_seed"] = None
     if sha256 is not None:

@@ -1,4 +1,5 @@
-"""Autocast, seeding, distributed rank, loader workers and atomic file writes (the device is chosen by :func:`lvmlt.hardware.pick_device`)."""
+"""Autocast, seeding, distributed rank and loader workers (the device is chosen by
+:func:`lvmlt.hardware.pick_device`, files are written by :mod:`lvmlt.rundir`)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lvmlt import hardware, rundir
+from lvmlt import hardware
 from lvmlt.errors import UserError
 
 
@@ -96,7 +97,3 @@ def git_commit() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
 
-
-# Atomic, fsync-ed writes live with the run directory (one helper for the whole package).
-atomic_write_text = rundir.atomic_write_text
-atomic_write_json = rundir.atomic_write_json

@@ -282,7 +282,7 @@ class Trainer:
                 # so that a run resumes on another kind of machine).
                 "runtime": run.record(),
             }
-            runtime.atomic_write_text(self.run_dir / rundir.CONFIG, yaml.safe_dump(resolved, sort_keys=False))
+            rundir.atomic_write_text(self.run_dir / rundir.CONFIG, yaml.safe_dump(resolved, sort_keys=False))
 
     # -- checkpoints ------------------------------------------------------------------
     def _state(self, epoch: int) -> dict:
@@ -452,7 +452,7 @@ def final_evaluation(run: Run, run_dir: Path, best_epoch: int, bad_ids: set[str]
     if runtime.is_primary():
         rundir.atomic_write(run_dir / rundir.PREDICTIONS, lambda f: np.savez(f, **preds))
         if bad_ids:
-            runtime.atomic_write_text(run_dir / rundir.BAD_IMAGES, "\n".join(sorted(bad_ids)) + "\n")
+            rundir.atomic_write_text(run_dir / rundir.BAD_IMAGES, "\n".join(sorted(bad_ids)) + "\n")
         out["skipped_images"] = len(bad_ids)
         # merged: keys other commands added (e.g. "calibrated") stay
         rundir.write_metrics(run_dir, out)
