@@ -13,7 +13,7 @@ The converged budget is the smallest budget that no larger budget beats by 1 poi
 in CE's *validation* top-1 (never chosen on test; see ``converged_budget``).
 
     python benchmarks/convergence.py --dataset elpv --base-epochs 10
-    python benchmarks/convergence.py --dataset elpv --base-epochs 10 --need-8x   # exit 0 if 8x is needed
+    python benchmarks/convergence.py --dataset elpv --base-epochs 10 --need 8   # exit 0 if 8x is needed
 """
 
 from __future__ import annotations
@@ -151,18 +151,19 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="runs/convergence", help="where the runs are")
     ap.add_argument("--results", default=str(ROOT / "benchmarks" / "results" / "convergence"))
     ap.add_argument("--px", nargs="*", type=int, default=[], help="extra input sizes run at the converged budget")
-    ap.add_argument("--need-8x", action="store_true", help="exit 0 if CE's val top-1 still gains > 1 point 2x -> 4x")
+    ap.add_argument("--need", type=int, metavar="K",
+                    help="exit 0 if budget Kx is needed: CE's val top-1 still gains > 1 point from K/4 x to K/2 x")
     args = ap.parse_args(argv)
     base, out = args.base_epochs, Path(args.out)
-    budgets = [base, 2 * base, 4 * base, 8 * base]
+    budgets = [base * m for m in (1, 2, 4, 8, 16)]
     table = collect(out, args.dataset, budgets)
-    if args.need_8x:
-        ce = table.get("CE", {})
-        if 2 * base not in ce or 4 * base not in ce:
-            print("CE at 2x and 4x not finished", file=sys.stderr)
+    if args.need:
+        ce, lo, hi = table.get("CE", {}), base * args.need // 4, base * args.need // 2
+        if lo not in ce or hi not in ce:
+            print(f"CE at {args.need // 4}x and {args.need // 2}x not finished", file=sys.stderr)
             return 2
-        gain = ce[4 * base]["val_top1"] - ce[2 * base]["val_top1"]
-        print(f"CE val top-1 2x -> 4x: {gain:+.2f} points")
+        gain = ce[hi]["val_top1"] - ce[lo]["val_top1"]
+        print(f"CE val top-1 {args.need // 4}x -> {args.need // 2}x: {gain:+.2f} points")
         return 0 if gain > 1.0 else 1
     extra = {}
     for p in args.px:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Convergence study (seed 0): CE, CE + SAM features + L_proto and the SAM-latent probe at
 # 1x, 2x and 4x the committed tables' epoch budget (8x where 4x still improves CE's
-# validation top-1 by more than 1 point), then on ELPV 96 px against 48 px at the converged
+# validation top-1 by more than 1 point, 16x where 8x still does), then on ELPV 96 px against 48 px at the converged
 # budget; writes benchmarks/results/convergence/<dataset>.{md,csv,png}. Finished runs are
 # reused, a killed one resumes. DATASETS picks the data sets (default: all three).
 set -euo pipefail
@@ -25,9 +25,10 @@ for ds in ${DATASETS:-elpv fashion-mnist-lt mnist-lt}; do
   }
   VARIANTS=$SYSTEMS
   for m in 1 2 4; do run $((m * BASE)) ""; done
-  if python benchmarks/convergence.py --dataset $ds --base-epochs $BASE --out "$OUT" --need-8x; then
-    run $((8 * BASE)) ""
-  fi
+  for m in 8 16; do
+    python benchmarks/convergence.py --dataset $ds --base-epochs $BASE --out "$OUT" --need $m || break
+    run $((m * BASE)) ""
+  done
   python benchmarks/convergence.py --dataset $ds --base-epochs $BASE --out "$OUT" > /dev/null
   if [ "$ds" = elpv ]; then
     CONV=$(grep -o "in CE's validation top-1): \*\*[0-9]*" benchmarks/results/convergence/elpv.md | grep -o '[0-9]*$' || true)

@@ -166,6 +166,43 @@ def test_fusion_training_reads_the_feature_store_and_checks_it(tmp_path):
         Trainer(_cfg(tmp_path / "n", "fusion.latent=true"), bundle=toy_bundle(), progress=False)
 
 
+def test_dual_supervision_and_alpha_chosen_on_validation(tmp_path):
+    """fusion.aux_weight adds the loss on z_CNN and z_SAM; alpha_select=val picks alpha on val only."""
+    from lvmlt.evaluation.metrics import ALPHA_GRID, choose_alpha, score
+    from lvmlt.features import ExtractConfig, extract
+
+    bundle = toy_bundle()
+    store = tmp_path / "store"
+    extract(bundle, ExtractConfig(encoder="tiny_test", precision="fp32", pca_images=4), store, progress=False)
+    fused = (f"fusion.store={store}", "fusion.latent=true", "optim.epochs=2")
+    m = train(_cfg(tmp_path, *fused, "fusion.aux_weight=0.5", "fusion.alpha_select=val"), bundle=bundle, progress=False)
+    hist = [json.loads(x) for x in (tmp_path / "r/history.jsonl").read_text().splitlines()]
+    assert hist[-1]["train/fusion_branches"] > 0
+    p = dict(np.load(tmp_path / "r/predictions.npz"))
+    curve = {float(a): v for a, v in m["alpha"]["val_mean_class_acc"].items()}
+    assert sorted(curve) == list(ALPHA_GRID) and m["alpha"]["trained"] == 0.5
+    a = m["alpha"]["chosen"]
+    assert curve[a] == max(curve.values())
+    for split in ("val", "test"):  # the saved logits are the mix at the chosen alpha
+        mix = (1 - a) * p[f"{split}_z_sam"] + a * p[f"{split}_z_cnn"]
+        np.testing.assert_allclose(p[f"{split}_logits"], mix, rtol=1e-6, atol=1e-6)
+    again = score(p["val_logits"], p["val_labels"], bundle.train_counts, bundle.meta)
+    assert again["mean_class_acc"] == pytest.approx(curve[a])
+    # chosen again from the saved branches (what a later study does): the same alpha
+    assert choose_alpha(p["val_z_cnn"], p["val_z_sam"], p["val_labels"], bundle.train_counts, bundle.meta)[0] == a
+    # without the options: no extra term, fixed alpha, and the branches are still saved
+    m2 = train(_cfg(tmp_path / "plain", *fused), bundle=bundle, progress=False)
+    assert "alpha" not in m2
+    hist = [json.loads(x) for x in (tmp_path / "plain/r/history.jsonl").read_text().splitlines()]
+    assert "train/fusion_branches" not in hist[-1]
+    p = np.load(tmp_path / "plain/r/predictions.npz")
+    np.testing.assert_allclose(p["test_logits"], 0.5 * p["test_z_sam"] + 0.5 * p["test_z_cnn"], rtol=1e-5, atol=1e-5)
+    with pytest.raises(UserError, match="latent fusion's two branches"):
+        Trainer(_cfg(tmp_path / "x", f"fusion.store={store}", "fusion.alpha_select=val"), bundle=bundle, progress=False)
+    with pytest.raises(UserError, match="unknown fusion.alpha_select"):
+        Trainer(_cfg(tmp_path / "y", *fused, "fusion.alpha_select=test"), bundle=bundle, progress=False)
+
+
 def test_the_optimiser_comes_from_the_registry(tmp_path):
     from lvmlt.training.optim import OPTIMIZERS
 

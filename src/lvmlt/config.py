@@ -100,6 +100,11 @@ class FusionConfig:
     # sam_only: what v_SAM passes before the FC: batchnorm (parameter-free, the paper's probe), or a
     # fixed map fitted on the training split (features/dataset.py): cl2n (centre, then L2) | l2 | standardize | raw
     sam_norm: str = "batchnorm"
+    # Beyond the paper (docs/methods.md, "A fused model never worse than its parts"). With latent:
+    # aux_weight > 0 adds the run's loss on z_CNN and on z_SAM alone (dual supervision), times this;
+    # alpha_select: fixed (alpha as given) | val (after training, alpha on a grid chosen on validation)
+    aux_weight: float = 0.0
+    alpha_select: str = "fixed"
 
 
 @dataclass(frozen=True)

@@ -221,6 +221,24 @@ def score(logits, labels, train_counts, meta: Mapping, ev=None) -> dict:
     return m
 
 
+#: The alphas ``fusion.alpha_select=val`` tries: 0 (z_SAM alone) to 1 (z_CNN alone) in steps of 0.05.
+ALPHA_GRID = tuple(round(0.05 * i, 2) for i in range(21))
+
+
+def choose_alpha(z_cnn, z_sam, labels, train_counts, meta: Mapping, ev=None, prefer: float = 0.5):
+    """The alpha of ``(1 - alpha) z_SAM + alpha z_CNN`` with the best mean class accuracy on these
+    (validation) logits, the metric checkpoints are chosen on; a tie goes to the alpha closest
+    to ``prefer`` (the trained one).
+
+    Returns:
+        ``(alpha, {alpha: mean class accuracy})`` over :data:`ALPHA_GRID`.
+    """
+    z_cnn, z_sam = _to_numpy(z_cnn, np.float32), _to_numpy(z_sam, np.float32)
+    curve = {a: score((1 - a) * z_sam + a * z_cnn, labels, train_counts, meta, ev)["mean_class_acc"] for a in ALPHA_GRID}
+    best = max(curve.values())
+    return min((a for a, v in curve.items() if v == best), key=lambda a: abs(a - prefer)), curve
+
+
 def _fmt(value) -> str:
     if value is None:
         return "-"

@@ -26,6 +26,8 @@ VARIANTS: dict[str, dict] = {
     "+SAM features+L_tail-dist": {**_BOTH, **_PROTO, "proto.head": False, "proto.tail_std": False},
     "+SAM features+L_proto (ours)": {**_BOTH, **_PROTO},
     "SAM latent feature only": {"fusion.sam_only": True},
+    # beyond the paper (docs/methods.md): dual supervision of both branches, alpha chosen on validation
+    "+SAM features+L_proto+dual+val alpha": {**_BOTH, **_PROTO, "fusion.aux_weight": 1.0, "fusion.alpha_select": "val"},
 }
 
 

@@ -435,3 +435,31 @@ class BaselineTerm(Term):
 def build_baseline_term(cfg, class_counts, model) -> Term:
     """The baseline term, always on: ``cfg.loss`` with ``cfg.optim.epochs``."""
     return BaselineTerm(build_loss(cfg.loss, class_counts, cfg.optim.epochs))
+
+
+class AuxHeadsTerm(BaselineTerm):
+    """Dual supervision: the baseline loss on other heads' logits, summed, times ``weight``.
+
+    Args:
+        name: the value's name (logged as ``train/<name>``).
+        keys: entries of the model's output, each a B x C logits tensor or a list of them.
+    """
+
+    def __init__(self, loss: nn.Module, weight: float, name: str, keys: tuple[str, ...]):
+        super().__init__(loss, weight)
+        self.name, self.keys = name, tuple(keys)
+
+    def forward(self, out: dict, batch: dict) -> dict:
+        zs = [z for k in self.keys for z in (out[k] if isinstance(out[k], (list, tuple)) else [out[k]])]
+        return {self.name: sum(self.loss(z.float(), batch["label"]) for z in zs)}
+
+
+@TERMS.register("fusion_branches")
+def build_branch_term(cfg, class_counts, model) -> Term | None:
+    """On with ``fusion.latent`` and ``fusion.aux_weight`` > 0: ``cfg.loss`` on z_CNN and on z_SAM."""
+    from lvmlt.models.classifier import BRANCHES
+
+    fu = cfg.fusion
+    if not fu.latent or fu.sam_only or cfg.scilt.enabled or fu.aux_weight <= 0:
+        return None
+    return AuxHeadsTerm(build_loss(cfg.loss, class_counts, cfg.optim.epochs), fu.aux_weight, "fusion_branches", BRANCHES)

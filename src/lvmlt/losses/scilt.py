@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lvmlt.losses.baseline import BaselineTerm, build_loss
+from lvmlt.losses.baseline import AuxHeadsTerm, build_loss
 from lvmlt.losses.terms import TERMS, Term
 
 
@@ -29,16 +29,10 @@ def dual_supervision_loss(out: dict, targets: torch.Tensor, loss_fn: nn.Module, 
     return {"fused": fused, "levels": levels, "total": fused + aux_weight * levels}
 
 
-class LevelHeadsTerm(BaselineTerm):
-    """``sum_l L(h_l)`` over the per-level heads' logits (``out["level_logits"]``), times beta."""
-
-    def forward(self, out: dict, batch: dict) -> dict:
-        return {"scilt_levels": sum(self.loss(z.float(), batch["label"]) for z in out["level_logits"])}
-
-
 @TERMS.register("scilt_levels")
 def build_level_heads_term(cfg, class_counts, model) -> Term | None:
-    """On with ``scilt.enabled`` and ``scilt.aux_weight`` > 0."""
+    """On with ``scilt.enabled`` and ``scilt.aux_weight`` > 0: ``sum_l L(h_l)`` over ``out["level_logits"]``."""
     if not cfg.scilt.enabled or cfg.scilt.aux_weight <= 0:
         return None
-    return LevelHeadsTerm(build_loss(cfg.loss, class_counts, cfg.optim.epochs), cfg.scilt.aux_weight)
+    loss = build_loss(cfg.loss, class_counts, cfg.optim.epochs)
+    return AuxHeadsTerm(loss, cfg.scilt.aux_weight, "scilt_levels", ("level_logits",))

@@ -13,6 +13,10 @@ from lvmlt.models.heads import ClassScale, CosineClassifier
 #: BatchNorm (the paper's probe), or a fixed map the feature dataset fits on the training
 #: split (``cl2n``, ``l2``, ``standardize``; ``raw`` = none), :mod:`lvmlt.features.dataset`.
 SAM_NORMS = ("batchnorm", "cl2n", "l2", "standardize", "raw")
+#: The latent-fused model's two branch logits in its output, mixed as (1 - alpha) z_sam + alpha z_cnn.
+BRANCHES = ("z_cnn", "z_sam")
+#: ``fusion.alpha_select``: keep the configured alpha, or choose it on validation after training.
+ALPHA_SELECT = ("fixed", "val")
 
 
 class LTClassifier(nn.Module):
@@ -21,7 +25,8 @@ class LTClassifier(nn.Module):
     ``forward(batch)`` takes the batch dict (``image`` B x 3 x H x W, and ``sam_map``
     B x 1 x h x w / ``sam_vec`` B x 256 when the fusions are on) and returns a dict:
     ``logits`` (B x C), ``embedding`` (the feature the prototype loss acts on) and
-    ``v_cnn`` (B x D, the pooled backbone vector).
+    ``v_cnn`` (B x D, the pooled backbone vector); with latent fusion also its two branches'
+    logits ``z_cnn`` and ``z_sam`` (B x C each).
 
     Logits are ``(1 - alpha) * z_SAM + alpha * z_CNN`` with latent fusion (eq. 3), else
     ``z_CNN``. With ``sam_only`` there is no CNN at all: ``logits = FC(BN(v_SAM))`` (table III),
@@ -88,8 +93,10 @@ class LTClassifier(nn.Module):
 
     def forward(self, batch: dict) -> dict:
         out = self._forward(batch)
-        if self.class_scale is not None:
-            out["logits"] = self.class_scale(out["logits"])
+        if self.class_scale is not None:  # a per-class scale commutes with the alpha mix
+            for k in BRANCHES + ("logits",):
+                if k in out:
+                    out[k] = self.class_scale(out[k])
         return out
 
     def _forward(self, batch: dict) -> dict:
@@ -109,7 +116,7 @@ class LTClassifier(nn.Module):
             return {"logits": z_cnn, "embedding": v_cnn, "v_cnn": v_cnn}
         z_sam, emb = self.latent_fusion(v_cnn, batch["sam_vec"])
         logits = (1 - self.alpha) * z_sam + self.alpha * z_cnn
-        return {"logits": logits, "embedding": emb, "v_cnn": v_cnn}
+        return {"logits": logits, "embedding": emb, "v_cnn": v_cnn, "z_cnn": z_cnn, "z_sam": z_sam}
 
 
 def _old_class_scale_key(state_dict, prefix, *args):
@@ -133,6 +140,13 @@ def build_model(cfg, num_classes: int, sam_dim: int = 256, feature_dims: dict | 
         return build_scilt(cfg.scilt, num_classes, feature_dims or {})
     sam_dim = (feature_dims or {}).get("sam_vec", sam_dim)
     m, fu = cfg.model, cfg.fusion
+    if fu.alpha_select not in ALPHA_SELECT:
+        raise UserError(f"unknown fusion.alpha_select {fu.alpha_select!r}", fix=f"choose one of: {', '.join(ALPHA_SELECT)}")
+    if (fu.aux_weight > 0 or fu.alpha_select != "fixed") and not (fu.latent and not fu.sam_only):
+        raise UserError(
+            "fusion.aux_weight and fusion.alpha_select act on the latent fusion's two branches",
+            fix="set fusion.latent=true (with a backbone), or drop them",
+        )
     backbone = None if fu.sam_only else build_backbone(m.backbone, m.pretrained)
     map_fusion = latent = None
     if backbone is not None and fu.map:

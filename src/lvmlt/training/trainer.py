@@ -26,7 +26,7 @@ from tqdm import tqdm
 from lvmlt import distributed, hardware, rundir
 from lvmlt.config import Config, replace, to_dict, used_sections
 from lvmlt.errors import UserError
-from lvmlt.evaluation.metrics import score
+from lvmlt.evaluation.metrics import choose_alpha, score
 from lvmlt.losses import build_terms
 from lvmlt.training import runtime
 from lvmlt.training.optim import build_optimizer
@@ -85,24 +85,39 @@ def _to(batch: dict, device, channels_last: bool = False) -> dict:
 
 @torch.inference_mode()
 def predict(
-    model, loader, device, precision: str, desc: str = "eval", progress: bool = True, channels_last: bool = False
+    model,
+    loader,
+    device,
+    precision: str,
+    desc: str = "eval",
+    progress: bool = True,
+    channels_last: bool = False,
+    parts: tuple[str, ...] = (),
 ):
     """Logits (N x C float32), labels (N, -1 for skipped images) of a whole split, in order.
 
     Under torchrun each rank scores its shard of the split and the shards are gathered,
     so every rank ends with the same full arrays.
+
+    Args:
+        parts: other N x C outputs of the model to return too (e.g. ``("z_cnn", "z_sam")``);
+            then the result is ``(logits, labels, {part: array})``.
     """
     model.eval()
-    logits, labels, index = [], [], []
+    keys = ("logits", *parts)
+    got = {k: [] for k in (*keys, "label", "index")}
     for batch in tqdm(loader, desc=desc, leave=False, disable=not progress, dynamic_ncols=True):
         batch = _to(batch, device, channels_last)
         with runtime.autocast(device, precision):
             out = model(batch)
-        logits.append(out["logits"].float().cpu())
-        labels.append(batch["label"].cpu())
-        index.append(batch["index"].cpu())
-    cat = [torch.cat(x).numpy() for x in (index, logits, labels)]
-    return distributed.gather_in_order(*cat)
+        for k in keys:
+            got[k].append(out[k].float().cpu())
+        got["label"].append(batch["label"].cpu())
+        got["index"].append(batch["index"].cpu())
+    logits, labels, *rest = distributed.gather_in_order(
+        *[torch.cat(got[k]).numpy() for k in ("index", "logits", "label", *parts)]
+    )
+    return (logits, labels, dict(zip(parts, rest, strict=True))) if parts else (logits, labels)
 
 
 @dataclass
@@ -435,20 +450,38 @@ def final_evaluation(run: Run, run_dir: Path, best_epoch: int, bad_ids: set[str]
     best = run_dir / rundir.BEST
     if best.exists():
         run.model.load_state_dict(rundir.load_checkpoint(best, map_location=run.device)["model"])
+    from lvmlt.models.classifier import BRANCHES
     from lvmlt.models.heads import count_trainable
 
     out = {"best_epoch": best_epoch, "selected_on": "val/mean_class_acc"}
     out["trainable_params"] = count_trainable(run.model) + count_trainable(run.terms)
     preds = {"train_counts": run.bundle.train_counts}
     bad_ids = set(bad_ids)
+    parts = BRANCHES if getattr(run.model, "latent_fusion", None) is not None else ()
+    scored = {}
     for split in ("val", "test"):
-        logits, labels = predict(
-            run.model, run.loaders[split], run.device, run.precision, split, progress, cfg.optim.channels_last
+        logits, labels, *branches = predict(
+            run.model, run.loaders[split], run.device, run.precision, split, progress, cfg.optim.channels_last, parts
         )
-        preds[f"{split}_logits"], preds[f"{split}_labels"] = logits, labels
-        out[split] = score(logits, labels, run.bundle.train_counts, run.bundle.meta, cfg.eval)
+        scored[split] = (logits, labels, *branches)
         ids = run.bundle.splits()[split].ids
         bad_ids |= {ids[i] for i in np.flatnonzero(labels < 0)}
+    if parts:
+        # The branches' logits are saved, so alpha can be chosen again after training; with
+        # alpha_select=val it is chosen here, on validation, and the test logits use it.
+        if cfg.fusion.alpha_select == "val":
+            _, labels, z = scored["val"]
+            counts, meta, trained = run.bundle.train_counts, run.bundle.meta, run.model.alpha
+            alpha, curve = choose_alpha(z["z_cnn"], z["z_sam"], labels, counts, meta, cfg.eval, trained)
+            out["alpha"] = {"trained": trained, "chosen": alpha, "val_mean_class_acc": {str(a): v for a, v in curve.items()}}
+            run.model.alpha = alpha  # what this process predicts with from now on; the config keeps the trained one
+            for split, (_, labels, z) in scored.items():
+                scored[split] = ((1 - alpha) * z["z_sam"] + alpha * z["z_cnn"], labels, z)
+        for split, (_, _, z) in scored.items():
+            preds.update({f"{split}_{k}": v for k, v in z.items()})
+    for split, (logits, labels, *_) in scored.items():
+        preds[f"{split}_logits"], preds[f"{split}_labels"] = logits, labels
+        out[split] = score(logits, labels, run.bundle.train_counts, run.bundle.meta, cfg.eval)
     if runtime.is_primary():
         rundir.atomic_write(run_dir / rundir.PREDICTIONS, lambda f: np.savez(f, **preds))
         if bad_ids:

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# The result tables again at each data set's converged budget (benchmarks/results/convergence/
+# <dataset>.md, chosen on validation), seeds 0-2: the ablation rows that carry the conclusions
+# for CE (part "ce") and the baseline and full method for balanced softmax (part "bs"), plus
+# the fused model of docs/methods.md ("+dual+val alpha"). Seed 0 of CE's baseline, full
+# method and probe are the convergence study's runs (same names, reused). Seeds run
+# outermost, finished runs are reused and a killed one resumes; PARTS, DATASETS and SEEDS
+# split the work over processes. EPOCHS_<dataset> (dashes as underscores) sets the budget of
+# a data set whose study has not converged. Tables: benchmarks/results/converged/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-runs/convergence}
+CE_ROWS="baseline,+SAM map,+SAM latent,+SAM map&latent,+SAM features+L_proto (ours),SAM latent feature only,+SAM features+L_proto+dual+val alpha"
+BS_ROWS="baseline,+SAM features+L_proto (ours)"
+for ds in ${DATASETS:-elpv mnist-lt fashion-mnist-lt}; do
+  var=EPOCHS_${ds//-/_}
+  E=${!var:-$(grep -o "in CE's validation top-1): \*\*[0-9]*" benchmarks/results/convergence/$ds.md | grep -o '[0-9]*$' || true)}
+  if [ -z "$E" ]; then echo "$ds: not converged; set $var" >&2; continue; fi
+  if [ "$ds" = elpv ]; then
+    ARGS=(--config configs/elpv.yaml fusion.store=${STORE_ELPV:-runs/demo/features/elpv-mobilesam-256} data.image_size=48)
+  else
+    ARGS=(--config configs/$ds.yaml fusion.store=runs/features/$ds-mobilesam256)
+  fi
+  ARGS+=(optim.epochs=$E threads=${THREADS:-1})
+  for seed in ${SEEDS:-0 1 2}; do
+    for part in ${PARTS:-ce bs}; do
+      if [ $part = ce ]; then
+        python -m lvmlt ablate "${ARGS[@]}" --out "$OUT" --quiet --tag $ds-e$E --seeds $seed --variants "$CE_ROWS" > /dev/null
+      else
+        python -m lvmlt ablate "${ARGS[@]}" loss.name=balanced_softmax --out "$OUT" --quiet --tag $ds-e$E-bs --seeds $seed \
+          --variants "$BS_ROWS" > /dev/null
+      fi
+    done
+  done
+  for part in ${PARTS:-ce bs}; do
+    if [ $part = ce ]; then
+      python -m lvmlt ablate "${ARGS[@]}" --out "$OUT" --tag $ds-e$E --seeds 0,1,2 --no-train --variants "$CE_ROWS" \
+        --results benchmarks/results/converged/ablation-$ds-ce-e$E
+    else
+      python -m lvmlt ablate "${ARGS[@]}" loss.name=balanced_softmax --out "$OUT" --tag $ds-e$E-bs --seeds 0,1,2 --no-train \
+        --variants "$BS_ROWS" --results benchmarks/results/converged/ablation-$ds-bs-e$E
+    fi
+  done
+done
