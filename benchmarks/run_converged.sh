@@ -32,13 +32,17 @@ for ds in ${DATASETS:-elpv mnist-lt fashion-mnist-lt}; do
       fi
     done
   done
+  NOTE="Budget: $E epochs (the converged budget of benchmarks/results/convergence/$ds.md, chosen on CE's validation top-1). \
+Command (trains what is missing, reuses finished runs, then writes this table): \
+\`DATASETS=$ds bash benchmarks/run_converged.sh\`. The table of the committed $([ $ds = elpv ] && echo 10 || echo 6)-epoch budget is \
+benchmarks/results/ablation-$ds-<ce|bs>.md."
   for part in ${PARTS:-ce bs}; do
     if [ $part = ce ]; then
       python -m lvmlt ablate "${ARGS[@]}" --out "$OUT" --tag $ds-e$E --seeds 0,1,2 --no-train --variants "$CE_ROWS" \
-        --results benchmarks/results/converged/ablation-$ds-ce-e$E
+        --results benchmarks/results/converged/ablation-$ds-ce-e$E --note "$NOTE" > /dev/null
     else
       python -m lvmlt ablate "${ARGS[@]}" loss.name=balanced_softmax --out "$OUT" --tag $ds-e$E-bs --seeds 0,1,2 --no-train \
-        --variants "$BS_ROWS" --results benchmarks/results/converged/ablation-$ds-bs-e$E
+        --variants "$BS_ROWS" --results benchmarks/results/converged/ablation-$ds-bs-e$E --note "$NOTE" > /dev/null
     fi
   done
 done

@@ -19,6 +19,7 @@ def cmd_ablate(args) -> int:
         results,
         args.results or f"{args.out}/{tag}",
         title=f"{tag}: test accuracy (%), mean ± std over seeds {args.seeds}",
+        note=args.note or "",
     )
     print(md)
     return 0
@@ -33,6 +34,7 @@ def add_parsers(sub) -> None:
     a.add_argument("--out", default="runs/ablate", help="directory for the runs")
     a.add_argument("--tag", default="", help="name prefix of the runs and tables")
     a.add_argument("--results", help="path prefix of the .md/.csv tables (default: OUT/TAG)")
+    a.add_argument("--note", help="a paragraph written under the title (e.g. the command)")
     a.add_argument("--quiet", action="store_true")
     a.add_argument("--no-train", action="store_true", help="only tabulate the runs that have finished")
     a.set_defaults(func=cmd_ablate)
