@@ -2,8 +2,10 @@
 # The result tables again at each data set's converged budget (benchmarks/results/convergence/
 # <dataset>.md, chosen on validation), seeds 0-2: the ablation rows that carry the conclusions
 # for CE (part "ce") and the baseline and full method for balanced softmax (part "bs"), plus
-# the fused model of docs/methods.md ("+dual+val alpha"). Seed 0 of CE's baseline, full
-# method and probe are the convergence study's runs (same names, reused). Seeds run
+# the fused model of docs/methods.md ("+dual+val alpha"); part "baselines" adds the
+# baselines table (post-hoc rows, cRT, LWS, ProCo, each with and without SAM; it reuses the
+# CE and BS runs). Seed 0 of CE's baseline, full method and probe are the convergence
+# study's runs (linked under the table's names). Seeds run
 # outermost, finished runs are reused and a killed one resumes; PARTS, DATASETS and SEEDS
 # split the work over processes. EPOCHS_<dataset> (dashes as underscores) sets the budget of
 # a data set whose study has not converged. Tables: benchmarks/results/converged/.
@@ -12,6 +14,7 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/convergence}
 CE_ROWS="baseline,+SAM map,+SAM latent,+SAM map&latent,+SAM features+L_proto (ours),SAM latent feature only,+SAM features+L_proto+dual+val alpha"
 BS_ROWS="baseline,+SAM features+L_proto (ours)"
+ROWS="CE,Label Shift (MAPLS),logit adjustment (post-hoc),cRT,LWS,balanced softmax,ProCo"
 for ds in ${DATASETS:-elpv mnist-lt fashion-mnist-lt}; do
   var=EPOCHS_${ds//-/_}
   E=${!var:-$(grep -o "in CE's validation top-1): \*\*[0-9]*" benchmarks/results/convergence/$ds.md | grep -o '[0-9]*$' || true)}
@@ -22,10 +25,16 @@ for ds in ${DATASETS:-elpv mnist-lt fashion-mnist-lt}; do
     ARGS=(--config configs/$ds.yaml fusion.store=runs/features/$ds-mobilesam256)
   fi
   ARGS+=(optim.epochs=$E threads=${THREADS:-1})
+  mkdir -p "$OUT"
+  for slug in baseline sam_features_l_proto__ours sam_latent_feature_only; do
+    if [ -e "$OUT/$ds-e$E-$slug-seed0" ]; then ln -sfn "$ds-e$E-$slug-seed0" "$OUT/$ds-e$E-ce-$slug-seed0"; fi
+  done
   for seed in ${SEEDS:-0 1 2}; do
-    for part in ${PARTS:-ce bs}; do
+    for part in ${PARTS:-ce bs baselines}; do
       if [ $part = ce ]; then
-        python -m lvmlt ablate "${ARGS[@]}" --out "$OUT" --quiet --tag $ds-e$E --seeds $seed --variants "$CE_ROWS" > /dev/null
+        python -m lvmlt ablate "${ARGS[@]}" --out "$OUT" --quiet --tag $ds-e$E-ce --seeds $seed --variants "$CE_ROWS" > /dev/null
+      elif [ $part = baselines ]; then
+        python -m lvmlt baselines "${ARGS[@]}" --out "$OUT" --quiet --tag $ds-e$E --seeds $seed --rows "$ROWS" > /dev/null
       else
         python -m lvmlt ablate "${ARGS[@]}" loss.name=balanced_softmax --out "$OUT" --quiet --tag $ds-e$E-bs --seeds $seed \
           --variants "$BS_ROWS" > /dev/null
@@ -36,10 +45,13 @@ for ds in ${DATASETS:-elpv mnist-lt fashion-mnist-lt}; do
 Command (trains what is missing, reuses finished runs, then writes this table): \
 \`DATASETS=$ds bash benchmarks/run_converged.sh\`. The table of the committed $([ $ds = elpv ] && echo 10 || echo 6)-epoch budget is \
 benchmarks/results/ablation-$ds-<ce|bs>.md."
-  for part in ${PARTS:-ce bs}; do
+  for part in ${PARTS:-ce bs baselines}; do
     if [ $part = ce ]; then
-      python -m lvmlt ablate "${ARGS[@]}" --out "$OUT" --tag $ds-e$E --seeds 0,1,2 --no-train --variants "$CE_ROWS" \
+      python -m lvmlt ablate "${ARGS[@]}" --out "$OUT" --tag $ds-e$E-ce --seeds 0,1,2 --no-train --variants "$CE_ROWS" \
         --results benchmarks/results/converged/ablation-$ds-ce-e$E --note "$NOTE" > /dev/null
+    elif [ $part = baselines ]; then
+      python -m lvmlt baselines "${ARGS[@]}" --out "$OUT" --tag $ds-e$E --seeds 0,1,2 --no-train --rows "$ROWS" \
+        --results benchmarks/results/converged/baselines-$ds-e$E --note "${NOTE//ablation-$ds-<ce|bs>/baselines-$ds}" > /dev/null
     else
       python -m lvmlt ablate "${ARGS[@]}" loss.name=balanced_softmax --out "$OUT" --tag $ds-e$E-bs --seeds 0,1,2 --no-train \
         --variants "$BS_ROWS" --results benchmarks/results/converged/ablation-$ds-bs-e$E --note "$NOTE" > /dev/null
