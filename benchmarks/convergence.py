@@ -155,7 +155,7 @@ def main(argv=None) -> int:
                     help="exit 0 if budget Kx is needed: CE's val top-1 still gains > 1 point from K/4 x to K/2 x")
     args = ap.parse_args(argv)
     base, out = args.base_epochs, Path(args.out)
-    budgets = [base * m for m in (1, 2, 4, 8, 16)]
+    budgets = [base * m for m in (1, 2, 4, 8, 16, 32)]
     table = collect(out, args.dataset, budgets)
     if args.need:
         ce, lo, hi = table.get("CE", {}), base * args.need // 4, base * args.need // 2

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Convergence study (seed 0): CE, CE + SAM features + L_proto and the SAM-latent probe at
 # 1x, 2x and 4x the committed tables' epoch budget (8x where 4x still improves CE's
-# validation top-1 by more than 1 point, 16x where 8x still does), then on ELPV 96 px against 48 px at the converged
-# budget; writes benchmarks/results/convergence/<dataset>.{md,csv,png}. Finished runs are
-# reused, a killed one resumes. DATASETS picks the data sets (default: all three).
+# validation top-1 by more than 1 point, 16x and 32x while the step before still does),
+# then on ELPV 96 px against 48 px at the converged budget; writes
+# benchmarks/results/convergence/<dataset>.{md,csv,png}. Finished runs are reused, a killed
+# one resumes. DATASETS picks the data sets (default: all three).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/convergence}
@@ -25,7 +26,7 @@ for ds in ${DATASETS:-elpv fashion-mnist-lt mnist-lt}; do
   }
   VARIANTS=$SYSTEMS
   for m in 1 2 4; do run $((m * BASE)) ""; done
-  for m in 8 16; do
+  for m in 8 16 32; do
     python benchmarks/convergence.py --dataset $ds --base-epochs $BASE --out "$OUT" --need $m || break
     run $((m * BASE)) ""
   done

@@ -1,0 +1,103 @@
+"""Does the paper's direction survive convergence? The committed short-budget tables against
+the same rows at the converged budget, per data set.
+
+Reads ``benchmarks/results/ablation-<dataset>-<loss>.csv`` (the committed budget) and
+``benchmarks/results/converged/ablation-<dataset>-<loss>-e<E>.csv`` (written by
+``benchmarks/run_converged.sh``), one line per seed, and writes
+``benchmarks/results/converged/summary.md``: for each data set and baseline loss the mean ±
+std over seeds of the baseline, the full method (+SAM features + L_proto) and the SAM-latent
+probe at both budgets, and the full method's gain with its spread. "The direction holds" when
+the full method's mean beats the baseline's in top-1 and mean class accuracy by more than
+the larger of the two rows' standard deviations, and its gain on the rarest group present
+(few, else medium) is at least its gain on many-shot classes.
+
+    python benchmarks/converged_summary.py
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+BASE, FULL, PROBE = "baseline", "+SAM features+L_proto (ours)", "SAM latent feature only"
+OLD_BUDGET = {"elpv": 10, "mnist-lt": 6, "fashion-mnist-lt": 6}
+METRICS = ("top1", "mean_class_acc", "many", "medium", "few")
+
+
+def read(path: Path) -> dict[str, dict[str, np.ndarray]]:
+    """``{row: {metric: values over seeds}}`` of a table's CSV; {} if it does not exist."""
+    if not path.exists():
+        return {}
+    rows: dict[str, dict[str, list]] = {}
+    with open(path, newline="") as f:
+        for r in csv.DictReader(f):
+            d = rows.setdefault(r["run"], {m: [] for m in METRICS})
+            for m in METRICS:
+                if r.get(m):
+                    d[m].append(float(r[m]))
+    return {k: {m: np.array(v) for m, v in d.items()} for k, d in rows.items()}
+
+
+def _ms(v: np.ndarray) -> str:
+    if len(v) == 0:
+        return "-"
+    return f"{v.mean():.2f}" if len(v) == 1 else f"{v.mean():.2f} ± {v.std(ddof=1):.2f}"
+
+
+def _std(v: np.ndarray) -> float:
+    return float(v.std(ddof=1)) if len(v) > 1 else 0.0
+
+
+def verdict(table: dict) -> str:
+    if BASE not in table or FULL not in table:
+        return "rows missing"
+    b, f = table[BASE], table[FULL]
+    gains = {m: f[m].mean() - b[m].mean() for m in METRICS if len(b[m]) and len(f[m])}
+    spread = {m: max(_std(b[m]), _std(f[m])) for m in gains}
+    tail = "few" if "few" in gains else "medium"
+    beats = all(gains[m] > spread[m] for m in ("top1", "mean_class_acc"))
+    tail_most = tail in gains and gains[tail] >= gains.get("many", 0.0)
+    words = ", ".join(f"{m} {gains[m]:+.2f} (spread {spread[m]:.2f})" for m in gains)
+    if beats and tail_most:
+        return f"holds: {words}; the {tail} group gains most"
+    if all(gains[m] > 0 for m in ("top1", "mean_class_acc")):
+        return f"same sign, inside the spread or not most on the tail: {words}"
+    return f"does not hold: {words}"
+
+
+def main() -> int:
+    lines = [
+        "# The committed budget against the converged budget (test %, mean ± std over seeds)",
+        "",
+        "Command: `python benchmarks/converged_summary.py` (after `bash benchmarks/run_converged.sh`). "
+        "A verdict \"holds\" needs the full method to beat the baseline by more than the larger "
+        "standard deviation in top-1 and mean class accuracy, and to gain most on the rarest group.",
+    ]
+    for new in sorted((RESULTS / "converged").glob("ablation-*-e*.csv")):
+        m = re.fullmatch(r"ablation-(.+)-(ce|bs)-e(\d+)", new.stem)
+        if not m:
+            continue
+        ds, loss, e = m.group(1), m.group(2), int(m.group(3))
+        old, cur = read(RESULTS / f"ablation-{ds}-{loss}.csv"), read(new)
+        lines += ["", f"## {ds}, {loss.upper()}: {OLD_BUDGET.get(ds, '?')} epochs against {e}", "",
+                  "| row | budget | n | " + " | ".join(METRICS) + " |", "| --- | ---: | ---: |" + " ---: |" * len(METRICS)]  # fmt: skip
+        for row in (BASE, FULL, PROBE):
+            for budget, table in ((OLD_BUDGET.get(ds, "?"), old), (e, cur)):
+                if row in table:
+                    t = table[row]
+                    n = len(t["top1"])
+                    lines.append(f"| {row} | {budget} | {n} | " + " | ".join(_ms(t[k]) for k in METRICS) + " |")
+        lines += ["", f"- committed budget: {verdict(old)}", f"- converged budget: {verdict(cur)}"]
+    text = "\n".join(lines) + "\n"
+    (RESULTS / "converged" / "summary.md").write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
