@@ -457,30 +457,20 @@ def final_evaluation(run: Run, run_dir: Path, best_epoch: int, bad_ids: set[str]
     out["trainable_params"] = count_trainable(run.model) + count_trainable(run.terms)
     preds = {"train_counts": run.bundle.train_counts}
     bad_ids = set(bad_ids)
+    # A latent-fused model's branch logits are saved too, so alpha can be chosen again later.
     parts = BRANCHES if getattr(run.model, "latent_fusion", None) is not None else ()
     scored = {}
     for split in ("val", "test"):
-        logits, labels, *branches = predict(
+        logits, labels, *z = predict(
             run.model, run.loaders[split], run.device, run.precision, split, progress, cfg.optim.channels_last, parts
         )
-        scored[split] = (logits, labels, *branches)
+        scored[split] = [logits, labels, z[0] if z else {}]
         ids = run.bundle.splits()[split].ids
         bad_ids |= {ids[i] for i in np.flatnonzero(labels < 0)}
-    if parts:
-        # The branches' logits are saved, so alpha can be chosen again after training; with
-        # alpha_select=val it is chosen here, on validation, and the test logits use it.
-        if cfg.fusion.alpha_select == "val":
-            _, labels, z = scored["val"]
-            counts, meta, trained = run.bundle.train_counts, run.bundle.meta, run.model.alpha
-            alpha, curve = choose_alpha(z["z_cnn"], z["z_sam"], labels, counts, meta, cfg.eval, trained)
-            out["alpha"] = {"trained": trained, "chosen": alpha, "val_mean_class_acc": {str(a): v for a, v in curve.items()}}
-            run.model.alpha = alpha  # what this process predicts with from now on; the config keeps the trained one
-            for split, (_, labels, z) in scored.items():
-                scored[split] = ((1 - alpha) * z["z_sam"] + alpha * z["z_cnn"], labels, z)
-        for split, (_, _, z) in scored.items():
-            preds.update({f"{split}_{k}": v for k, v in z.items()})
-    for split, (logits, labels, *_) in scored.items():
-        preds[f"{split}_logits"], preds[f"{split}_labels"] = logits, labels
+    if cfg.fusion.alpha_select == "val":
+        out["alpha"] = _alpha_on_val(run, scored)
+    for split, (logits, labels, z) in scored.items():
+        preds.update({f"{split}_logits": logits, f"{split}_labels": labels, **{f"{split}_{k}": v for k, v in z.items()}})
         out[split] = score(logits, labels, run.bundle.train_counts, run.bundle.meta, cfg.eval)
     if runtime.is_primary():
         rundir.atomic_write(run_dir / rundir.PREDICTIONS, lambda f: np.savez(f, **preds))
@@ -490,6 +480,18 @@ def final_evaluation(run: Run, run_dir: Path, best_epoch: int, bad_ids: set[str]
         # merged: keys other commands added (e.g. "calibrated") stay
         rundir.write_metrics(run_dir, out)
     return out
+
+
+def _alpha_on_val(run: Run, scored: dict) -> dict:
+    """``fusion.alpha_select=val``: alpha chosen on the validation branch logits; every split's
+    logits (``scored[split][0]``) are mixed again with it. Returns the record for metrics.json."""
+    _, labels, z = scored["val"]
+    trained = run.model.alpha
+    alpha, curve = choose_alpha(z["z_cnn"], z["z_sam"], labels, run.bundle.train_counts, run.bundle.meta, run.cfg.eval, trained)
+    run.model.alpha = alpha  # what this process predicts with from now on; the config keeps the trained one
+    for s in scored.values():
+        s[0] = (1 - alpha) * s[2]["z_sam"] + alpha * s[2]["z_cnn"]
+    return {"trained": trained, "chosen": alpha, "val_mean_class_acc": {str(a): v for a, v in curve.items()}}
 
 
 def _load_saved(path: Path) -> dict:
