@@ -89,7 +89,8 @@ def write(dataset: str, base: int, table: dict, extra: dict, results: Path) -> s
         "(the cosine schedule spans the whole budget), its checkpoint chosen on validation mean "
         "class accuracy. Converged budget (smallest that no larger budget beats by 1 point or more "
         f"in CE's validation top-1): **{conv if conv else 'not reached'}**"
-        + (f" epochs ({conv // base}x)." if conv else "."),
+        + (f" epochs ({conv // base}x)." if conv else ".")
+        + " A system without a row at some budget was not run there (the rule needs CE only).",
         "",
         f"Command (resumes, reuses finished runs): `DATASETS={dataset} bash benchmarks/run_convergence.sh`; "
         f"the figure is `{dataset}.png` here, and `lvmlt report runs/convergence/{dataset}-e*` shows it too "
