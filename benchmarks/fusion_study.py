@@ -109,26 +109,25 @@ def _ms(values) -> str:
     return f"{v.mean():.2f}" if len(v) == 1 else f"{v.mean():.2f} ± {v.std(ddof=1):.2f}"
 
 
-def _mean(rows, key) -> float:
-    return float(np.mean([r[key] for r in rows]))
-
-
 def verdict(table: dict) -> list[str]:
-    """Per candidate: test mean minus the better part's, in top-1 and mean class accuracy,
-    and on how many paired seeds the candidate is at least as good as both parts."""
+    """Per candidate, over the seeds where it, the CNN and the probe all finished: its test mean
+    minus the better part's mean, in top-1 and mean class accuracy, and on how many of those
+    seeds it is at least as good as both parts of the same seed."""
     if CNN not in table or PROBE not in table:
         return ["CNN or probe runs missing: no verdict."]
-    parts = {r["seed"]: r for r in table[CNN]}, {r["seed"]: r for r in table[PROBE]}
+    cnn, probe = ({r["seed"]: r for r in table[k]} for k in (CNN, PROBE))
     lines = []
     for row, runs in table.items():
         if row in (CNN, PROBE):
             continue
+        paired = [r for r in runs if r["seed"] in cnn and r["seed"] in probe]
+        if not paired:
+            continue
         cells = []
         for key, name in (("top1", "top-1"), ("mean_class_acc", "mean class")):
-            best = max(_mean(table[CNN], key), _mean(table[PROBE], key))
-            paired = [r for r in runs if r["seed"] in parts[0] and r["seed"] in parts[1]]
-            wins = sum(r[key] >= max(parts[0][r["seed"]][key], parts[1][r["seed"]][key]) for r in paired)
-            cells.append(f"{name} {_mean(runs, key) - best:+.2f} ({wins}/{len(paired)} seeds ≥ both)")
+            parts = [np.mean([d[r["seed"]][key] for r in paired]) for d in (cnn, probe)]
+            wins = sum(r[key] >= max(cnn[r["seed"]][key], probe[r["seed"]][key]) for r in paired)
+            cells.append(f"{name} {np.mean([r[key] for r in paired]) - max(parts):+.2f} ({wins}/{len(paired)} seeds ≥ both)")
         lines.append(f"- {row}: " + "; ".join(cells))
     return lines
 
@@ -163,7 +162,7 @@ def main(argv=None) -> int:
         for row, runs in table.items():
             md.append(f"| {row} | {len(runs)} | " + " | ".join(_ms(r[c] for r in runs) for c in COLUMNS) + " |")
             rows_csv += [{"dataset": ds, "epochs": e, "row": row, **r} for r in runs]
-        md += ["", "Against the better part (difference of the means):", "", *verdict(table)]
+        md += ["", "Against the better part (difference of the means over the seeds all three have):", "", *verdict(table)]
     results = Path(args.results)
     results.parent.mkdir(parents=True, exist_ok=True)
     text = "\n".join(md) + "\n"
