@@ -62,6 +62,7 @@ def _branches(run_dir: Path) -> dict:
 def row_result(run_dir: Path, alpha) -> dict | None:
     """Val and test metrics of one run at the row's alpha; None if the run has not finished."""
     from lvmlt.evaluation.metrics import choose_alpha, compute_metrics
+    from lvmlt.models.classifier import mix_branches
 
     try:
         m = json.loads((run_dir / "metrics.json").read_text())
@@ -79,7 +80,7 @@ def row_result(run_dir: Path, alpha) -> dict | None:
         out = {"alpha": alpha}
         val, test = (
             compute_metrics(
-                (1 - alpha) * a[f"{s}_z_sam"] + alpha * a[f"{s}_z_cnn"],
+                mix_branches(a[f"{s}_z_cnn"], a[f"{s}_z_sam"], alpha),
                 a[f"{s}_labels"],
                 a["train_counts"],
                 th["many"],

@@ -233,8 +233,10 @@ def choose_alpha(z_cnn, z_sam, labels, train_counts, meta: Mapping, ev=None, pre
     Returns:
         ``(alpha, {alpha: mean class accuracy})`` over :data:`ALPHA_GRID`.
     """
+    from lvmlt.models.classifier import mix_branches
+
     z_cnn, z_sam = _to_numpy(z_cnn, np.float32), _to_numpy(z_sam, np.float32)
-    curve = {a: score((1 - a) * z_sam + a * z_cnn, labels, train_counts, meta, ev)["mean_class_acc"] for a in ALPHA_GRID}
+    curve = {a: score(mix_branches(z_cnn, z_sam, a), labels, train_counts, meta, ev)["mean_class_acc"] for a in ALPHA_GRID}
     best = max(curve.values())
     return min((a for a, v in curve.items() if v == best), key=lambda a: abs(a - prefer)), curve
 

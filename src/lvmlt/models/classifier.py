@@ -19,6 +19,11 @@ BRANCHES = ("z_cnn", "z_sam")
 ALPHA_SELECT = ("fixed", "val")
 
 
+def mix_branches(z_cnn, z_sam, alpha: float):
+    """The fused logits ``(1 - alpha) z_SAM + alpha z_CNN`` (eq. 3), of tensors or arrays alike."""
+    return (1 - alpha) * z_sam + alpha * z_cnn
+
+
 class LTClassifier(nn.Module):
     """Backbone + head, with the paper's SAM map and latent fusion as options.
 
@@ -115,7 +120,7 @@ class LTClassifier(nn.Module):
         if self.latent_fusion is None:
             return {"logits": z_cnn, "embedding": v_cnn, "v_cnn": v_cnn}
         z_sam, emb = self.latent_fusion(v_cnn, batch["sam_vec"])
-        logits = (1 - self.alpha) * z_sam + self.alpha * z_cnn
+        logits = mix_branches(z_cnn, z_sam, self.alpha)
         return {"logits": logits, "embedding": emb, "v_cnn": v_cnn, "z_cnn": z_cnn, "z_sam": z_sam}
 
 

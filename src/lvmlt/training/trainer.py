@@ -485,12 +485,14 @@ def final_evaluation(run: Run, run_dir: Path, best_epoch: int, bad_ids: set[str]
 def _alpha_on_val(run: Run, scored: dict) -> dict:
     """``fusion.alpha_select=val``: alpha chosen on the validation branch logits; every split's
     logits (``scored[split][0]``) are mixed again with it. Returns the record for metrics.json."""
+    from lvmlt.models.classifier import mix_branches
+
     _, labels, z = scored["val"]
     trained = run.model.alpha
     alpha, curve = choose_alpha(z["z_cnn"], z["z_sam"], labels, run.bundle.train_counts, run.bundle.meta, run.cfg.eval, trained)
     run.model.alpha = alpha  # what this process predicts with from now on; the config keeps the trained one
     for s in scored.values():
-        s[0] = (1 - alpha) * s[2]["z_sam"] + alpha * s[2]["z_cnn"]
+        s[0] = mix_branches(s[2]["z_cnn"], s[2]["z_sam"], alpha)
     return {"trained": trained, "chosen": alpha, "val_mean_class_acc": {str(a): v for a, v in curve.items()}}
 
 
