@@ -15,6 +15,9 @@ Writes ``benchmarks/results/fusion/never-worse.{md,csv}``. The runs are those of
 ``benchmarks/run_converged.sh`` (``<out>/<dataset>-e<E>-ce-<variant>-seed<s>``).
 
     python benchmarks/fusion_study.py [--datasets elpv mnist-lt] [--epochs fashion-mnist-lt=96]
+
+The CSV is the record: a data set left out of ``--datasets`` keeps the section and per-seed
+rows it has there (so one data set can be redone where the others' runs are not at hand).
 """
 
 from __future__ import annotations
@@ -103,6 +106,20 @@ def collect(out: Path, dataset: str, epochs: int, seeds: list[int]) -> dict[str,
     return table
 
 
+def kept_rows(path: Path, skip: list[str]) -> dict[str, tuple[int, dict[str, list[dict]]]]:
+    """Per data set not in ``skip``: (epochs, row -> per-seed records) read back from an earlier CSV."""
+    kept: dict[str, tuple[int, dict[str, list[dict]]]] = {}
+    if not path.exists():
+        return kept
+    with open(path, newline="") as f:
+        for r in csv.DictReader(f):
+            if r["dataset"] in skip:
+                continue
+            rec = {"seed": int(r["seed"]), **{c: float(r[c]) if r[c] else None for c in COLUMNS}}
+            kept.setdefault(r["dataset"], (int(r["epochs"]), {}))[1].setdefault(r["row"], []).append(rec)
+    return kept
+
+
 def _ms(values) -> str:
     v = np.array([x for x in values if x is not None], dtype=float)
     if len(v) == 0:
@@ -152,19 +169,24 @@ def main(argv=None) -> int:
         "(the runs: `bash benchmarks/run_converged.sh`).",
     ]
     rows_csv = []
-    for ds in args.datasets:
-        e = int(budgets.get(ds) or converged_budget(ds) or 0)
-        if not e:
-            md += ["", f"## {ds}", "", "not converged and no --epochs given"]
-            continue
-        table = collect(Path(args.out), ds, e, seeds)
+    results = Path(args.results)
+    kept = kept_rows(results.with_suffix(".csv"), args.datasets)
+    order = ["elpv", "mnist-lt", "fashion-mnist-lt"]
+    for ds in sorted({*args.datasets, *kept}, key=lambda d: (order.index(d) if d in order else len(order), d)):
+        if ds in kept:
+            e, table = kept[ds]
+        else:
+            e = int(budgets.get(ds) or converged_budget(ds) or 0)
+            if not e:
+                md += ["", f"## {ds}", "", "not converged and no --epochs given"]
+                continue
+            table = collect(Path(args.out), ds, e, seeds)
         md += ["", f"## {ds}, {e} epochs", "", "| row | n | " + " | ".join(COLUMNS) + " |",
                "| --- | ---: |" + " ---: |" * len(COLUMNS)]  # fmt: skip
         for row, runs in table.items():
             md.append(f"| {row} | {len(runs)} | " + " | ".join(_ms(r[c] for r in runs) for c in COLUMNS) + " |")
             rows_csv += [{"dataset": ds, "epochs": e, "row": row, **r} for r in runs]
         md += ["", "Against the better part (difference of the means over the seeds all three have):", "", *verdict(table)]
-    results = Path(args.results)
     results.parent.mkdir(parents=True, exist_ok=True)
     text = "\n".join(md) + "\n"
     results.with_suffix(".md").write_text(text)
