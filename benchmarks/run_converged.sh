@@ -8,7 +8,9 @@
 # study's runs (linked under the table's names). Seeds run
 # outermost, finished runs are reused and a killed one resumes; PARTS, DATASETS and SEEDS
 # split the work over processes. EPOCHS_<dataset> (dashes as underscores) sets the budget of
-# a data set whose study has not converged. Tables: benchmarks/results/converged/.
+# a data set whose study has not converged. TABLES_ONLY=1 writes the tables from the runs
+# that have finished (the n column says how many seeds each row has) and NOTE_EXTRA adds a
+# sentence to their notes (which rows were left). Tables: benchmarks/results/converged/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/convergence}
@@ -29,7 +31,7 @@ for ds in ${DATASETS:-elpv mnist-lt fashion-mnist-lt}; do
   for slug in baseline sam_features_l_proto__ours sam_latent_feature_only; do
     if [ -e "$OUT/$ds-e$E-$slug-seed0" ]; then ln -sfn "$ds-e$E-$slug-seed0" "$OUT/$ds-e$E-ce-$slug-seed0"; fi
   done
-  for seed in ${SEEDS:-0 1 2}; do
+  for seed in $([ -n "${TABLES_ONLY:-}" ] || echo ${SEEDS:-0 1 2}); do
     for part in ${PARTS:-ce bs baselines}; do
       if [ $part = ce ]; then
         python -m lvmlt ablate "${ARGS[@]}" --out "$OUT" --quiet --tag $ds-e$E-ce --seeds $seed --variants "$CE_ROWS" > /dev/null
@@ -44,7 +46,7 @@ for ds in ${DATASETS:-elpv mnist-lt fashion-mnist-lt}; do
   NOTE="Budget: $E epochs (the converged budget of benchmarks/results/convergence/$ds.md, chosen on CE's validation top-1). \
 Command (trains what is missing, reuses finished runs, then writes this table): \
 \`DATASETS=$ds bash benchmarks/run_converged.sh\`. The table of the committed $([ $ds = elpv ] && echo 10 || echo 6)-epoch budget is \
-benchmarks/results/ablation-$ds-<ce|bs>.md."
+benchmarks/results/ablation-$ds-<ce|bs>.md.${NOTE_EXTRA:+ $NOTE_EXTRA}"
   for part in ${PARTS:-ce bs baselines}; do
     if [ $part = ce ]; then
       python -m lvmlt ablate "${ARGS[@]}" --out "$OUT" --tag $ds-e$E-ce --seeds 0,1,2 --no-train --variants "$CE_ROWS" \
