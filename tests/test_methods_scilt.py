@@ -10,10 +10,9 @@ import torch
 from torch import nn
 
 from helpers import feature_bundle, write_store
-from lvmlt.config import LossConfig, SciLTConfig, load_config
+from lvmlt.config import SciLTConfig, load_config
 from lvmlt.errors import UserError
-from lvmlt.losses import build_loss
-from lvmlt.losses.scilt import dual_supervision_loss
+from lvmlt.losses.terms import build_terms
 from lvmlt.methods.scilt import LoRALinear, apply_lora, build_encoder_scilt
 from lvmlt.models.heads import count_trainable
 from lvmlt.models.scilt import AdaptiveFusion, SciLTHead, inference_logits
@@ -50,9 +49,11 @@ def test_dual_supervision_is_the_weighted_sum_of_per_head_cross_entropies():
         "logits": torch.tensor([[2.0, 0.0], [0.0, 1.0]]),
         "level_logits": [torch.tensor([[1.0, 1.0], [3.0, 0.0]]), torch.tensor([[0.0, 0.0], [0.0, 2.0]])],
     }
-    y = torch.tensor([0, 1])
-    ce = build_loss(LossConfig(name="ce"), np.array([5, 5]), 1)
-    terms = dual_supervision_loss(out, y, ce, aux_weight=0.5)
+    batch = {"label": torch.tensor([0, 1])}
+    base = load_config(None)
+    cfg = dataclasses.replace(base, scilt=dataclasses.replace(base.scilt, enabled=True, aux_weight=0.5))
+    terms = build_terms(cfg, np.array([5, 5]), None)  # the trainer's objective: value x weight, summed
+    values = {name: (v, t.weight) for name, t in terms.items() for name, v in t(out, batch).items()}
 
     def ce_hand(z, k):  # -log softmax(z)[k]
         return -(z[k] - math.log(sum(math.exp(v) for v in z)))
@@ -60,9 +61,11 @@ def test_dual_supervision_is_the_weighted_sum_of_per_head_cross_entropies():
     fused = (ce_hand([2, 0], 0) + ce_hand([0, 1], 1)) / 2
     lv1 = (ce_hand([1, 1], 0) + ce_hand([3, 0], 1)) / 2
     lv2 = (ce_hand([0, 0], 0) + ce_hand([0, 2], 1)) / 2
-    assert terms["fused"].item() == pytest.approx(fused, rel=1e-6)
-    assert terms["levels"].item() == pytest.approx(lv1 + lv2, rel=1e-6)
-    assert terms["total"].item() == pytest.approx(fused + 0.5 * (lv1 + lv2), rel=1e-6)
+    assert set(values) == {"baseline", "scilt_levels"}
+    assert values["baseline"][0].item() == pytest.approx(fused, rel=1e-6)
+    assert values["scilt_levels"][0].item() == pytest.approx(lv1 + lv2, rel=1e-6)
+    total = sum(w * v for v, w in values.values())
+    assert total.item() == pytest.approx(fused + 0.5 * (lv1 + lv2), rel=1e-6)
     mean = inference_logits(out, "mean")
     torch.testing.assert_close(mean, (out["logits"] + sum(out["level_logits"])) / 3)
 

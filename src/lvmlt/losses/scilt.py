@@ -8,25 +8,8 @@ run's ``loss.*`` (built once more here, on the same class counts), beta =
 
 from __future__ import annotations
 
-import torch
-from torch import nn
-
 from lvmlt.losses.baseline import AuxHeadsTerm, build_loss
 from lvmlt.losses.terms import TERMS, Term
-
-
-def dual_supervision_loss(out: dict, targets: torch.Tensor, loss_fn: nn.Module, aux_weight: float) -> dict:
-    """``{"fused": L(h_fuse), "levels": sum_l L(h_l), "total": fused + aux_weight * levels}``.
-
-    Args:
-        out: the SciLT model's output (``logits`` of the fused head, ``level_logits``).
-        targets: B class indices (-1 = skipped).
-        loss_fn: ``loss_fn(logits, targets) -> scalar`` (an lvmlt loss: CE, LA-CE, ...).
-        aux_weight: beta, the weight of every per-level head's loss.
-    """
-    fused = loss_fn(out["logits"], targets)
-    levels = sum(loss_fn(z, targets) for z in out["level_logits"])
-    return {"fused": fused, "levels": levels, "total": fused + aux_weight * levels}
 
 
 @TERMS.register("scilt_levels")
