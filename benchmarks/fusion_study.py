@@ -16,8 +16,9 @@ Writes ``benchmarks/results/fusion/never-worse.{md,csv}``. The runs are those of
 
     python benchmarks/fusion_study.py [--datasets elpv mnist-lt] [--epochs fashion-mnist-lt=96]
 
-The CSV is the record: a data set left out of ``--datasets`` keeps the section and per-seed
-rows it has there (so one data set can be redone where the others' runs are not at hand).
+The CSV is the record: a data set left out of ``--datasets``, or with no finished runs under
+``--out``, keeps the section and per-seed rows it has there (so one data set can be redone
+where the others' runs are not at hand).
 """
 
 from __future__ import annotations
@@ -106,15 +107,13 @@ def collect(out: Path, dataset: str, epochs: int, seeds: list[int]) -> dict[str,
     return table
 
 
-def kept_rows(path: Path, skip: list[str]) -> dict[str, tuple[int, dict[str, list[dict]]]]:
-    """Per data set not in ``skip``: (epochs, row -> per-seed records) read back from an earlier CSV."""
+def kept_rows(path: Path) -> dict[str, tuple[int, dict[str, list[dict]]]]:
+    """Per data set: (epochs, row -> per-seed records) read back from an earlier CSV."""
     kept: dict[str, tuple[int, dict[str, list[dict]]]] = {}
     if not path.exists():
         return kept
     with open(path, newline="") as f:
         for r in csv.DictReader(f):
-            if r["dataset"] in skip:
-                continue
             rec = {"seed": int(r["seed"]), **{c: float(r[c]) if r[c] else None for c in COLUMNS}}
             kept.setdefault(r["dataset"], (int(r["epochs"]), {}))[1].setdefault(r["row"], []).append(rec)
     return kept
@@ -170,17 +169,20 @@ def main(argv=None) -> int:
     ]
     rows_csv = []
     results = Path(args.results)
-    kept = kept_rows(results.with_suffix(".csv"), args.datasets)
+    kept = kept_rows(results.with_suffix(".csv"))
     order = ["elpv", "mnist-lt", "fashion-mnist-lt"]
     for ds in sorted({*args.datasets, *kept}, key=lambda d: (order.index(d) if d in order else len(order), d)):
-        if ds in kept:
-            e, table = kept[ds]
-        else:
+        table = {}
+        if ds in args.datasets:
             e = int(budgets.get(ds) or converged_budget(ds) or 0)
             if not e:
                 md += ["", f"## {ds}", "", "not converged and no --epochs given"]
                 continue
             table = collect(Path(args.out), ds, e, seeds)
+            if not table and ds in kept:
+                print(f"{ds}: no finished runs under {args.out}; its rows are kept from {results.with_suffix('.csv')}")
+        if not table and ds in kept:
+            e, table = kept[ds]
         md += ["", f"## {ds}, {e} epochs", "", "| row | n | " + " | ".join(COLUMNS) + " |",
                "| --- | ---: |" + " ---: |" * len(COLUMNS)]  # fmt: skip
         for row, runs in table.items():
