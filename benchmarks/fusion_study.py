@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+DATASETS = ("elpv", "mnist-lt", "fashion-mnist-lt")  # the default, and the order of the sections
 CNN, PROBE = "CNN alone (CE)", "SAM-latent probe"
 FULL, DUAL = "sam_features_l_proto__ours", "sam_features_l_proto_dual_val_alpha"
 #: row -> (run variant slug, alpha: "run" = the run's own logits, a number, or "val" = chosen on validation)
@@ -151,7 +152,7 @@ def verdict(table: dict) -> list[str]:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--datasets", nargs="*", default=["elpv", "mnist-lt", "fashion-mnist-lt"])
+    ap.add_argument("--datasets", nargs="*", default=list(DATASETS))
     ap.add_argument("--epochs", nargs="*", default=[], help="DATASET=E for a data set whose study has not converged")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--out", default="runs/convergence", help="where the runs are")
@@ -170,8 +171,7 @@ def main(argv=None) -> int:
     rows_csv = []
     results = Path(args.results)
     kept = kept_rows(results.with_suffix(".csv"))
-    order = ["elpv", "mnist-lt", "fashion-mnist-lt"]
-    for ds in sorted({*args.datasets, *kept}, key=lambda d: (order.index(d) if d in order else len(order), d)):
+    for ds in sorted({*args.datasets, *kept}, key=lambda d: (DATASETS.index(d) if d in DATASETS else len(DATASETS), d)):
         table = {}
         if ds in args.datasets:
             e = int(budgets.get(ds) or converged_budget(ds) or 0)
@@ -179,9 +179,9 @@ def main(argv=None) -> int:
                 md += ["", f"## {ds}", "", "not converged and no --epochs given"]
                 continue
             table = collect(Path(args.out), ds, e, seeds)
-            if not table and ds in kept:
-                print(f"{ds}: no finished runs under {args.out}; its rows are kept from {results.with_suffix('.csv')}")
         if not table and ds in kept:
+            if ds in args.datasets:
+                print(f"{ds}: no finished runs under {args.out}; its rows are kept from {results.with_suffix('.csv')}")
             e, table = kept[ds]
         md += ["", f"## {ds}, {e} epochs", "", "| row | n | " + " | ".join(COLUMNS) + " |",
                "| --- | ---: |" + " ---: |" * len(COLUMNS)]  # fmt: skip
