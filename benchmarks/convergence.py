@@ -14,6 +14,7 @@ in CE's *validation* top-1 (never chosen on test; see ``converged_budget``).
 
     python benchmarks/convergence.py --dataset elpv --base-epochs 10
     python benchmarks/convergence.py --dataset elpv --base-epochs 10 --need 8   # exit 0 if 8x is needed
+    python benchmarks/convergence.py --dataset elpv --base-epochs 10 --from-csv  # redraw, no runs
 """
 
 from __future__ import annotations
@@ -119,30 +120,29 @@ def write(dataset: str, base: int, table: dict, extra: dict, results: Path) -> s
 
 
 def _figure(dataset: str, table: dict, path: Path) -> None:
-    import matplotlib
+    from lvmlt.reporting.figures import plot_budget_curves
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    curves = {
+        label: {
+            e: {s: {"top1": r[f"{s}_top1"], "mean_class_acc": r[f"{s}_mca"]} for s in ("val", "test")}
+            for e, r in runs.items()
+        }
+        for label, runs in table.items()
+    }
+    plot_budget_curves(curves, title=dataset).savefig(path, dpi=120, metadata={"Software": None})
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharex=True)
-    for ax, metric, title in ((axes[0], "top1", "top-1"), (axes[1], "mca", "mean class accuracy")):
-        for i, (label, runs) in enumerate(table.items()):
-            e = sorted(runs)
-            color = f"C{i}"
-            ax.plot(e, [runs[k][f"val_{metric}"] for k in e], "o--", color=color, label=f"{label} (val)")
-            ax.plot(e, [runs[k][f"test_{metric}"] for k in e], "s-", color=color, label=f"{label} (test)")
-        ax.set_xscale("log", base=2)
-        ticks = sorted({e for runs in table.values() for e in runs})
-        ax.set_xticks(ticks, [str(t) for t in ticks])
-        ax.minorticks_off()
-        ax.set_xlabel("epoch budget")
-        ax.set_ylabel(f"{title} (%)")
-        ax.set_title(f"{dataset}: {title}")
-        ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+
+def read_csv(path: Path) -> tuple[dict, dict]:
+    """The committed table back: (systems, extra input sizes), as :func:`collect` gives them."""
+    table: dict[str, dict[int, dict]] = {}
+    extra: dict[str, dict[int, dict]] = {}
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            label, e = row.pop("system"), int(row.pop("epochs"))
+            r = {k: (float(v) if v not in ("", "None") else None) for k, v in row.items()}
+            r["best_epoch"] = None if r["best_epoch"] is None else int(r["best_epoch"])
+            (extra if " @ " in label else table).setdefault(label, {})[e] = r
+    return table, extra
 
 
 def main(argv=None) -> int:
@@ -154,8 +154,14 @@ def main(argv=None) -> int:
     ap.add_argument("--px", nargs="*", type=int, default=[], help="extra input sizes run at the converged budget")
     ap.add_argument("--need", type=int, metavar="K",
                     help="exit 0 if budget Kx is needed: CE's val top-1 still gains > 1 point from K/4 x to K/2 x")
+    ap.add_argument("--from-csv", action="store_true",
+                    help="redraw the md and figure from the committed CSV (no runs needed)")
     args = ap.parse_args(argv)
     base, out = args.base_epochs, Path(args.out)
+    if args.from_csv:
+        table, extra = read_csv(Path(args.results) / f"{args.dataset}.csv")
+        print(write(args.dataset, base, table, extra, Path(args.results)))
+        return 0
     budgets = [base * m for m in (1, 2, 4, 8, 16, 32)]
     table = collect(out, args.dataset, budgets)
     if args.need:

@@ -275,22 +275,43 @@ def figure_budget(groups: Sequence[RunGroup]) -> Figure | None:
     families = budget_families(groups)
     if not families:
         return None
+    curves = {
+        label: {
+            b: {s: {m: float(np.mean([r.metrics[s][m] for r in runs])) for m in _BUDGET_METRICS} for s in ("val", "test")}
+            for b, runs in by_budget.items()
+        }
+        for label, by_budget in families
+    }
+    return plot_budget_curves(curves)
+
+
+_BUDGET_METRICS = ("top1", "mean_class_acc")
+
+
+def plot_budget_curves(curves: dict[str, dict[int, dict[str, dict[str, float]]]], title: str = "") -> Figure:
+    """The budget figure from numbers: ``curves[label][epochs][split][metric]`` (split "val" / "test",
+    metric "top1" / "mean_class_acc"), one colour per label, dashed = validation, solid = test.
+
+    :func:`figure_budget` draws it from runs; ``benchmarks/convergence.py`` from its table.
+    """
     fig = Figure(figsize=(10, 3.8), layout="constrained")
     axes = [fig.add_subplot(1, 2, i + 1) for i in range(2)]
-    for i, (label, by_budget) in enumerate(families):
+    for i, (label, by_budget) in enumerate(curves.items()):
         budgets = sorted(by_budget)
         color = f"C{i % 10}"
-        for ax, metric in zip(axes, ("top1", "mean_class_acc"), strict=True):
+        for ax, metric in zip(axes, _BUDGET_METRICS, strict=True):
             for split, style in (("val", "o--"), ("test", "s-")):
-                ys = [np.mean([r.metrics[split][metric] for r in by_budget[b]]) for b in budgets]
-                ax.plot(budgets, ys, style, color=color, label=f"{label} ({split})")
-    ticks = sorted({b for _, by_budget in families for b in by_budget})
-    for ax, title in zip(axes, ("top-1", "mean class accuracy"), strict=True):
+                ax.plot(budgets, [by_budget[b][split][metric] for b in budgets], style, color=color,
+                        label=f"{label} ({split})")  # fmt: skip
+    ticks = sorted({b for by_budget in curves.values() for b in by_budget})
+    for ax, name in zip(axes, ("top-1", "mean class accuracy"), strict=True):
         ax.set_xscale("log", base=2)
         ax.set_xticks(ticks, [str(t) for t in ticks])
         ax.minorticks_off()
         ax.set_xlabel("epoch budget (optim.epochs)")
-        ax.set_ylabel(f"{title} (%)")
+        ax.set_ylabel(f"{name} (%)")
+        if title:
+            ax.set_title(f"{title}: {name}")
         ax.grid(alpha=0.3)
     axes[1].legend(fontsize=7, loc="lower right")
     return fig
