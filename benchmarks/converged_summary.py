@@ -6,7 +6,9 @@ Reads ``benchmarks/results/ablation-<dataset>-<loss>.csv`` (the committed budget
 ``benchmarks/run_converged.sh``), one line per seed, and writes
 ``benchmarks/results/converged/summary.md``: for each data set and baseline loss the mean ±
 std over seeds of the baseline, the full method (+SAM features + L_proto) and the SAM-latent
-probe at both budgets, and the full method's gain with its spread. "The direction holds" when
+probe at both budgets, and the full method's gain with its spread. From
+``baselines-<dataset>.csv`` and ``converged/baselines-<dataset>-e<E>.csv`` it does the same for
+each baseline row against its "+SAM features + L_proto" twin. "The direction holds" when
 the full method's mean beats the baseline's in top-1 and mean class accuracy by more than
 the larger of the two rows' standard deviations, and its gain on the rarest group present
 (few, else medium) is at least its gain on many-shot classes.
@@ -25,6 +27,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 BASE, FULL, PROBE = "baseline", "+SAM features+L_proto (ours)", "SAM latent feature only"
+SAM_TWIN = f" {FULL}"  # a baselines table's row with SAM: "<row> +SAM features+L_proto (ours)"
 OLD_BUDGET = {"elpv": 10, "mnist-lt": 6, "fashion-mnist-lt": 6}
 METRICS = ("top1", "mean_class_acc", "many", "medium", "few")
 
@@ -53,10 +56,11 @@ def _std(v: np.ndarray) -> float:
     return float(v.std(ddof=1)) if len(v) > 1 else 0.0
 
 
-def verdict(table: dict) -> str:
-    if BASE not in table or FULL not in table:
+def verdict(table: dict, base: str = BASE, full: str = FULL) -> str:
+    """Whether row ``full`` beats row ``base`` of ``table`` as the paper says (see the module)."""
+    if base not in table or full not in table:
         return "rows missing"
-    b, f = table[BASE], table[FULL]
+    b, f = table[base], table[full]
     gains = {m: f[m].mean() - b[m].mean() for m in METRICS if len(b[m]) and len(f[m])}
     spread = {m: max(_std(b[m]), _std(f[m])) for m in gains}
     tail = "few" if "few" in gains else "medium"
@@ -93,6 +97,26 @@ def main() -> int:
                     n = len(t["top1"])
                     lines.append(f"| {row} | {budget} | {n} | " + " | ".join(_ms(t[k]) for k in METRICS) + " |")
         lines += ["", f"- committed budget: {verdict(old)}", f"- converged budget: {verdict(cur)}"]
+    for new in sorted((RESULTS / "converged").glob("baselines-*-e*.csv")):
+        m = re.fullmatch(r"baselines-(.+)-e(\d+)", new.stem)
+        if not m:
+            continue
+        ds, e = m.group(1), int(m.group(2))
+        old, cur = read(RESULTS / f"baselines-{ds}.csv"), read(new)
+        budgets = ((OLD_BUDGET.get(ds, "?"), old), (e, cur))
+        lines += ["", f"## {ds}, each baseline and its +SAM twin: {OLD_BUDGET.get(ds, '?')} epochs against {e}", "",
+                  "| row | budget | n | " + " | ".join(METRICS) + " |", "| --- | ---: | ---: |" + " ---: |" * len(METRICS)]  # fmt: skip
+        verdicts = []
+        for row in [r for r in cur if not r.endswith(SAM_TWIN)]:
+            twin = f"{row}{SAM_TWIN}"
+            for name in (row, twin):
+                for budget, table in budgets:
+                    if name in table:
+                        t = table[name]
+                        lines.append(f"| {name} | {budget} | {len(t['top1'])} | " + " | ".join(_ms(t[k]) for k in METRICS) + " |")
+            verdicts += [f"- {row}, committed budget: {verdict(old, row, twin)}",
+                         f"- {row}, converged budget: {verdict(cur, row, twin)}"]  # fmt: skip
+        lines += ["", *verdicts]
     text = "\n".join(lines) + "\n"
     (RESULTS / "converged" / "summary.md").write_text(text)
     print(text)
