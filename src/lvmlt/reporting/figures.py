@@ -266,6 +266,9 @@ def budget_families(groups: Sequence[RunGroup]) -> list[tuple[str, dict[int, lis
     return [(labels[k], v) for k, v in fam.items() if len(v) >= 2]
 
 
+_BUDGET_METRICS = ("top1", "mean_class_acc")
+
+
 def figure_budget(groups: Sequence[RunGroup]) -> Figure | None:
     """Validation and test top-1 and mean class accuracy against the epoch budget.
 
@@ -284,8 +287,6 @@ def figure_budget(groups: Sequence[RunGroup]) -> Figure | None:
     }
     return plot_budget_curves(curves)
 
-
-_BUDGET_METRICS = ("top1", "mean_class_acc")
 
 
 def plot_budget_curves(curves: dict[str, dict[int, dict[str, dict[str, float]]]], title: str = "") -> Figure:
