@@ -74,6 +74,18 @@ def verdict(table: dict, base: str = BASE, full: str = FULL) -> str:
     return f"does not hold: {words}"
 
 
+def section(title: str, names, *budgets: tuple) -> list[str]:
+    """A summary section: each row name at each (budget, table) that has it, mean ± std over seeds."""
+    lines = ["", f"## {title}: {budgets[0][0]} epochs against {budgets[-1][0]}", "",
+             "| row | budget | n | " + " | ".join(METRICS) + " |", "| --- | ---: | ---: |" + " ---: |" * len(METRICS)]  # fmt: skip
+    for name in names:
+        for budget, table in budgets:
+            if name in table:
+                t = table[name]
+                lines.append(f"| {name} | {budget} | {len(t['top1'])} | " + " | ".join(_ms(t[k]) for k in METRICS) + " |")
+    return lines
+
+
 def main() -> int:
     lines = [
         "# The committed budget against the converged budget (test %, mean ± std over seeds)",
@@ -88,14 +100,7 @@ def main() -> int:
             continue
         ds, loss, e = m.group(1), m.group(2), int(m.group(3))
         old, cur = read(RESULTS / f"ablation-{ds}-{loss}.csv"), read(new)
-        lines += ["", f"## {ds}, {loss.upper()}: {OLD_BUDGET.get(ds, '?')} epochs against {e}", "",
-                  "| row | budget | n | " + " | ".join(METRICS) + " |", "| --- | ---: | ---: |" + " ---: |" * len(METRICS)]  # fmt: skip
-        for row in (BASE, FULL, PROBE):
-            for budget, table in ((OLD_BUDGET.get(ds, "?"), old), (e, cur)):
-                if row in table:
-                    t = table[row]
-                    n = len(t["top1"])
-                    lines.append(f"| {row} | {budget} | {n} | " + " | ".join(_ms(t[k]) for k in METRICS) + " |")
+        lines += section(f"{ds}, {loss.upper()}", (BASE, FULL, PROBE), (OLD_BUDGET.get(ds, "?"), old), (e, cur))
         lines += ["", f"- committed budget: {verdict(old)}", f"- converged budget: {verdict(cur)}"]
     for new in sorted((RESULTS / "converged").glob("baselines-*-e*.csv")):
         m = re.fullmatch(r"baselines-(.+)-e(\d+)", new.stem)
@@ -103,20 +108,11 @@ def main() -> int:
             continue
         ds, e = m.group(1), int(m.group(2))
         old, cur = read(RESULTS / f"baselines-{ds}.csv"), read(new)
-        budgets = ((OLD_BUDGET.get(ds, "?"), old), (e, cur))
-        lines += ["", f"## {ds}, each baseline and its +SAM twin: {OLD_BUDGET.get(ds, '?')} epochs against {e}", "",
-                  "| row | budget | n | " + " | ".join(METRICS) + " |", "| --- | ---: | ---: |" + " ---: |" * len(METRICS)]  # fmt: skip
-        verdicts = []
-        for row in [r for r in cur if not r.endswith(SAM_TWIN)]:
-            twin = f"{row}{SAM_TWIN}"
-            for name in (row, twin):
-                for budget, table in budgets:
-                    if name in table:
-                        t = table[name]
-                        lines.append(f"| {name} | {budget} | {len(t['top1'])} | " + " | ".join(_ms(t[k]) for k in METRICS) + " |")
-            verdicts += [f"- {row}, committed budget: {verdict(old, row, twin)}",
-                         f"- {row}, converged budget: {verdict(cur, row, twin)}"]  # fmt: skip
-        lines += ["", *verdicts]
+        plain = [r for r in cur if not r.endswith(SAM_TWIN)]
+        names = [n for r in plain for n in (r, f"{r}{SAM_TWIN}")]
+        lines += section(f"{ds}, each baseline and its +SAM twin", names, (OLD_BUDGET.get(ds, "?"), old), (e, cur))
+        lines += [""] + [f"- {r}, {which} budget: {verdict(t, r, f'{r}{SAM_TWIN}')}"
+                         for r in plain for which, t in (("committed", old), ("converged", cur))]  # fmt: skip
     text = "\n".join(lines) + "\n"
     (RESULTS / "converged" / "summary.md").write_text(text)
     print(text)

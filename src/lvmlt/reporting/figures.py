@@ -288,7 +288,6 @@ def figure_budget(groups: Sequence[RunGroup]) -> Figure | None:
     return plot_budget_curves(curves)
 
 
-
 def plot_budget_curves(curves: dict[str, dict[int, dict[str, dict[str, float]]]], title: str = "") -> Figure:
     """The budget figure from numbers: ``curves[label][epochs][split][metric]`` (split "val" / "test",
     metric "top1" / "mean_class_acc"), one colour per label, dashed = validation, solid = test.
