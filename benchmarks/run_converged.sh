@@ -10,7 +10,10 @@
 # split the work over processes. EPOCHS_<dataset> (dashes as underscores) sets the budget of
 # a data set whose study has not converged. TABLES_ONLY=1 writes the tables from the runs
 # that have finished (the n column says how many seeds each row has) and NOTE_EXTRA adds a
-# sentence to their notes (which rows were left). Tables: benchmarks/results/converged/.
+# sentence to their notes (which rows were left). A table keeps the (row, seed) lines of its
+# committed CSV that no finished run here replaces (--keep), so a session whose machine lacks
+# the earlier runs adds rows or seeds without training the rest again.
+# Tables: benchmarks/results/converged/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/convergence}
@@ -49,13 +52,13 @@ Command (trains what is missing, reuses finished runs, then writes this table): 
 benchmarks/results/ablation-$ds-<ce|bs>.md.${NOTE_EXTRA:+ $NOTE_EXTRA}"
   for part in ${PARTS:-ce bs baselines}; do
     if [ $part = ce ]; then
-      python -m lvmlt ablate "${ARGS[@]}" --out "$OUT" --tag $ds-e$E-ce --seeds 0,1,2 --no-train --variants "$CE_ROWS" \
+      python -m lvmlt ablate "${ARGS[@]}" --out "$OUT" --tag $ds-e$E-ce --seeds 0,1,2 --no-train --keep --variants "$CE_ROWS" \
         --results benchmarks/results/converged/ablation-$ds-ce-e$E --note "$NOTE" > /dev/null
     elif [ $part = baselines ]; then
-      python -m lvmlt baselines "${ARGS[@]}" --out "$OUT" --tag $ds-e$E --seeds 0,1,2 --no-train --rows "$ROWS" \
+      python -m lvmlt baselines "${ARGS[@]}" --out "$OUT" --tag $ds-e$E --seeds 0,1,2 --no-train --keep --rows "$ROWS" \
         --results benchmarks/results/converged/baselines-$ds-e$E --note "${NOTE//ablation-$ds-<ce|bs>/baselines-$ds}" > /dev/null
     else
-      python -m lvmlt ablate "${ARGS[@]}" loss.name=balanced_softmax --out "$OUT" --tag $ds-e$E-bs --seeds 0,1,2 --no-train \
+      python -m lvmlt ablate "${ARGS[@]}" loss.name=balanced_softmax --out "$OUT" --tag $ds-e$E-bs --seeds 0,1,2 --no-train --keep \
         --variants "$BS_ROWS" --results benchmarks/results/converged/ablation-$ds-bs-e$E --note "$NOTE" > /dev/null
     fi
   done

@@ -64,6 +64,7 @@ def test_ablation_grid_trains_each_variant_once_and_writes_tables(setup, tmp_pat
     # a second call reuses every finished run
     again = ablate.run_grid(cfg, names, (0, 1), tmp_path, "t", progress=False, log=lambda s: None)
     assert len(fits) == 6 and again == res
+    assert [m["seed"] for m in res["baseline"]] == [0, 1]
     md = ablate.write_tables(res, tmp_path / "tab", title="T")
     assert md.startswith("# T") and "+SAM latent" in md
     rows = (tmp_path / "tab.csv").read_text().splitlines()
@@ -77,7 +78,8 @@ def test_baselines_share_runs_and_apply_posthoc_and_second_stages(setup, tmp_pat
     rows = ["CE", "Label Shift (MAPLS)", "cRT"]
     res = baselines.run_rows(cfg, rows, (0,), tmp_path, "d", stage_epochs=1, progress=False, log=lambda s: None)
     sam = baselines.SAM
-    assert list(res) == [r + s for r in rows for s in ("", f" {sam}")]
+    assert list(res) == [r + s for r in rows for s in ("", f" {sam}")] == baselines.table_keys(rows)
+    assert all(m["seed"] == 0 for v in res.values() for m in v)
     # the CE baseline came from the ablation grid; its SAM twin and the two cRT stages are new
     assert sorted(fits) == sorted([
         "d-ce-sam_features_l_proto__ours-seed0", "d-ce-baseline-seed0-crt",
@@ -95,3 +97,34 @@ def test_baselines_share_runs_and_apply_posthoc_and_second_stages(setup, tmp_pat
     assert len(fits) == n
     with pytest.raises(Exception, match="unknown baseline row"):
         baselines.run_rows(cfg, ["nope"], (0,), tmp_path, "d")
+
+
+def test_keep_committed_completes_a_table_from_its_csv(tmp_path):
+    # an earlier table: rows a (seeds 0, 1) and b (seed 0), written with its seeds
+    old = {"a": [{"seed": 0, "top1": 50.0, "few": None}, {"seed": 1, "top1": 60.0, "few": None}],
+           "b": [{"seed": 0, "top1": 70.0, "few": 10.0}]}
+    ablate.write_tables(old, tmp_path / "tab")
+    # runs here: a's seed 1 again (it replaces the line) and seed 2 (new), c (new row)
+    here = {"a": [{"seed": 1, "top1": 61.0, "few": None}, {"seed": 2, "top1": 62.0, "few": None}],
+            "c": [{"seed": 0, "top1": 80.0, "few": None}]}
+    merged = ablate.keep_committed(here, tmp_path / "tab.csv", ["c", "a", "b"], (0, 1, 2))
+    assert list(merged) == ["c", "a", "b"]
+    assert [(m["seed"], m["top1"]) for m in merged["a"]] == [(0, 50.0), (1, 61.0), (2, 62.0)]
+    assert merged["b"] == [{"seed": 0, "top1": 70.0, "few": 10.0}]
+    md = ablate.write_tables(merged, tmp_path / "tab")
+    assert "| a | 3 |" in md and "57.67 ± 6.66" in md and "| b | 1 |" in md
+    # seeds and rows not asked for are left out; a missing CSV keeps nothing
+    assert list(ablate.keep_committed(here, tmp_path / "tab.csv", ["a"], (0,))) == ["a"]
+    assert ablate.keep_committed({}, tmp_path / "none.csv", ["a"], (0,)) == {}
+
+
+def test_keep_committed_refuses_lines_without_a_seed(tmp_path):
+    (tmp_path / "old.csv").write_text("run,top1\na,50.0\n")
+    with pytest.raises(Exception, match="row 'a' has a line without a seed.*old.csv"):
+        ablate.keep_committed({}, tmp_path / "old.csv", ["a"], (0,))
+    (tmp_path / "bad.csv").write_text("run,seed,top1\na,0,50.0,7\n")
+    with pytest.raises(Exception, match="line 2 has more cells than the header in .*bad.csv"):
+        ablate.keep_committed({}, tmp_path / "bad.csv", ["a"], (0,))
+    (tmp_path / "other.csv").write_text("name,top1\na,50.0\n")
+    with pytest.raises(Exception, match="no 'run' column"):
+        ablate.keep_committed({}, tmp_path / "other.csv", ["a"], (0,))

@@ -7,6 +7,7 @@ from lvmlt.evaluation.metrics import (
     format_table,
     group_classes,
     mean_std_table,
+    read_csv,
     write_csv,
 )
 
@@ -17,5 +18,6 @@ __all__ = [
     "format_table",
     "group_classes",
     "mean_std_table",
+    "read_csv",
     "write_csv",
 ]

@@ -347,3 +347,37 @@ def write_csv(
         for name, m in flat:
             writer.writerow([name, *("" if m.get(c) is None else m[c] for c in columns)])
     return path
+
+
+def read_csv(path: str | Path) -> dict[str, list[dict]]:
+    """Read back a CSV of :func:`write_csv`: run name -> list of metrics dicts, one per line.
+
+    Whole numbers come back as ints, other numbers as floats, empty cells as ``None``,
+    anything else as text (so writing it again gives the same file); the file is parsed
+    as data only.
+    """
+
+    def value(text: str):
+        if text == "":
+            return None
+        for kind in (int, float):
+            try:
+                return kind(text)
+            except ValueError:
+                pass
+        return text
+
+    from lvmlt.errors import UserError
+
+    rows: dict[str, list[dict]] = {}
+    with Path(path).open(newline="") as f:
+        reader = csv.DictReader(f)
+        if "run" not in (reader.fieldnames or []):
+            raise UserError("not a results table (no 'run' column)", where=str(path))
+        for n, line in enumerate(reader, start=2):
+            if None in line or None in line.values():
+                raise UserError(f"line {n} has {'more' if None in line else 'fewer'} cells than the header",
+                                where=str(path))
+            name = line.pop("run")
+            rows.setdefault(name, []).append({k: value(v) for k, v in line.items()})
+    return rows

@@ -45,7 +45,8 @@ def run_grid(
     log=print,
     train_missing: bool = True,
 ) -> dict[str, list[dict]]:
-    """Train every variant x seed (skipping finished runs); returns {variant: [test metrics per seed]}.
+    """Train every variant x seed (skipping finished runs); returns {variant: [test metrics per seed]}
+    (each with its ``seed``).
 
     With ``train_missing=False`` nothing is trained: the tables hold the finished runs only
     (the ``n`` column says how many seeds each row has)."""
@@ -68,7 +69,7 @@ def run_grid(
             m = run_metrics(cfg, progress, train_missing)
             if m is None:
                 continue
-            results[n].append(m)
+            results[n].append({"seed": s, **m})
             done += 1
             el = time.time() - t0
             log(f"[{done}/{total}] {n} seed {s}: test top1 {m['top1']:.2f}  (elapsed {el:.0f}s)")
@@ -115,3 +116,36 @@ def write_tables(
     out_prefix.with_suffix(".md").write_text(md)
     write_csv(out_prefix.with_suffix(".csv"), results)
     return md
+
+
+def keep_committed(
+    results: dict[str, list[dict]], csv_path: str | Path, order: list[str], seeds: tuple[int, ...]
+) -> dict[str, list[dict]]:
+    """``results`` completed by the lines of an earlier table's CSV that no run here replaces.
+
+    A table is written from the runs on this machine; when an earlier table's runs are gone
+    (another machine, another session), its CSV still holds one line per row and seed. A
+    (row, seed) with a finished run here takes the run; one without keeps its committed line,
+    so a table can gain a row or a seed without training its other runs again. Only rows in
+    ``order`` (which also gives the rows' order) and seeds in ``seeds`` are kept.
+    """
+    from lvmlt.errors import UserError
+    from lvmlt.evaluation.metrics import read_csv
+
+    csv_path = Path(csv_path)
+    committed = read_csv(csv_path) if csv_path.exists() else {}
+    merged: dict[str, list[dict]] = {}
+    for name in order:
+        by_seed = {}
+        for line in committed.get(name, []):
+            if line.get("seed") is None:
+                raise UserError(
+                    f"row {name!r} has a line without a seed", where=str(csv_path),
+                    fix="tables written before the seed column cannot be kept; rerun their runs",
+                )
+            by_seed[int(line["seed"])] = line
+        by_seed.update({int(m["seed"]): m for m in results.get(name, [])})
+        kept = [by_seed[s] for s in sorted(by_seed) if s in seeds]
+        if kept:
+            merged[name] = kept
+    return merged

@@ -75,6 +75,15 @@ DEFAULT_ROWS = (
 )
 
 
+def table_keys(names: list[str]) -> list[str]:
+    """The table's row names of baseline rows ``names``: each, then its "+SAM" twin."""
+    return [_key(n, sam) for n in names for sam in (False, True)]
+
+
+def _key(name: str, sam: bool) -> str:
+    return f"{name} {SAM}" if sam else name
+
+
 def _variants(sam: bool) -> tuple[str, dict]:
     name = SAM if sam else "baseline"
     return name, VARIANTS[name]
@@ -98,7 +107,8 @@ def run_rows(
     log=print,
     train_missing: bool = True,
 ) -> dict[str, list[dict]]:
-    """Obtain every row and its "+SAM" twin over seeds; returns {row: [test metrics per seed]}.
+    """Obtain every row and its "+SAM" twin over seeds; returns {row: [test metrics per seed]}
+    (each with its ``seed``).
 
     Args:
         base: the base config (data, model, optimiser; a ``fusion.store`` for the +SAM rows).
@@ -121,7 +131,7 @@ def run_rows(
     for n in names:
         row = ROWS[n]
         for sam in (False, True):
-            key = f"{n} {SAM}" if sam else n
+            key = _key(n, sam)
             results[key] = []
             for s in seeds:
                 first = _first_stage(base, row, sam, s, tag)
@@ -144,6 +154,6 @@ def run_rows(
                     m = run_metrics(stage, progress, train_missing)
                     if m is None:
                         continue
-                results[key].append(m)
+                results[key].append({"seed": s, **m})
                 log(f"{key} seed {s}: test top1 {m['top1']:.2f}  (elapsed {time.time() - t0:.0f}s)")
     return {k: v for k, v in results.items() if v}

@@ -15,9 +15,10 @@ def cmd_ablate(args) -> int:
         base, variants, seeds, args.out, args.tag, progress=not args.quiet, train_missing=not args.no_train
     )
     tag = args.tag or f"{base.data.name}-{base.loss.name}"
+    prefix = args.results or f"{args.out}/{tag}"
     md = write_tables(
-        results,
-        args.results or f"{args.out}/{tag}",
+        _kept(args, results, prefix, variants, seeds),
+        prefix,
         title=f"{tag}: test accuracy (%), mean ± std over seeds {args.seeds}",
         note=args.note or "",
     )
@@ -37,6 +38,8 @@ def add_parsers(sub) -> None:
     a.add_argument("--note", help="a paragraph written under the title (e.g. the command)")
     a.add_argument("--quiet", action="store_true")
     a.add_argument("--no-train", action="store_true", help="only tabulate the runs that have finished")
+    a.add_argument("--keep", action="store_true",
+                   help="keep the (row, seed) lines of the table's existing CSV that no run here replaces")
     a.set_defaults(func=cmd_ablate)
 
     b = sub.add_parser("baselines", help="each baseline alone and with +SAM features + L_proto, over seeds")
@@ -51,13 +54,15 @@ def add_parsers(sub) -> None:
     b.add_argument("--note", help="a paragraph written under the title (e.g. the command)")
     b.add_argument("--quiet", action="store_true")
     b.add_argument("--no-train", action="store_true", help="only tabulate the runs that have finished")
+    b.add_argument("--keep", action="store_true",
+                   help="keep the (row, seed) lines of the table's existing CSV that no run here replaces")
     b.set_defaults(func=cmd_baselines)
 
 
 def cmd_baselines(args) -> int:
     from lvmlt.config import load_config
     from lvmlt.experiments.ablate import write_tables
-    from lvmlt.experiments.baselines import run_rows
+    from lvmlt.experiments.baselines import DEFAULT_ROWS, run_rows, table_keys
 
     base = load_config(args.config, args.overrides)
     rows = args.rows.split(",") if args.rows else None
@@ -74,12 +79,21 @@ def cmd_baselines(args) -> int:
     )
     tag = args.tag or base.data.name
     title = f"{tag} baselines: test accuracy (%), mean ± std over seeds {args.seeds}"
-    print(
-        write_tables(
-            results, args.results or f"{args.out}/{tag}-baselines", title=title, note=args.note or ""
-        )
-    )
+    prefix = args.results or f"{args.out}/{tag}-baselines"
+    results = _kept(args, results, prefix, table_keys(rows or list(DEFAULT_ROWS)), seeds)
+    print(write_tables(results, prefix, title=title, note=args.note or ""))
     return 0
+
+
+def _kept(args, results: dict, prefix: str, order: list[str], seeds: tuple[int, ...]) -> dict:
+    """``results``, completed from the table's earlier CSV under ``--keep``."""
+    if not args.keep:
+        return results
+    from pathlib import Path
+
+    from lvmlt.experiments.ablate import keep_committed
+
+    return keep_committed(results, Path(prefix).with_suffix(".csv"), order, seeds)
 
 
 def _row_names():
