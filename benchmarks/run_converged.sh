@@ -11,8 +11,8 @@
 # a data set whose study has not converged. TABLES_ONLY=1 writes the tables from the runs
 # that have finished (the n column says how many seeds each row has) and NOTE_EXTRA adds a
 # sentence to their notes (which rows were left). A table keeps the (row, seed) lines of its
-# committed CSV that no finished run here replaces (--keep), so a session whose machine lacks
-# the earlier runs adds rows or seeds without training the rest again.
+# committed CSV, and finished runs here fill only what it lacks (--keep), so a session whose
+# machine lacks the earlier runs adds rows or seeds without training the rest again.
 # Tables: benchmarks/results/converged/.
 set -euo pipefail
 cd "$(dirname "$0")/.."

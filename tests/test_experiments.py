@@ -104,15 +104,15 @@ def test_keep_committed_completes_a_table_from_its_csv(tmp_path):
     old = {"a": [{"seed": 0, "top1": 50.0, "few": None}, {"seed": 1, "top1": 60.0, "few": None}],
            "b": [{"seed": 0, "top1": 70.0, "few": 10.0}]}
     ablate.write_tables(old, tmp_path / "tab")
-    # runs here: a's seed 1 again (it replaces the line) and seed 2 (new), c (new row)
+    # runs here: a's seed 1 again (the committed line stays) and seed 2 (new), c (new row)
     here = {"a": [{"seed": 1, "top1": 61.0, "few": None}, {"seed": 2, "top1": 62.0, "few": None}],
             "c": [{"seed": 0, "top1": 80.0, "few": None}]}
     merged = ablate.keep_committed(here, tmp_path / "tab.csv", ["c", "a", "b"], (0, 1, 2))
     assert list(merged) == ["c", "a", "b"]
-    assert [(m["seed"], m["top1"]) for m in merged["a"]] == [(0, 50.0), (1, 61.0), (2, 62.0)]
+    assert [(m["seed"], m["top1"]) for m in merged["a"]] == [(0, 50.0), (1, 60.0), (2, 62.0)]
     assert merged["b"] == [{"seed": 0, "top1": 70.0, "few": 10.0}]
     md = ablate.write_tables(merged, tmp_path / "tab")
-    assert "| a | 3 |" in md and "57.67 ± 6.66" in md and "| b | 1 |" in md
+    assert "| a | 3 |" in md and "57.33 ± 6.43" in md and "| b | 1 |" in md
     # seeds and rows not asked for are left out; a missing CSV keeps nothing
     assert list(ablate.keep_committed(here, tmp_path / "tab.csv", ["a"], (0,))) == ["a"]
     assert ablate.keep_committed({}, tmp_path / "none.csv", ["a"], (0,)) == {}

@@ -121,13 +121,15 @@ def write_tables(
 def keep_committed(
     results: dict[str, list[dict]], csv_path: str | Path, order: list[str], seeds: tuple[int, ...]
 ) -> dict[str, list[dict]]:
-    """``results`` completed by the lines of an earlier table's CSV that no run here replaces.
+    """``results`` completed by the lines of an earlier table's CSV.
 
     A table is written from the runs on this machine; when an earlier table's runs are gone
     (another machine, another session), its CSV still holds one line per row and seed. A
-    (row, seed) with a finished run here takes the run; one without keeps its committed line,
-    so a table can gain a row or a seed without training its other runs again. Only rows in
-    ``order`` (which also gives the rows' order) and seeds in ``seeds`` are kept.
+    (row, seed) the CSV has keeps its committed line, and a finished run here fills only a
+    (row, seed) the CSV lacks, so a table gains rows or seeds without training its other
+    runs again and without its committed numbers changing because a run of the same name
+    exists here (to replace a line, delete it from the CSV first). Only rows in ``order``
+    (which also gives the rows' order) and seeds in ``seeds`` are kept.
     """
     from lvmlt.errors import UserError
     from lvmlt.evaluation.metrics import read_csv
@@ -136,7 +138,7 @@ def keep_committed(
     committed = read_csv(csv_path) if csv_path.exists() else {}
     merged: dict[str, list[dict]] = {}
     for name in order:
-        by_seed = {}
+        by_seed = {int(m["seed"]): m for m in results.get(name, [])}
         for line in committed.get(name, []):
             if line.get("seed") is None:
                 raise UserError(
@@ -144,7 +146,6 @@ def keep_committed(
                     fix="tables written before the seed column cannot be kept; rerun their runs",
                 )
             by_seed[int(line["seed"])] = line
-        by_seed.update({int(m["seed"]): m for m in results.get(name, [])})
         kept = [by_seed[s] for s in sorted(by_seed) if s in seeds]
         if kept:
             merged[name] = kept

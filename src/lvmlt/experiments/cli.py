@@ -39,7 +39,7 @@ def add_parsers(sub) -> None:
     a.add_argument("--quiet", action="store_true")
     a.add_argument("--no-train", action="store_true", help="only tabulate the runs that have finished")
     a.add_argument("--keep", action="store_true",
-                   help="keep the (row, seed) lines of the table's existing CSV that no run here replaces")
+                   help="keep the (row, seed) lines of the table's existing CSV; runs here fill what it lacks")
     a.set_defaults(func=cmd_ablate)
 
     b = sub.add_parser("baselines", help="each baseline alone and with +SAM features + L_proto, over seeds")
@@ -55,7 +55,7 @@ def add_parsers(sub) -> None:
     b.add_argument("--quiet", action="store_true")
     b.add_argument("--no-train", action="store_true", help="only tabulate the runs that have finished")
     b.add_argument("--keep", action="store_true",
-                   help="keep the (row, seed) lines of the table's existing CSV that no run here replaces")
+                   help="keep the (row, seed) lines of the table's existing CSV; runs here fill what it lacks")
     b.set_defaults(func=cmd_baselines)
 
 
@@ -86,7 +86,7 @@ def cmd_baselines(args) -> int:
 
 
 def _kept(args, results: dict, prefix: str, order: list[str], seeds: tuple[int, ...]) -> dict:
-    """``results``, completed from the table's earlier CSV under ``--keep``."""
+    """``results`` under the table's earlier CSV lines with ``--keep``."""
     if not args.keep:
         return results
     from pathlib import Path
