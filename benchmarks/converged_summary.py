@@ -11,7 +11,9 @@ probe at both budgets, and the full method's gain with its spread. From
 each baseline row against its "+SAM features + L_proto" twin. "The direction holds" when
 the full method's mean beats the baseline's in top-1 and mean class accuracy by more than
 the larger of the two rows' standard deviations, and its gain on the rarest group present
-(few, else medium) is at least its gain on many-shot classes.
+(few, else medium) is at least its gain on many-shot classes. A last section puts CE and the
+full method side by side where the same configs and seeds ran on both CPU kinds
+(``MACHINES``), with the verdict on each.
 
     python benchmarks/converged_summary.py
 """
@@ -28,6 +30,15 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 BASE, FULL, PROBE = "baseline", "+SAM features+L_proto (ours)", "SAM latent feature only"
 SAM_TWIN = f" {FULL}"  # a baselines table's row with SAM: "<row> +SAM features+L_proto (ours)"
+# Where the same configs and seeds of CE and the full method ran on both CPU kinds (from the
+# tables' notes): (data set, epochs, ((machine, CSV, CE row, full-method row), ...)).
+_AMD, _XEON = "AMD EPYC (AVX512-BF16)", "Intel Xeon (AMX)"
+MACHINES = (
+    ("elpv", 40, ((_AMD, "converged/ablation-elpv-ce-e40.csv", BASE, FULL),
+                  (_XEON, "converged/baselines-elpv-e40.csv", "CE", f"CE{SAM_TWIN}"))),
+    ("mnist-lt", 24, ((_AMD, "converged/ablation-mnist-lt-ce-e24.csv", BASE, FULL),
+                      (_XEON, "converged/machines/ablation-mnist-lt-ce-e24-xeon.csv", BASE, FULL))),
+)
 OLD_BUDGET = {"elpv": 10, "mnist-lt": 6, "fashion-mnist-lt": 6}
 METRICS = ("top1", "mean_class_acc", "many", "medium", "few")
 
@@ -74,16 +85,32 @@ def verdict(table: dict, base: str = BASE, full: str = FULL) -> str:
     return f"does not hold: {words}"
 
 
-def section(title: str, names, *budgets: tuple) -> list[str]:
-    """A summary section: each row name at each (budget, table) that has it, mean ± std over seeds."""
-    lines = ["", f"## {title}: {budgets[0][0]} epochs against {budgets[-1][0]}", "",
-             "| row | budget | n | " + " | ".join(METRICS) + " |", "| --- | ---: | ---: |" + " ---: |" * len(METRICS)]  # fmt: skip
+def section(title: str, names, *budgets: tuple, key: str = "budget") -> list[str]:
+    """A summary section: each row name in each (label, table) that has it, mean ± std over
+    seeds; ``key`` names the label's column (an epoch budget, or a machine)."""
+    if key == "budget":
+        title = f"{title}: {budgets[0][0]} epochs against {budgets[-1][0]}"
+    lines = ["", f"## {title}", "",
+             f"| row | {key} | n | " + " | ".join(METRICS) + " |", "| --- | ---: | ---: |" + " ---: |" * len(METRICS)]  # fmt: skip
     for name in names:
         for budget, table in budgets:
             if name in table:
                 t = table[name]
                 lines.append(f"| {name} | {budget} | {len(t['top1'])} | " + " | ".join(_ms(t[k]) for k in METRICS) + " |")
     return lines
+
+
+def machines_section(ds: str, epochs: int, *tables: tuple) -> list[str]:
+    """CE and CE + SAM features + L_proto with the same configs and seeds on two CPUs:
+    ``tables`` are (machine, CSV under benchmarks/results, CE row, full-method row)."""
+    ce, full = "CE", f"CE{SAM_TWIN}"
+    labelled = []
+    for machine, path, base, ours in tables:
+        t = read(RESULTS / path)
+        labelled.append((machine, {ce: t[base], full: t[ours]} if base in t and ours in t else {}))
+    title = f"{ds} at {epochs} epochs, the same configs and seeds on two CPUs"
+    lines = section(title, (ce, full), *labelled, key="machine")
+    return lines + [""] + [f"- {machine}: {verdict(t, ce, full)}" for machine, t in labelled]
 
 
 def main() -> int:
@@ -113,6 +140,14 @@ def main() -> int:
         lines += section(f"{ds}, each baseline and its +SAM twin", names, (OLD_BUDGET.get(ds, "?"), old), (e, cur))
         lines += [""] + [f"- {r}, {which} budget: {verdict(t, r, f'{r}{SAM_TWIN}')}"
                          for r in plain for which, t in (("committed", old), ("converged", cur))]  # fmt: skip
+    lines += [
+        "",
+        "The tables above were made on two kinds of CPU (each table's note names its machine), whose "
+        "bfloat16 kernels round differently; where the same configs and seeds ran on both, the CE "
+        "baseline and the full method compare as follows.",
+    ]
+    for ds, epochs, tables in MACHINES:
+        lines += machines_section(ds, epochs, *tables)
     text = "\n".join(lines) + "\n"
     (RESULTS / "converged" / "summary.md").write_text(text)
     print(text)
