@@ -120,8 +120,11 @@ def test_keep_committed_completes_a_table_from_its_csv(tmp_path):
 
 def test_keep_committed_refuses_lines_without_a_seed(tmp_path):
     (tmp_path / "old.csv").write_text("run,top1\na,50.0\n")
-    with pytest.raises(Exception, match="row 'a' has a line without a seed.*old.csv"):
+    with pytest.raises(Exception, match="row 'a' has a line without a whole-number seed.*old.csv"):
         ablate.keep_committed({}, tmp_path / "old.csv", ["a"], (0,))
+    (tmp_path / "odd.csv").write_text("run,seed,top1\na,x,50.0\n")
+    with pytest.raises(Exception, match="whole-number seed \\('x'\\) in .*odd.csv"):
+        ablate.keep_committed({}, tmp_path / "odd.csv", ["a"], (0,))
     (tmp_path / "bad.csv").write_text("run,seed,top1\na,0,50.0,7\n")
     with pytest.raises(Exception, match="line 2 has more cells than the header in .*bad.csv"):
         ablate.keep_committed({}, tmp_path / "bad.csv", ["a"], (0,))

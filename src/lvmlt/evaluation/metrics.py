@@ -356,6 +356,7 @@ def read_csv(path: str | Path) -> dict[str, list[dict]]:
     anything else as text (so writing it again gives the same file); the file is parsed
     as data only.
     """
+    from lvmlt.errors import UserError
 
     def value(text: str):
         if text == "":
@@ -366,8 +367,6 @@ def read_csv(path: str | Path) -> dict[str, list[dict]]:
             except ValueError:
                 pass
         return text
-
-    from lvmlt.errors import UserError
 
     rows: dict[str, list[dict]] = {}
     with Path(path).open(newline="") as f:

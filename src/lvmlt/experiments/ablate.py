@@ -140,12 +140,13 @@ def keep_committed(
     for name in order:
         by_seed = {int(m["seed"]): m for m in results.get(name, [])}
         for line in committed.get(name, []):
-            if line.get("seed") is None:
+            if not isinstance(line.get("seed"), int):
                 raise UserError(
-                    f"row {name!r} has a line without a seed", where=str(csv_path),
+                    f"row {name!r} has a line without a whole-number seed ({line.get('seed')!r})",
+                    where=str(csv_path),
                     fix="tables written before the seed column cannot be kept; rerun their runs",
                 )
-            by_seed[int(line["seed"])] = line
+            by_seed[line["seed"]] = line
         kept = [by_seed[s] for s in sorted(by_seed) if s in seeds]
         if kept:
             merged[name] = kept
