@@ -20,11 +20,12 @@ full method side by side where the same configs and seeds ran on both CPU kinds
 
 from __future__ import annotations
 
-import csv
 import re
 from pathlib import Path
 
 import numpy as np
+
+from lvmlt.evaluation.metrics import read_csv
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -47,14 +48,10 @@ def read(path: Path) -> dict[str, dict[str, np.ndarray]]:
     """``{row: {metric: values over seeds}}`` of a table's CSV; {} if it does not exist."""
     if not path.exists():
         return {}
-    rows: dict[str, dict[str, list]] = {}
-    with open(path, newline="") as f:
-        for r in csv.DictReader(f):
-            d = rows.setdefault(r["run"], {m: [] for m in METRICS})
-            for m in METRICS:
-                if r.get(m):
-                    d[m].append(float(r[m]))
-    return {k: {m: np.array(v) for m, v in d.items()} for k, d in rows.items()}
+    return {
+        name: {m: np.array([float(r[m]) for r in lines if r.get(m) is not None]) for m in METRICS}
+        for name, lines in read_csv(path).items()
+    }
 
 
 def _ms(v: np.ndarray) -> str:

@@ -118,16 +118,13 @@ def test_keep_committed_completes_a_table_from_its_csv(tmp_path):
     assert ablate.keep_committed({}, tmp_path / "none.csv", ["a"], (0,)) == {}
 
 
-def test_keep_committed_refuses_lines_without_a_seed(tmp_path):
-    (tmp_path / "old.csv").write_text("run,top1\na,50.0\n")
-    with pytest.raises(Exception, match="row 'a' has a line without a whole-number seed.*old.csv"):
-        ablate.keep_committed({}, tmp_path / "old.csv", ["a"], (0,))
-    (tmp_path / "odd.csv").write_text("run,seed,top1\na,x,50.0\n")
-    with pytest.raises(Exception, match="whole-number seed \\('x'\\) in .*odd.csv"):
-        ablate.keep_committed({}, tmp_path / "odd.csv", ["a"], (0,))
-    (tmp_path / "bad.csv").write_text("run,seed,top1\na,0,50.0,7\n")
-    with pytest.raises(Exception, match="line 2 has more cells than the header in .*bad.csv"):
+@pytest.mark.parametrize("text, message", [
+    ("run,top1\na,50.0\n", "row 'a' has a line without a whole-number seed.*bad.csv"),
+    ("run,seed,top1\na,x,50.0\n", "whole-number seed \\('x'\\) in .*bad.csv"),
+    ("run,seed,top1\na,0,50.0,7\n", "line 2 has more cells than the header in .*bad.csv"),
+    ("name,top1\na,50.0\n", "no 'run' column"),
+])
+def test_keep_committed_refuses_a_bad_csv(tmp_path, text, message):
+    (tmp_path / "bad.csv").write_text(text)
+    with pytest.raises(Exception, match=message):
         ablate.keep_committed({}, tmp_path / "bad.csv", ["a"], (0,))
-    (tmp_path / "other.csv").write_text("name,top1\na,50.0\n")
-    with pytest.raises(Exception, match="no 'run' column"):
-        ablate.keep_committed({}, tmp_path / "other.csv", ["a"], (0,))

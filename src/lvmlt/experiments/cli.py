@@ -35,11 +35,7 @@ def add_parsers(sub) -> None:
     a.add_argument("--out", default="runs/ablate", help="directory for the runs")
     a.add_argument("--tag", default="", help="name prefix of the runs and tables")
     a.add_argument("--results", help="path prefix of the .md/.csv tables (default: OUT/TAG)")
-    a.add_argument("--note", help="a paragraph written under the title (e.g. the command)")
-    a.add_argument("--quiet", action="store_true")
-    a.add_argument("--no-train", action="store_true", help="only tabulate the runs that have finished")
-    a.add_argument("--keep", action="store_true",
-                   help="keep the (row, seed) lines of the table's existing CSV; runs here fill what it lacks")
+    _table_options(a)
     a.set_defaults(func=cmd_ablate)
 
     b = sub.add_parser("baselines", help="each baseline alone and with +SAM features + L_proto, over seeds")
@@ -51,12 +47,17 @@ def add_parsers(sub) -> None:
     b.add_argument("--tag", default="", help="name prefix of the runs (default: the dataset name)")
     b.add_argument("--stage-epochs", type=int, help="epochs of cRT / LWS (default: half the first stage)")
     b.add_argument("--results", help="path prefix of the .md/.csv tables (default: OUT/TAG-baselines)")
-    b.add_argument("--note", help="a paragraph written under the title (e.g. the command)")
-    b.add_argument("--quiet", action="store_true")
-    b.add_argument("--no-train", action="store_true", help="only tabulate the runs that have finished")
-    b.add_argument("--keep", action="store_true",
-                   help="keep the (row, seed) lines of the table's existing CSV; runs here fill what it lacks")
+    _table_options(b)
     b.set_defaults(func=cmd_baselines)
+
+
+def _table_options(p) -> None:
+    """The options ``lvmlt ablate`` and ``lvmlt baselines`` share for writing their tables."""
+    p.add_argument("--note", help="a paragraph written under the title (e.g. the command)")
+    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--no-train", action="store_true", help="only tabulate the runs that have finished")
+    p.add_argument("--keep", action="store_true",
+                   help="keep the (row, seed) lines of the table's existing CSV; runs here fill what it lacks")
 
 
 def cmd_baselines(args) -> int:
