@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from lvmlt.config import Config, load_config, replace, to_dict
@@ -24,21 +26,58 @@ def test_int_is_accepted_for_float_and_roundtrip():
     assert to_dict(cfg)["optim"]["milestones"] == [160, 180]
 
 
+# Each fault is one line that starts with the key (and for a value, the value and what it must be).
 @pytest.mark.parametrize(
-    "override, needle",
+    "override, start",
     [
         ("optim.lrr=0.1", "unknown config key 'optim.lrr'"),
-        ("optim.epochs=ten", "'optim.epochs' has value 'ten' of the wrong type"),
-        ("data.augment=3", "'data.augment'"),
-        ("model=3", "'model' must be a mapping"),
-        ("nokey", "not key=value"),
+        ("optim.epochs=ten", "config key 'optim.epochs' has value 'ten' of the wrong type"),
+        ("data.augment=3", "config key 'data.augment' has value 3"),
+        ("model=3", "config section 'model' must be a mapping"),
+        ("nokey", "override 'nokey' is not key=value"),
+        ("optim.epochs=0", "optim.epochs=0 must be at least 1"),
+        ("optim.epochs=-1", "optim.epochs=-1 must be at least 1"),
+        ("optim.lr=-0.1", "optim.lr=-0.1 must be a positive finite number"),
+        ("optim.lr=0", "optim.lr=0.0 must be a positive finite number"),
+        ("optim.lr=.nan", "optim.lr=nan must be a positive finite number"),
+        ("optim.lr=.inf", "optim.lr=inf must be a positive finite number"),
+        ("optim.weight_decay=-0.0001", "optim.weight_decay=-0.0001 must be a finite number >= 0"),
+        ("optim.momentum=1", "optim.momentum=1.0 must be in [0, 1)"),
+        ("optim.warmup_epochs=-1", "optim.warmup_epochs=-1 must be between 0 and optim.epochs"),
+        ("optim.warmup_epochs=31", "optim.warmup_epochs=31 must be between 0 and optim.epochs"),
+        ("optim.accumulate=0", "optim.accumulate=0 must be at least 1"),
+        ("optim.milestones=[5,-1]", "optim.milestones=[5, -1] must be a list of epochs >= 0"),
+        ("data.batch_size=0", "data.batch_size=0 must be at least 1"),
+        ("data.image_size=7", "data.image_size=7 must be at least 8"),
+        ("data.val_fraction=1", "data.val_fraction=1.0 must be in [0, 1)"),
+        ("data.val_fraction=-0.1", "data.val_fraction=-0.1 must be in [0, 1)"),
+        ("data.num_workers=-2", "data.num_workers=-2 must be at least -1"),
+        ("data.imbalance_factor=0.5", "data.imbalance_factor=0.5 must be a finite number >= 1"),
+        ("eval.many_threshold=-1", "eval.many_threshold=-1 must be at least 0"),
+        ("eval.few_threshold=-1", "eval.few_threshold=-1 must be at least 0"),
+        ("eval.few_threshold=30 eval.many_threshold=20", "eval.few_threshold=30 must be at least 0 and at"),
+        ("fusion.alpha=1.5", "fusion.alpha=1.5 must be in [0, 1]"),
+        ("fusion.latent_dim=0", "fusion.latent_dim=0 must be at least 1"),
+        ("fusion.heads=3", "fusion.heads=3 must be at least 1 and divide fusion.latent_dim"),
+        ("proto.beta=-1", "proto.beta=-1.0 must be a finite number >= 0"),
+        ("proto.bank_size=0", "proto.bank_size=0 must be at least 1"),
+        ("proco.feat_dim=4", "proco.feat_dim=4 must be at least 8"),
+        ("ifl.weights=[0.1,.nan]", "ifl.weights=[0.1, nan] must be finite numbers >= 0"),
+        ("proto.tau_head=.inf", "proto.tau_head=inf must be a finite number"),
+        ("threads=-1", "threads=-1 must be at least 0"),
     ],
 )
-def test_bad_config_is_one_clear_error(override, needle):
+def test_bad_config_is_one_clear_error(override, start):
     with pytest.raises(UserError) as e:
-        load_config(None, [override])
-    assert needle in str(e.value)
+        load_config(None, override.split())
+    assert str(e.value).startswith(start)
     assert "\n" not in str(e.value)
+
+
+def test_a_bad_value_names_the_default_as_fix():
+    with pytest.raises(UserError) as e:
+        load_config(None, ["optim.lr=-0.1"])
+    assert str(e.value) == "optim.lr=-0.1 must be a positive finite number; e.g. optim.lr=0.1 (the default)"
 
 
 def test_missing_and_bad_yaml(tmp_path):
@@ -48,3 +87,37 @@ def test_missing_and_bad_yaml(tmp_path):
     bad.write_text("optim:\n  lr: [1, 2\n")
     with pytest.raises(UserError, match=r"bad.yaml:\d"):
         load_config(bad)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["optim.epochs=1", "optim.warmup_epochs=1", "optim.lr=0.000001", "optim.weight_decay=0"],
+        ["optim.momentum=0", "optim.milestones=[0]", "optim.max_steps_per_epoch=0", "optim.accumulate=1"],
+        ["data.batch_size=1", "data.image_size=8", "data.val_fraction=0", "data.num_workers=-1"],
+        ["eval.many_threshold=0", "eval.few_threshold=1", "fusion.alpha=0", "fusion.alpha=1", "proto.beta=0"],
+        ["eval.few_threshold=500"],  # many_threshold unset: the dataset's default decides
+        ["fusion.latent_dim=6", "fusion.heads=3", "synthetic.shrinkage=-1", "run_name=", "threads=0"],
+    ],
+)
+def test_edge_values_that_work_load(overrides):
+    load_config(None, overrides)
+
+
+@pytest.mark.parametrize("path", sorted(Path(__file__).parents[1].glob("configs/*.yaml")))
+def test_committed_configs_load(path):
+    load_config(path)
+
+
+@pytest.mark.parametrize("name", ["../x", "a/b", "a\\b", "x\0y", ".", ".."])
+def test_run_name_is_one_folder_inside_out_dir(name):
+    with pytest.raises(UserError) as e:
+        load_config(None, [f"run_name={name}"])
+    assert str(e.value).startswith(f"run_name={name!r} must be one folder name inside out_dir")
+    with pytest.raises(UserError, match="run_name="):  # replace() checks too
+        replace(load_config(), run_name=name)
+
+
+def test_run_name_plain_and_default():
+    assert load_config(None, ["run_name=ce-seed0..b"]).run_name == "ce-seed0..b"
+    assert load_config().run_name == ""  # "": the default name <dataset>-<loss>-seed<seed>

@@ -3,6 +3,7 @@ headless browser renders it with every figure decoded."""
 
 import argparse
 import base64
+import html
 import io
 import json
 import re
@@ -320,3 +321,20 @@ def test_runs_differing_only_in_the_budget_get_a_budget_figure(tmp_path, report)
     result = write_report(dirs, tmp_path / "r.html")
     assert "budget" in result["figures"]
     assert "budget" not in report["result"]["figures"]  # one budget per group there: no such figure
+
+
+def test_user_text_is_escaped_in_markdown_and_html(tmp_path):
+    # A run directory may be named anything the file system allows (run_name itself is one
+    # folder name: no "/"); its name, group label and the title are the user's text.
+    name = "<b>x<i>|y&`z`"
+    _synthetic_run(tmp_path / name)
+    result = write_report([tmp_path / name], tmp_path / "r.html", title="<script>t</script>")
+    md, page = result["markdown"].read_text(), result["html"].read_text()
+    for text in (md, page):
+        assert "<b>" not in text and "<i>" not in text and "<script>" not in text
+    assert "# &lt;script&gt;t&lt;/script&gt;\n" in md
+    assert "| &lt;b&gt;x&lt;i&gt;\\|y&amp;&#96;z&#96; | &lt;b&gt;x&lt;i&gt;\\|y&amp;&#96;z&#96; | 0 |" in md
+    shown = html.escape(name)  # in the page escaped once, with "|" and the backticks back
+    assert f'<td class="">{shown}</td>' in page and "&amp;lt;" not in page
+    assert f"</span>{shown}</td>" in page  # the group's colour swatch still found by its label
+    assert "<title>&lt;script&gt;t&lt;/script&gt;</title>" in page

@@ -52,7 +52,14 @@ from lvmlt.reporting.runs import (
     short_id,
     unique_names,
 )
-from lvmlt.reporting.tables import groups_table, md_to_html, provenance_table, runs_table, summary_table
+from lvmlt.reporting.tables import (
+    groups_table,
+    md_text,
+    md_to_html,
+    provenance_table,
+    runs_table,
+    summary_table,
+)
 from lvmlt.rundir import atomic_write_text as _write_atomic  # a reader never sees a half-written page
 
 # ---------------------------------------------------------------------------------------
@@ -278,8 +285,8 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path, title: str | N
     out.parent.mkdir(parents=True, exist_ok=True)
     _write_atomic(out, page)
     md = (
-        f"# {title}\n\n{len(runs)} run(s) in {len(groups)} group(s); written {stamp}. "
-        f"Figures: {out.name}.\n\n{scope}\n\n"
+        f"# {md_text(title)}\n\n{len(runs)} run(s) in {len(groups)} group(s); written {stamp}. "
+        f"Figures: {md_text(out.name)}.\n\n{scope}\n\n"
         f"## Summary: mean ± std over seeds\n\n{tables['summary']}\n"
         f"## Groups\n\n{tables['groups']}\n## Runs\n\n{tables['runs']}\n"
         f"## Provenance\n\n{tables['provenance']}"

@@ -1,4 +1,8 @@
 """The report's tables, in markdown (from :mod:`lvmlt.evaluation.metrics`), and their HTML form.
+
+Run names, group labels and config values are the user's text: in the markdown they are made
+inert (:func:`md_text`; ``|`` is ``\\|``), in the HTML escaped, so a run named ``<script>``
+shows as text in both.
 """
 
 from __future__ import annotations
@@ -15,6 +19,15 @@ COLUMNS = ("many", "medium", "few", "top1", "mean_class_acc", "ece")
 # ---------------------------------------------------------------------------------------
 # Tables (markdown from lvmlt.evaluation.metrics, turned into HTML for the page)
 # ---------------------------------------------------------------------------------------
+_MD_ENTITIES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", "`": "&#96;"})
+
+
+def md_text(text: str) -> str:
+    """``text`` for markdown, with no HTML and no code span in it: ``& < >`` and backticks as
+    entities (they render as themselves); letters, digits, ``-_+.`` and spaces unchanged."""
+    return text.translate(_MD_ENTITIES)
+
+
 def _rename_first_header(md: str, name: str) -> str:
     first, _, rest = md.partition("\n")
     return re.sub(r"^\| [^|]+ \|", f"| {name} |", first, count=1) + "\n" + rest
@@ -37,7 +50,7 @@ def summary_table(groups: Sequence[RunGroup]) -> str:
         methods = dict.fromkeys(m for r in g.runs for m in _calibrated(r))
         for m in methods:
             rows[f"{g.label} +{m}"] = [_calibrated(r)[m] for r in g.runs if m in _calibrated(r)]
-    return _rename_first_header(mean_std_table(rows, COLUMNS), "group")
+    return md_text(_rename_first_header(mean_std_table(rows, COLUMNS), "group"))
 
 
 def runs_table(groups: Sequence[RunGroup]) -> str:
@@ -48,7 +61,7 @@ def runs_table(groups: Sequence[RunGroup]) -> str:
             rows[r.name] = {"group": g.label, "seed": r.seed, **r.test}
             for m, test in _calibrated(r).items():
                 rows[f"{r.name} +{m}"] = {"group": g.label, "seed": r.seed, **test}
-    return format_table(rows, ("group", "seed", *COLUMNS))
+    return md_text(format_table(rows, ("group", "seed", *COLUMNS)))
 
 
 def groups_table(groups: Sequence[RunGroup]) -> str:
@@ -60,7 +73,8 @@ def groups_table(groups: Sequence[RunGroup]) -> str:
         }
         for g in groups
     }
-    return _rename_first_header(format_table(rows, ("runs", "seeds", "config vs. first group")), "group")
+    table = format_table(rows, ("runs", "seeds", "config vs. first group"))
+    return md_text(_rename_first_header(table, "group"))
 
 
 def provenance_table(groups: Sequence[RunGroup]) -> str:
@@ -83,21 +97,21 @@ def provenance_table(groups: Sequence[RunGroup]) -> str:
                 "best epoch": best,
             }
     cols = ("seed", "git commit", "backbone", "encoder", "weights sha256", "data fingerprint", "best epoch")
-    return format_table(rows, cols)
+    return md_text(format_table(rows, cols))
 
 
 _NUMBER = re.compile(r"^[-+]?\d[\d.]*(e[-+]?\d+)?( ± \d[\d.]*)?$|^\d+/\d+$")
 
 
 def md_to_html(md: str, colors: dict[str, str] | None = None) -> str:
-    """An HTML table from a markdown table written by :mod:`lvmlt.evaluation.metrics`.
+    """An HTML table from a markdown table of this module (cells through :func:`md_text`).
 
     Columns whose cells are all numbers (or "-") are right-aligned; text columns stay left.
     """
 
     def cells(line: str) -> list[str]:
         inner = line.strip()[2:-2]
-        return [c.replace("\\|", "|") for c in re.split(r"(?<!\\) \| ", inner)]
+        return [html.unescape(c.replace("\\|", "|")) for c in re.split(r"(?<!\\) \| ", inner)]
 
     lines = md.strip().splitlines()
     header, body = cells(lines[0]), [cells(line) for line in lines[2:]]
