@@ -213,12 +213,27 @@ def load_checkpoint(path: str | Path, map_location="cpu", fix: str | None = None
         with torch.serialization.safe_globals(legacy):
             state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises RuntimeError, UnpicklingError, EOFError, ... for broken files
-        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
-        if found:
+        # Why, from the globals the file's pickle names (parsed, never run): one torch does
+        # not admit is a pickled object; a file that does not parse is damaged.
+        from lvmlt.safepickle import checkpoint_globals, torch_admitted_globals
+
+        admitted = torch_admitted_globals(legacy)
+        try:
+            refused = [g for g in checkpoint_globals(path) if g not in admitted]
+        except Exception:  # not a zip, truncated, a member failing its CRC, a broken pickle
+            refused = None
+        resave = "re-save it holding only tensors and plain values (e.g. torch.save({'model': model.state_dict()}))"
+        if refused:
             raise UserError(
-                f"checkpoint {path} holds a pickled Python object ({found.group(1)}), "
+                f"checkpoint {path} holds a pickled Python object ({refused[0]}), "
                 "and lvmlt loads checkpoints as data only, never as code",
-                fix="re-save it holding only tensors and plain values (e.g. torch.save({'model': model.state_dict()}))",
+                fix=resave,
+            ) from None
+        if refused is not None:  # an intact zip whose pickle names only admitted globals
+            raise UserError(
+                f"checkpoint {path} holds no pickled object, yet torch.load(weights_only=True) cannot read it "
+                f"({type(e).__name__}; a pickle_protocol other than torch.save's default?)",
+                fix=resave,
             ) from None
         raise UserError(
             f"checkpoint {path} is damaged and cannot be read ({type(e).__name__})", fix=redo

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import pickle
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,7 @@ from lvmlt.data.datasets import (
     register_dataset,
 )
 from lvmlt.errors import UserError
+from lvmlt.safepickle import load as load_data_pickle
 
 CIFAR_LT_VAL_PER_CLASS = {"cifar10": 100, "cifar100": 20}
 
@@ -44,17 +44,20 @@ _CIFAR = {
 
 
 def _unpickle(path: Path) -> dict:
-    # The CIFAR "python version" is pickled dicts with bytes keys; we only open files in the
-    # folder the user pointed data.root at.
+    # The CIFAR "python version" is pickled dicts with bytes keys, read as data only: a
+    # crafted file in data.root cannot name any global but numpy's array reconstruction.
+    fix = "re-extract the archive"
     try:
         with open(path, "rb") as f:
-            d = pickle.load(f, encoding="bytes")
+            d = load_data_pickle(
+                f, f"CIFAR file {path}", fix=f"{fix} from its official source", encoding="bytes"
+            )
+    except UserError:
+        raise
     except Exception as e:
-        raise UserError(
-            f"cannot read CIFAR file ({type(e).__name__})", where=str(path), fix="re-extract the archive"
-        ) from None
+        raise UserError(f"cannot read CIFAR file ({type(e).__name__})", where=str(path), fix=fix) from None
     if not isinstance(d, dict):
-        raise UserError("CIFAR file does not hold a dict", where=str(path), fix="re-extract the archive")
+        raise UserError("CIFAR file does not hold a dict", where=str(path), fix=fix)
     return d
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import gzip
 import importlib.util
-import pickle
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +22,7 @@ from lvmlt.data.datasets import (
     register_dataset,
 )
 from lvmlt.errors import UserError
+from lvmlt.safepickle import load as load_data_pickle
 
 MNIST_LT_N_MAX = 5000  # MNIST and Fashion-MNIST: CIFAR-10-LT's head size
 MNIST_LT_VAL_PER_CLASS = 100
@@ -52,8 +52,10 @@ def _load_mnist():
     files = [f for f in files if f.is_file()]
     if not files:
         raise DataNotFoundError("the MNIST dataset package is not installed", fix=MNIST_INSTALL)
-    with gzip.open(files[0], "rb") as f:
-        train, valid, test = pickle.load(f, encoding="latin1")
+    with gzip.open(files[0], "rb") as f:  # read as data only: numpy arrays in tuples
+        train, valid, test = load_data_pickle(
+            f, f"MNIST file {files[0]}", fix=f"reinstall the package: {MNIST_INSTALL}", encoding="latin1"
+        )
 
     def to_uint8(part):
         x, y = part

@@ -18,8 +18,10 @@ line it came from and the fix, so one bad file among 100k is found without a tra
 
 from __future__ import annotations
 
+import errno
 import os
 import re
+import stat
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -135,11 +137,8 @@ class FileLoader:
         p = self.path(i)
         where = f"{p} ({self.origins[i]})"
         if not p.is_file():
-            raise BadImageError(
-                "image file not found",
-                where=where,
-                fix="check data.root and the path, or set data.skip_bad_images=true",
-            )
+            what, fix = _not_a_file(p)
+            raise BadImageError(what, where=where, fix=f"{fix}, or set data.skip_bad_images=true")
         try:
             with Image.open(p) as im:
                 return im.convert("RGB")  # convert() decodes fully, so truncation fails here
@@ -158,6 +157,21 @@ class FileLoader:
             return os.stat(self.path(i)).st_size
         except (OSError, ValueError):
             return -1
+
+
+def _not_a_file(p: Path) -> tuple[str, str]:
+    """(what, fix) for an image path that is not a regular file: missing, a folder, a link loop."""
+    try:
+        mode = os.stat(p).st_mode
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return "image path is a symbolic link loop", "point the link at an image file"
+        if os.path.islink(p):
+            return f"image file not found (a symbolic link to {os.readlink(p)})", "restore the link's target"
+        return "image file not found", "check data.root and the path"
+    if stat.S_ISDIR(mode):
+        return "image path is a directory, not an image file", "list image files, not folders"
+    return "image path is not a regular file", "list image files only"
 
 
 def split_from_file(
@@ -198,6 +212,23 @@ def split_from_file(
 
 def _is_image(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith(".")
+
+
+def _enter_once(path: Path, walked: dict[str, Path]) -> bool:
+    """Whether a folder walk enters ``path``: not when its real folder is walked already (a
+    key of ``walked``, which maps real folders to the path that walks them); one warning."""
+    real = os.path.realpath(path)
+    first = walked.setdefault(real, path)
+    if first == path:
+        return True
+    if not path.is_symlink():
+        how = f"is the same folder as {first}, walked already (through a symbolic link)"
+    elif (os.path.realpath(path.parent) + os.sep).startswith(real + os.sep):
+        how = f"is a symbolic link loop (to {first})"
+    else:
+        how = f"is a symbolic link to {first}, which is walked already"
+    warnings.warn(f"image folder {path} {how}; skipped, so each image is listed once", stacklevel=3)
+    return False
 
 
 def split_from_image_folder(
@@ -246,10 +277,21 @@ def split_from_image_folder(
                 fix="use the same class folder names as the train/ folder",
             )
     index = {c: k for k, c in enumerate(class_names)}
+    # Symbolic links are followed, each real folder entered once: a link back up the tree
+    # (``ln -s .. train/3/loop``) or to a class folder would list images again, or forever.
+    walked: dict[str, Path] = {}
+    for p in [folder, *(folder / c for c in found)]:
+        walked.setdefault(os.path.realpath(p), p)
     ids, labels = [], []
     for c in found:
         for dirpath, dirnames, filenames in os.walk(folder / c, followlinks=True):
             dirnames.sort()  # os.walk order is filesystem order: sort for stable ids
+            skipped = set()
+            # real folders claim their place before links to them (one level at a time)
+            for d in sorted(dirnames, key=lambda d: os.path.islink(os.path.join(dirpath, d))):
+                if not _enter_once(Path(dirpath) / d, walked):
+                    skipped.add(d)
+            dirnames[:] = [d for d in dirnames if d not in skipped]
             for f in sorted(filenames):
                 if _is_image(f):
                     ids.append((Path(dirpath) / f).relative_to(id_root).as_posix())
