@@ -85,11 +85,27 @@ COMMAND_MODULES = (
     "lvmlt.experiments.cli",  # ablate, baselines
     "lvmlt.experiments.compare",  # compare (the other systems side by side)
     "lvmlt.reporting.cli",  # report
+    "lvmlt.deploy.cli",  # predict, export
 )
 
 
+def _bundle_parser(argv: list[str]) -> argparse.ArgumentParser | None:
+    """``lvmlt predict BUNDLE ...`` gets a parser of its own: the other subcommands' modules
+    import torch, and a bundle runs without it."""
+    if len(argv) < 2 or argv[0] != "predict":
+        return None
+    from lvmlt.deploy.cli import add_predict_parser, is_bundle
+
+    if not is_bundle(argv[1]):
+        return None
+    p = argparse.ArgumentParser(prog="lvmlt")
+    add_predict_parser(p.add_subparsers(dest="command", required=True))
+    return p
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = _bundle_parser(argv) or build_parser()
     args, extra = parser.parse_known_args(argv)
     # key=value overrides may come before, between or after the options (argparse keeps
     # only one contiguous run of a positional list)

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from lvmlt import rundir
+from lvmlt.calibration import posthoc  # noqa: F401  (registers "logit_adjust")
 from lvmlt.calibration.label_shift import CALIBRATORS, resolve_source_prior
 from lvmlt.errors import UserError
 

@@ -10,29 +10,19 @@ that pretrained backbones expect.
 
 from __future__ import annotations
 
-import numpy as np
 from PIL import Image
 from torchvision import transforms as T
 
 from lvmlt.errors import UserError
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from lvmlt.inputs import IMAGENET_MEAN, IMAGENET_STD, to_rgb
 
 
 class ToRGB:
-    """PIL image of any mode -> RGB (a class, not a lambda, so DataLoader workers can pickle it)."""
+    """PIL image of any mode -> RGB (:func:`lvmlt.inputs.to_rgb`: deep images are scaled, not
+    clipped); a class, not a lambda, so DataLoader workers can pickle it."""
 
     def __call__(self, img: Image.Image) -> Image.Image:
-        if img.mode == "RGB":
-            return img
-        if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
-            # 16-bit / float images: scale to 8 bits before "L", which would otherwise clip.
-            a = np.asarray(img, dtype=np.float64)
-            lo, hi = float(a.min()), float(a.max())
-            a = (a - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(a)
-            img = Image.fromarray(a.round().astype(np.uint8))
-        return img.convert("RGB")
+        return to_rgb(img)
 
     def __repr__(self) -> str:
         return "ToRGB()"

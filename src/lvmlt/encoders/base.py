@@ -14,11 +14,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 from torch import nn
 
+from lvmlt import inputs
 from lvmlt.errors import UserError
 from lvmlt.registry import Registry
 
@@ -58,9 +58,7 @@ def resolve_geometry(name: str, img_size: int = 0) -> tuple[int, int]:
     return size, size // stride
 
 
-# SAM's pixel statistics (ImageNet mean/std on the 0..255 scale), used by SAM and MobileSAM.
-SAM_PIXEL_MEAN = (123.675, 116.28, 103.53)
-SAM_PIXEL_STD = (58.395, 57.12, 57.375)
+SAM_PIXEL_MEAN, SAM_PIXEL_STD = inputs.SAM_PIXEL_MEAN, inputs.SAM_PIXEL_STD
 
 
 @dataclass(frozen=True)
@@ -89,44 +87,16 @@ class Preprocessing:
 
     def resized_shape(self, h: int, w: int) -> tuple[int, int]:
         """(h', w') after resizing the longest side to img_size (SAM's rounding)."""
-        scale = self.img_size / max(h, w)
-        return int(h * scale + 0.5), int(w * scale + 0.5)
+        return inputs.resized_shape(h, w, self.img_size)
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
-        """One PIL image -> float32 tensor 3 x S x S."""
-        rgb = to_rgb(image)
-        w, h = rgb.size
-        nh, nw = self.resized_shape(h, w)
-        if (nh, nw) != (h, w):
-            rgb = rgb.resize((nw, nh), Image.Resampling.BILINEAR)
-        x = torch.from_numpy(np.asarray(rgb, dtype=np.float32).copy()).permute(2, 0, 1)
-        if self.norm == "sam":
-            mean = torch.tensor(SAM_PIXEL_MEAN).view(3, 1, 1)
-            std = torch.tensor(SAM_PIXEL_STD).view(3, 1, 1)
-            x = (x - mean) / std
-        elif self.norm == "minmax":
-            lo, hi = x.min(), x.max()
-            x = (x - lo) / torch.clamp(hi - lo, min=1e-8)
-        else:  # pragma: no cover - encoders choose from the two above
+        """One PIL image -> float32 tensor 3 x S x S (:func:`lvmlt.inputs.sam_input`)."""
+        if self.norm not in ("sam", "minmax"):  # pragma: no cover - encoders choose from the two
             raise ValueError(f"unknown normalisation {self.norm!r}")
-        out = torch.zeros(3, self.img_size, self.img_size)
-        out[:, :nh, :nw] = x
-        return out
+        return torch.from_numpy(inputs.sam_input(image, self.img_size, self.norm))
 
 
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Any PIL image -> 8-bit RGB; 16-bit and float grayscale are rescaled, not clipped."""
-    if image.mode == "RGB":
-        return image
-    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        a = np.asarray(image, dtype=np.float64)
-        if image.mode.startswith("I;16"):
-            a = a / 257.0  # full 16-bit range onto 0..255
-        else:
-            lo, hi = float(a.min()), float(a.max())
-            a = (a - lo) * (255.0 / max(hi - lo, 1e-12))
-        image = Image.fromarray(np.clip(a + 0.5, 0, 255).astype(np.uint8), mode="L")
-    return image.convert("RGB")
+to_rgb = inputs.to_rgb  # any PIL image -> 8-bit RGB (deep images scaled, not clipped)
 
 
 def file_sha256(path: str | Path) -> str:
@@ -237,8 +207,7 @@ class FrozenEncoder(nn.Module):
 
     def valid_fraction(self, image_hw: tuple[int, int]) -> tuple[float, float]:
         """Share of the padded input (height, width) that the image itself covers."""
-        nh, nw = self.preprocessing.resized_shape(*image_hw)
-        return nh / self.img_size, nw / self.img_size
+        return inputs.valid_fraction(image_hw, self.img_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: B x 3 x S x S (preprocessed) -> B x out_channels x grid x grid."""

@@ -19,48 +19,7 @@ import numpy as np
 import torch
 
 from lvmlt.errors import UserError
-
-NORMS = ("cl2n", "l2", "standardize", "raw")
-LEVEL = "level/"  # batch key prefix of a pooled stage: "level/stage3"
-
-
-class FeatureNorm:
-    """A fixed map of feature vectors, fitted on the training split.
-
-    ``cl2n``: subtract the training mean, then L2-normalise (pooled SAM vectors share a large
-    common component, so plain L2 leaves every image in a narrow cap of the sphere);
-    ``l2``: L2-normalise; ``standardize``: per-dimension z-score; ``raw``: unchanged.
-    """
-
-    def __init__(self, kind: str = "cl2n"):
-        if kind not in NORMS:
-            raise UserError(f"unknown feature normalisation {kind!r}", fix=f"choose one of: {', '.join(NORMS)}")
-        self.kind = kind
-        self.mean: np.ndarray | None = None
-        self.std: np.ndarray | None = None
-
-    @property
-    def on_sphere(self) -> bool:
-        """True when the outputs are unit vectors."""
-        return self.kind in ("cl2n", "l2")
-
-    def fit(self, x: np.ndarray) -> FeatureNorm:
-        x = np.asarray(x, dtype=np.float64)
-        self.mean = x.mean(axis=0)
-        self.std = x.std(axis=0) + 1e-6
-        return self
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        x = np.asarray(x, dtype=np.float64)
-        if self.kind in ("cl2n", "standardize") and self.mean is None:
-            raise RuntimeError("FeatureNorm.fit() must be called before use")
-        if self.kind == "cl2n":
-            x = x - self.mean
-        elif self.kind == "standardize":
-            x = (x - self.mean) / self.std
-        if self.on_sphere:
-            x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-        return x.astype(np.float32)
+from lvmlt.inputs import LEVEL, NORMS, FeatureNorm  # noqa: F401  (re-exported: the one definition)
 
 
 def level_hint(store_root, levels: Sequence[str]) -> str:

@@ -23,7 +23,6 @@ processes, shares out whatever chunks are still missing.
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import shutil
 import sys
@@ -63,6 +62,7 @@ from lvmlt.features.store import (
     tmp_name,
     write_manifest,
 )
+from lvmlt.inputs import valid_cells
 
 
 # ---------------------------------------------------------------------------------------
@@ -140,13 +140,6 @@ def iter_batches(
 # ---------------------------------------------------------------------------------------
 # From encoder output to what is stored
 # ---------------------------------------------------------------------------------------
-def _valid_cells(side: int, frac: tuple[float, float], crop: bool) -> tuple[int, int]:
-    """Grid cells (rows, cols) that cover the image rather than SAM's bottom-right padding."""
-    if not crop:
-        return side, side
-    return max(1, math.ceil(frac[0] * side - 1e-6)), max(1, math.ceil(frac[1] * side - 1e-6))
-
-
 def _resize_map(m: torch.Tensor, size: int) -> torch.Tensor:
     """1 x h x w -> 1 x size x size: area-average when shrinking, bilinear when growing."""
     if m.shape[-2:] == (size, size):
@@ -172,7 +165,7 @@ class Reducer:
     def cells(self, fmap: torch.Tensor, size_hw) -> torch.Tensor:
         """The valid part of one image's C x h x w map (float32)."""
         frac = self.encoder.valid_fraction(size_hw)
-        gh, gw = _valid_cells(fmap.shape[-1], frac, self.cfg.crop_padding)
+        gh, gw = valid_cells(fmap.shape[-1], frac, self.cfg.crop_padding)
         return fmap[:, :gh, :gw].float()
 
     def reduce(self, outputs: dict[str, torch.Tensor], sizes) -> dict[str, np.ndarray]:

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from tqdm import tqdm
 
 from lvmlt import distributed, hardware, rundir
@@ -137,6 +136,7 @@ class Run:
     splits: dict  # train / val / test datasets (with SAM features when the model needs them)
     loaders: dict  # train / val / test DataLoaders (val / test sharded under torchrun)
     sampler: object  # the training sampler (set_epoch each epoch)
+    store: object = None  # the open FeatureStore (None when the model reads images only)
 
     def record(self) -> dict:
         """What ``auto`` settings became on this machine (written into config.yaml)."""
@@ -189,7 +189,7 @@ def build_run(cfg: Config, bundle=None, load_init: bool = True) -> Run:
     counts = getattr(splits["train"], "class_counts", bundle.train_counts)
     terms = build_terms(cfg, counts, model).to(device)
     loaders, sampler = build_loaders(cfg, bundle, splits, device)
-    return Run(cfg, bundle, device, precision, model, terms, splits, loaders, sampler)
+    return Run(cfg, bundle, device, precision, model, terms, splits, loaders, sampler, store)
 
 
 def open_store(cfg: Config):
@@ -297,7 +297,7 @@ class Trainer:
                 # so that a run resumes on another kind of machine).
                 "runtime": run.record(),
             }
-            rundir.atomic_write_text(self.run_dir / rundir.CONFIG, yaml.safe_dump(resolved, sort_keys=False))
+            rundir.write_config(self.run_dir, resolved)
 
     # -- checkpoints ------------------------------------------------------------------
     def _state(self, epoch: int) -> dict:
@@ -360,8 +360,7 @@ class Trainer:
                 if improved:
                     rundir.save_checkpoint(self.run_dir / rundir.BEST, self._state(epoch))
                 rundir.save_checkpoint(self.run_dir / rundir.LAST, self._state(epoch))
-                with open(self.run_dir / rundir.HISTORY, "a") as f:
-                    f.write(json.dumps(rec) + "\n")
+                rundir.append_history(self.run_dir, rec)
                 for k, v in rec.items():
                     if k != "epoch":
                         writer.add_scalar(k, v, epoch)
@@ -469,11 +468,17 @@ def final_evaluation(run: Run, run_dir: Path, best_epoch: int, bad_ids: set[str]
         bad_ids |= {ids[i] for i in np.flatnonzero(labels < 0)}
     if cfg.fusion.alpha_select == "val":
         out["alpha"] = _alpha_on_val(run, scored)
+    thresholds = {}
     for split, (logits, labels, z) in scored.items():
         preds.update({f"{split}_logits": logits, f"{split}_labels": labels, **{f"{split}_{k}": v for k, v in z.items()}})
         out[split] = score(logits, labels, run.bundle.train_counts, run.bundle.meta, cfg.eval)
+        thresholds = out[split]["thresholds"]
     if runtime.is_primary():
-        rundir.atomic_write(run_dir / rundir.PREDICTIONS, lambda f: np.savez(f, **preds))
+        rundir.write_predictions(run_dir, preds)
+        from lvmlt.training.describe import describe_run
+
+        alpha = run.model.alpha if getattr(run.model, "latent_fusion", None) is not None else None
+        rundir.write_description(run_dir, *describe_run(run, run.store, alpha, *scored["val"][:2], thresholds))
         if bad_ids:
             rundir.atomic_write_text(run_dir / rundir.BAD_IMAGES, "\n".join(sorted(bad_ids)) + "\n")
         out["skipped_images"] = len(bad_ids)
@@ -496,10 +501,6 @@ def _alpha_on_val(run: Run, scored: dict) -> dict:
     return {"trained": trained, "chosen": alpha, "val_mean_class_acc": {str(a): v for a, v in curve.items()}}
 
 
-def _load_saved(path: Path) -> dict:
-    return yaml.safe_load(Path(path).read_text())
-
-
 def _diff(a: dict, b: dict, prefix: str = "") -> str:
     keys = []
     for k in sorted(set(a) | set(b)):
@@ -520,7 +521,7 @@ def train(cfg: Config, resume: bool = False, progress: bool = True, bundle=None)
 
 def load_run(run_dir: str | Path) -> Config:
     """The :class:`Config` a run directory was made with."""
-    saved = _load_saved(Path(run_dir) / rundir.CONFIG)
+    saved = rundir.read_config(run_dir)
     from lvmlt.config import _build, without_retired
 
     return _build(Config, without_retired(saved["config"]))
@@ -529,8 +530,6 @@ def load_run(run_dir: str | Path) -> Config:
 def evaluate_run(run_dir: str | Path, progress: bool = True) -> dict:
     """Re-evaluate a finished run's best checkpoint (``lvmlt evaluate RUN_DIR``)."""
     run_dir = Path(run_dir)
-    if not (run_dir / rundir.CONFIG).exists():
-        raise UserError(f"{run_dir} is not a run directory (no config.yaml)", fix="pass the directory `lvmlt train` made")
     cfg = load_run(run_dir)
     cfg = replace(cfg, out_dir=str(run_dir.parent), run_name=run_dir.name)
     if not (run_dir / rundir.BEST).exists():

@@ -1,0 +1,162 @@
+"""An exported bundle (``lvmlt export``) as a model for :mod:`lvmlt.deploy.predictor`, without torch.
+
+A bundle is one directory::
+
+    manifest.json        format, lvmlt version, and the size and sha256 of every file below
+    model.json           the run's description (inputs, classes, counts, thresholds, image
+                         size, feature settings, calibration): see lvmlt.training.describe
+    classes.json         the class names, in output order
+    classifier.onnx      inputs by model.json["inputs"] -> "logits" (B x C), batch dimension free
+    encoder.onnx         (when the model reads SAM features) "image" 1 x 3 x S x S -> "out"
+                         1 x 256 x h x w (and one output per stored level)
+    pca_mean.npy, pca_component.npy      the global PCA basis of the map feature
+    norm.<key>.mean.npy / .std.npy       feature normalisations fitted on the training split
+    val_logits.npy, val_labels.npy       the validation predictions adaptation starts from
+
+Every file is checked against the manifest when the bundle opens: a changed byte or a
+missing file is one line naming it. ``.npy`` files are read with ``allow_pickle=False``:
+nothing in a bundle is unpickled. The graphs run through ONNX Runtime, or OpenVINO where
+it is installed (it reads ONNX directly).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from lvmlt import inputs
+from lvmlt.errors import UserError
+
+MANIFEST = "manifest.json"
+BUNDLE_FORMAT = 1
+ENCODER, CLASSIFIER = "encoder.onnx", "classifier.onnx"
+ENGINES = ("auto", "onnxruntime", "openvino")
+
+
+def onnx_name(key: str) -> str:
+    """The graph input name of a model input (``level/stage3`` -> ``level_stage3``)."""
+    return key.replace("/", "_")
+
+
+def npy_name(key: str) -> str:
+    """The bundle file of a ``model.npz`` array (``norm.level__stage3.mean`` -> ``....npy``)."""
+    return f"{key}.npy"
+
+
+def sha256_file(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def verify(root: Path) -> dict:
+    """The manifest, after checking that every file it lists is present and unchanged."""
+    path = root / MANIFEST
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path} cannot be read ({type(e).__name__})", fix="export the bundle again") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
+        raise UserError(f"{path} is not an lvmlt bundle manifest of format {BUNDLE_FORMAT}",
+                        fix="export the bundle again with this lvmlt")
+    for name, rec in manifest["files"].items():
+        f = root / name
+        if Path(name).is_absolute() or ".." in Path(name).parts:
+            raise UserError(f"{path} lists a file outside the bundle ({name})", fix="export the bundle again")
+        if not f.is_file():
+            raise UserError(f"bundle {root} lacks {name}", fix="copy the whole bundle directory, or export it again")
+        if f.stat().st_size != rec["bytes"] or sha256_file(f) != rec["sha256"]:
+            raise UserError(f"bundle file {f} is damaged (its sha256 differs from the manifest)",
+                            fix="copy the bundle again, or export it again")
+    return manifest
+
+
+def _load_npy(root: Path, name: str) -> np.ndarray:
+    return np.load(root / name, allow_pickle=False)
+
+
+def _session(path: Path, engine: str, threads: int):
+    """``run(feeds: {name: array}) -> [outputs]`` of one graph, through ``engine``."""
+    if engine == "openvino":
+        import openvino as ov
+
+        core = ov.Core()
+        config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        compiled = core.compile_model(str(path), "CPU", config)
+        request = compiled.create_infer_request()
+
+        def run(feeds):
+            res = request.infer(feeds)
+            return [np.array(res[o], copy=True) for o in compiled.outputs]
+
+        return run
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = int(threads)
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return lambda feeds: session.run(None, feeds)
+
+
+def choose_engine(engine: str) -> str:
+    if engine not in ENGINES:
+        raise UserError(f"unknown bundle engine {engine!r}", fix=f"choose one of: {', '.join(ENGINES)}")
+    if engine != "auto":
+        return engine
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        return "onnxruntime"
+    return "openvino"
+
+
+class BundleModel:
+    """An exported bundle, opened and checked; see the module docstring for its files.
+
+    Args:
+        root: the bundle directory.
+        engine: auto (OpenVINO where installed, else ONNX Runtime) | onnxruntime | openvino.
+        threads: inference threads (0 = the engine's default).
+    """
+
+    def __init__(self, root, engine: str = "auto", threads: int = 0, log=None):
+        self.root = Path(root)
+        self.log = log or (lambda s: print(s, file=sys.stderr))
+        self.manifest = verify(self.root)
+        self.spec = json.loads((self.root / "model.json").read_text(encoding="utf-8"))
+        self.spec["classes"] = json.loads((self.root / "classes.json").read_text(encoding="utf-8"))
+        self.needs = set(self.spec["inputs"])
+        self.sam_keys = inputs.sam_keys(self.needs)
+        self.engine = choose_engine(engine)
+        files = self.manifest["files"]
+        f = self.spec.get("features") or {}
+        self.sam_norm = f.get("input_norm", "sam")
+        self.pca = None
+        if npy_name("pca_mean") in files:
+            self.pca = (_load_npy(self.root, npy_name("pca_mean")), _load_npy(self.root, npy_name("pca_component")))
+        self.norms = {}
+        for key, kind in f.get("norms", {}).items():
+            arrays = [npy_name(f"norm.{key.replace('/', '__')}.{p}") for p in ("mean", "std")]
+            mean, std = (_load_npy(self.root, a) if a in files else None for a in arrays)
+            self.norms[key] = inputs.FeatureNorm(kind, mean, std)
+        self.val_logits = _load_npy(self.root, npy_name("val_logits"))
+        self.val_labels = _load_npy(self.root, npy_name("val_labels"))
+        self._classifier = _session(self.root / CLASSIFIER, self.engine, threads)
+        self._encoder = _session(self.root / ENCODER, self.engine, threads) if self.sam_keys else None
+        self.outputs = ["out", *f.get("levels", [])]
+        self.log(f"bundle {self.root}: {self.spec['system']}, {len(self.spec['classes'])} classes, engine {self.engine}")
+
+    def encode(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        outs = self._encoder({"image": np.ascontiguousarray(x, dtype=np.float32)})
+        return dict(zip(self.outputs, outs, strict=True))
+
+    def classify(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+        feeds = {onnx_name(k): np.ascontiguousarray(v, dtype=np.float32) for k, v in batch.items()}
+        return self._classifier(feeds)[0]

@@ -1,0 +1,90 @@
+"""``lvmlt predict`` and ``lvmlt export``.
+
+``predict`` takes a run directory or an exported bundle; a bundle is run without importing
+torch (the command line builds only this module's parsers for it, see :func:`lvmlt.cli.main`).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from lvmlt.deploy.predictor import ADAPT_METHODS
+
+
+def is_bundle(path: str) -> bool:
+    from lvmlt.deploy.bundle import MANIFEST
+
+    return (Path(path) / MANIFEST).is_file()
+
+
+def open_model(target: str, engine: str = "auto", device: str = "auto", log=None):
+    """A run directory or a bundle, opened as a model for the predictor."""
+    if is_bundle(target):
+        from lvmlt.deploy.bundle import BundleModel
+
+        return BundleModel(target, engine=engine, log=log)
+    from lvmlt.deploy.run_model import RunModel
+
+    return RunModel(target, device=device, engine=engine, log=log)
+
+
+def cmd_predict(args) -> int:
+    from lvmlt.deploy.predictor import predict
+
+    log = (lambda s: None) if args.quiet else (lambda s: print(s, file=sys.stderr))
+    model = open_model(args.model, engine=args.engine, device=args.device, log=log)
+    res = predict(
+        model, args.images, list_file=args.from_file, out=args.out, topk=args.topk, adapt_method=args.adapt,
+        strict=args.strict, batch_size=args.batch_size, progress=not args.quiet, force_adapt=args.force_adapt,
+    )
+    where = f" -> {args.out}" if args.out else ""
+    print(f"classified {res['classified']} of {res['images']} images in {res['seconds']:.1f} s "
+          f"({res['images_per_second']:.2f} img/s){where}", file=sys.stderr)
+    if res["skipped"]:
+        print(f"skipped {res['skipped']} unreadable images (status 'error: ...' in the output)", file=sys.stderr)
+    if "prior" in res:
+        shown = ", ".join(f"{c} {p:.3f}" for c, p in zip(model.spec["classes"], res["prior"], strict=True))
+        print(f"estimated class mix ({args.adapt}): {shown}", file=sys.stderr)
+    return 0
+
+
+def cmd_export(args) -> int:
+    from lvmlt.deploy.export import export_bundle
+
+    log = (lambda s: None) if args.quiet else (lambda s: print(s, file=sys.stderr))
+    res = export_bundle(args.run_dir, args.out, check_images=args.check_images, overwrite=args.overwrite, log=log)
+    print(f"bundle written to {res['bundle']}: {res['files']} files, {res['megabytes']:.1f} MB; "
+          f"checked on {res['checked']} validation images: same top-1 {res['same_top1']}, "
+          f"largest probability difference {res['max_prob_diff']:.2e}")
+    return 0
+
+
+def add_predict_parser(sub) -> None:
+    p = sub.add_parser("predict", help="classify images with a trained run or an exported bundle")
+    p.add_argument("model", help="a run directory (made by lvmlt train) or a bundle (made by lvmlt export)")
+    p.add_argument("images", nargs="*", help="image files and folders (folders are walked recursively)")
+    p.add_argument("--from", dest="from_file", metavar="LIST", help="a text file with one image path per line")
+    p.add_argument("--topk", type=int, default=3, help="classes listed per image (default 3)")
+    p.add_argument("--out", help="write rows to a .csv or .jsonl file (default: a table on stdout)")
+    p.add_argument("--adapt", choices=ADAPT_METHODS, default="none",
+                   help="re-weight to the class mix estimated on these images (needs enough of them)")
+    p.add_argument("--force-adapt", action="store_true", help="adapt even below the batch size where it pays")
+    p.add_argument("--strict", action="store_true", help="stop at the first unreadable image instead of skipping it")
+    p.add_argument("--batch-size", type=int, default=32, help="images per classifier call (default 32)")
+    p.add_argument("--engine", default="auto", help="encoder engine: auto | torch | openvino | onnxruntime")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda (run directories only)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or status lines")
+    p.set_defaults(func=cmd_predict)
+
+
+def add_parsers(sub) -> None:
+    add_predict_parser(sub)
+    e = sub.add_parser("export", help="write a run's encoder and classifier as ONNX, with its data, into a bundle")
+    e.add_argument("run_dir", help="a finished run directory")
+    e.add_argument("--out", required=True, help="the bundle directory to create")
+    e.add_argument("--check-images", type=int, default=8,
+                   help="validation images the bundle is checked on against torch (default 8)")
+    e.add_argument("--overwrite", action="store_true", help="replace a bundle already in --out")
+    e.add_argument("--quiet", action="store_true", help="no status lines")
+    e.set_defaults(func=cmd_export)

@@ -1,0 +1,197 @@
+"""lvmlt predict / export: a trained run classifies new images exactly as it scored its test
+split, a bundle does the same without torch, and adaptation recovers a shifted class mix."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lvmlt.cli import main
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+CLASSES = ("cat", "dog", "eel")
+
+
+def _dataset(root):
+    """A small ImageFolder of 3 named classes (28 / 12 / 6 training images) of 24 x 20 px
+    images: a class-specific bar and brightness, learnable in a few steps."""
+    rng = np.random.default_rng(0)
+    for split, per in (("train", (28, 12, 6)), ("val", (6, 6, 6)), ("test", (8, 8, 8))):
+        for c, n in enumerate(per):
+            d = root / split / CLASSES[c]
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                a = (rng.random((24, 20)) * 90 + c * 60).astype(np.uint8)
+                a[c * 7 : c * 7 + 4] = 255
+                Image.fromarray(a).save(d / f"{i:02d}.png")
+
+
+def _train_args(root, out, name, *extra):
+    return [
+        "train", "data.name=imagefolder", f"data.root={root}", "data.image_size=16", "data.batch_size=16",
+        "model.backbone=resnet8", "optim.epochs=2", "optim.lr=0.05", "optim.precision=fp32", "threads=1",
+        "eval.many_threshold=20", "eval.few_threshold=8", f"out_dir={out}", f"run_name={name}", "--quiet", *extra,
+    ]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """A CNN run and a fused (SAM map + latent) run on a tiny_test feature store."""
+    tmp = tmp_path_factory.mktemp("deploy")
+    data = tmp / "data"
+    _dataset(data)
+    store = tmp / "store"
+    assert main(["extract", "--dataset", "imagefolder", "--out", str(store), "--encoder", "tiny_test", "--quiet",
+                 f"data.root={data}", "precision=fp32", "engine=torch", "pca_images=8", "threads=1"]) == 0
+    assert main(_train_args(data, tmp / "runs", "cnn")) == 0
+    assert main(_train_args(data, tmp / "runs", "fused", f"fusion.store={store}", "fusion.map=true",
+                            "fusion.latent=true")) == 0
+    return {"data": data, "store": store, "cnn": tmp / "runs" / "cnn", "fused": tmp / "runs" / "fused", "tmp": tmp}
+
+
+def _test_images(data):
+    return [str(data / "test" / c / f"{i:02d}.png") for c in CLASSES for i in range(8)]
+
+
+@pytest.mark.parametrize("kind", ["cnn", "fused"])
+def test_predict_run_equals_its_test_logits(runs, kind):
+    from lvmlt import rundir
+    from lvmlt.deploy.predictor import predict
+    from lvmlt.deploy.run_model import RunModel
+
+    model = RunModel(runs[kind], engine="torch", log=lambda s: None)
+    assert model.spec["classes"] == list(CLASSES)
+    assert (kind == "fused") == bool(model.sam_keys)
+    res = predict(model, _test_images(runs["data"]), progress=False, out=str(runs["tmp"] / f"{kind}.csv"))
+    saved = rundir.read_predictions(runs[kind], ("test_logits", "test_labels"))
+    assert saved["test_labels"].tolist() == [0] * 8 + [1] * 8 + [2] * 8  # the same order
+    np.testing.assert_allclose(res["logits"], saved["test_logits"], rtol=1e-4, atol=1e-4)
+    rows = (runs["tmp"] / f"{kind}.csv").read_text().splitlines()
+    assert rows[0].startswith("path,status,class,probability,group,top_k")
+    assert len(rows) == 25
+    first = rows[1].split(",")
+    assert first[1] == "ok" and first[2] in CLASSES and first[4] in ("many", "medium", "few")
+
+
+def test_predict_skips_bad_images_and_lists_them(runs, tmp_path, capsys):
+    good = _test_images(runs["data"])[:3]
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
+    out = tmp_path / "p.jsonl"
+    assert main(["predict", str(runs["cnn"]), *good, str(tmp_path / "broken.png"), str(tmp_path / "gone.png"),
+                 "--out", str(out), "--quiet"]) == 0
+    recs = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["status"] for r in recs[:3]] == ["ok"] * 3
+    assert recs[3]["status"].startswith("error: ") and recs[4]["status"].startswith("error: ")
+    assert len(recs[0]["top_k"]) == 3 and abs(sum(t["probability"] for t in recs[0]["top_k"]) - 1) < 1e-5
+    err = capsys.readouterr().err
+    assert "skipped" in err and "broken.png" in err
+    assert main(["predict", str(runs["cnn"]), *good, str(tmp_path / "broken.png"), "--strict", "--quiet"]) == 2
+    assert "broken.png" in capsys.readouterr().err
+
+
+def test_predict_empty_folder_and_old_run_are_one_line(runs, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert main(["predict", str(runs["cnn"]), str(tmp_path / "empty"), "--quiet"]) == 2
+    assert "no images found" in capsys.readouterr().err
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(runs["cnn"], old)
+    (old / "model.json").unlink()
+    assert main(["predict", str(old), *_test_images(runs["data"])[:2], "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "lvmlt evaluate" in err
+    assert main(["evaluate", str(old), "--quiet"]) == 0  # adds the description
+    capsys.readouterr()
+    assert main(["predict", str(old), *_test_images(runs["data"])[:2], "--quiet"]) == 0
+
+
+def test_adaptation_recovers_a_known_prior():
+    """Synthetic label shift: a calibrated 3-class model, target prior (0.1, 0.2, 0.7) against a
+    training prior of (0.6, 0.3, 0.1); MLLS and BBSE land within 0.08 L1 of the truth, MAPLS
+    (which shrinks towards uniform by design) within 0.15, all much closer than the training prior."""
+    from lvmlt.deploy.predictor import adapt
+
+    rng = np.random.default_rng(0)
+    means = np.eye(3) * 3.0
+
+    def sample(prior, n):
+        y = rng.choice(3, size=n, p=prior)
+        x = means[y] + rng.normal(size=(n, 3))
+        # logits of the Bayes posterior under the source prior
+        logits = -0.5 * ((x[:, None, :] - means[None]) ** 2).sum(-1) + np.log(source)
+        return logits, y
+
+    source = np.array([0.6, 0.3, 0.1])
+    val_logits, val_labels = sample(source, 3000)
+    target = np.array([0.1, 0.2, 0.7])
+    logits, y = sample(target, 3000)
+    counts = np.bincount(val_labels, minlength=3)
+    spec = {"classes": ["a", "b", "c"],
+            "calibration": {"temperature": 1.0, "bias": [0.0, 0.0, 0.0], "val_label_counts": counts.tolist()}}
+    for method, tol in (("mlls", 0.08), ("mapls", 0.15), ("bbse", 0.08)):
+        est = adapt(spec, logits, method, val_logits, val_labels)
+        err = np.abs(est.prior - target).sum()
+        assert err < tol, (method, est.prior)
+        assert err < 0.5 * np.abs(source - target).sum()
+        assert (est.adapted(logits).argmax(1) == y).mean() > (logits.argmax(1) == y).mean()
+    from lvmlt.errors import UserError
+
+    with pytest.raises(UserError, match="needs at least 50 images"):
+        adapt(spec, logits[:20], "mapls", val_logits, val_labels)
+
+
+def test_export_bundle_runs_without_torch_and_matches(runs, tmp_path):
+    from lvmlt.deploy.export import export_bundle
+
+    bundle = tmp_path / "bundle"
+    res = export_bundle(runs["fused"], bundle, check_images=4, log=lambda s: None)
+    assert res["same_top1"] and res["max_prob_diff"] <= 1e-4
+    images = _test_images(runs["data"])
+    code = (
+        "import sys, json, numpy as np\n"
+        "from lvmlt.deploy.bundle import BundleModel\n"
+        "from lvmlt.deploy.predictor import predict\n"
+        f"m = BundleModel({str(bundle)!r}, engine='onnxruntime', log=lambda s: None)\n"
+        f"r = predict(m, {images!r}, progress=False, out={str(tmp_path / 'b.csv')!r})\n"
+        f"np.save({str(tmp_path / 'b.npy')!r}, r['logits'])\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    from lvmlt.deploy.predictor import predict
+    from lvmlt.deploy.run_model import RunModel
+
+    ref = predict(RunModel(runs["fused"], engine="torch", precision="fp32", log=lambda s: None), images,
+                  progress=False)["logits"]
+    got = np.load(tmp_path / "b.npy")
+    assert (got.argmax(1) == ref.argmax(1)).all()
+    np.testing.assert_allclose(got, ref, atol=1e-3, rtol=1e-3)
+
+
+def test_bundle_with_a_changed_byte_or_a_missing_file_is_refused(runs, tmp_path, capsys):
+    from lvmlt.deploy.export import export_bundle
+
+    bundle = tmp_path / "bundle"
+    export_bundle(runs["cnn"], bundle, check_images=2, log=lambda s: None)
+    image = _test_images(runs["data"])[0]
+    assert main(["predict", str(bundle), image, "--quiet"]) == 0
+    capsys.readouterr()
+    target = bundle / "classifier.onnx"
+    data = bytearray(target.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    target.write_bytes(bytes(data))
+    assert main(["predict", str(bundle), image, "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "classifier.onnx" in err and "sha256" in err
+    (bundle / "classes.json").unlink()
+    assert main(["predict", str(bundle), image, "--quiet"]) == 2
+    assert "classes.json" in capsys.readouterr().err
