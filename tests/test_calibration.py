@@ -273,12 +273,12 @@ def run_dir(tmp_path, easy_task):
 
 
 def test_calibrate_run_writes_beside_originals(run_dir):
-    entry = calibrate_run(run_dir, "mapls", metrics_fn=fake_metrics)
+    entry = calibrate_run(run_dir, "mapls", metrics_fn=fake_metrics)  # BCTS first, by default
     calibrate_run(run_dir, "bbse", metrics_fn=fake_metrics, mode="hard", name="bbse_hard")
     saved = json.loads((run_dir / "metrics.json").read_text())
     assert saved["val"] == {"top1": 0.9} and "top1" in saved["test"]
-    assert set(saved["calibrated"]) == {"mapls", "bbse_hard"}
-    assert saved["calibrated"]["mapls"] == entry
+    assert set(saved["calibrated"]) == {"mapls+bcts", "bbse_hard"}
+    assert saved["calibrated"]["mapls+bcts"] == entry and entry["bcts"]["temperature"] > 0
     assert saved["calibrated"]["bbse_hard"]["options"] == {"mode": "hard"}
     assert entry["test"]["top1"] > saved["test"]["top1"] + 0.05
     assert entry["test"]["many_threshold"] == 100  # read from the run's config.yaml
@@ -330,8 +330,8 @@ def test_bcts_rescues_mlls_on_an_overconfident_model(easy_task, run_dir):
     for split in ("val", "test"):  # an over-confident network: the same ranking, 4x the logits
         arrays[f"{split}_logits"] = arrays[f"{split}_logits"] * 4.0
     np.savez(run_dir / "predictions.npz", **arrays)
-    plain = calibrate_run(run_dir, "mlls", metrics_fn=fake_metrics)
-    fixed = calibrate_run(run_dir, "mlls", metrics_fn=fake_metrics, bcts=True)
+    plain = calibrate_run(run_dir, "mlls", metrics_fn=fake_metrics, bcts=False)
+    fixed = calibrate_run(run_dir, "mlls", metrics_fn=fake_metrics)  # BCTS by default
     assert fixed["bcts"]["temperature"] == pytest.approx(4.0, rel=0.1)
     assert fixed["prior_l1_error"] < 0.1 < plain["prior_l1_error"], (fixed["prior_l1_error"], plain["prior_l1_error"])
     saved = json.loads((run_dir / "metrics.json").read_text())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 
 def cmd_calibrate(args) -> int:
     import yaml
@@ -20,7 +22,7 @@ def cmd_calibrate(args) -> int:
 
     entry = calibrate_run(args.run_dir, args.method, source_prior=args.source_prior, bcts=args.bcts, **opts)
     before = rundir.read_metrics(args.run_dir)["test"]
-    rows = {"uncalibrated": before, f"+{args.method}" + (" (BCTS)" if args.bcts else ""): entry["test"]}
+    rows = {"uncalibrated": before, f"+{args.method}" + (" (BCTS)" if entry["bcts"] else ""): entry["test"]}
     print(format_table(rows, columns=("many", "medium", "few", "top1", "mean_class_acc")))
     print(f"estimated test prior L1 error: {entry['prior_l1_error']:.3f} (written to metrics.json)")
     return 0
@@ -40,8 +42,10 @@ def add_parsers(sub) -> None:
     )
     c.add_argument(
         "--bcts",
-        action="store_true",
-        help="bias-corrected temperature scaling on the validation split first (Alexandari et al. 2020)",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="bias-corrected temperature scaling on the validation split first (Alexandari et al. 2020); "
+        "default: on for mapls, mlls and bbse, off for pc and logit_adjust",
     )
     c.add_argument("options", nargs="*", help="estimator options as key=value (e.g. lam=0.5)")
     c.set_defaults(func=cmd_calibrate)
