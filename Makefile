@@ -45,3 +45,9 @@ chromium:
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
+
+# The prepared GPU check (benchmarks/gpu_check.sh says what it runs and writes); where no
+# CUDA device is visible it prints one line and exits 0.
+.PHONY: gpu-check
+gpu-check:
+	bash benchmarks/gpu_check.sh
