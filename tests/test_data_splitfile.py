@@ -265,7 +265,7 @@ def test_splitfile_dataset_carves_validation(tmp_path):
         build_data(cfg)  # test.txt is relative to neither the cwd nor data.root
     (root / "test.txt").write_text(files["test"].read_text())
     b = build_data(cfg)
-    assert b.num_classes == 3 and b.class_names == ["0", "1", "2"]
+    assert b.num_classes == 3 and b.class_names == ["class_0", "class_1", "class_2"]
     assert np.bincount(b.val.labels, minlength=3).tolist() == [3, 1, 1]  # 25% per class, half up
     assert b.train_counts.tolist() == [7, 3, 1]
     assert not set(b.train.ids) & set(b.val.ids)
@@ -300,7 +300,7 @@ def test_class_with_no_training_image(tmp_path):
         name="splitfile", root=str(root), train_split=str(files["train"]), test_split=str(files["test"]),
         val_fraction=0.5,
     )  # fmt: skip
-    with pytest.raises(UserError, match=r"class 1 \('1'\) has no training image") as e:
+    with pytest.raises(UserError, match=r"class 1 \('class_1'\) has no training image") as e:
         build_data(cfg)
     assert str(files["train"]) in str(e.value)
 
@@ -391,4 +391,15 @@ def test_without_num_classes_a_lone_class_missing_from_val_and_test_is_warned_ab
                               test_split=str(files["test"]), val_fraction=0.5)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
+        build_data(cfg)
+
+
+def test_splitfile_class_names_file(tmp_path):
+    root, files = make_splitfile_dataset(tmp_path, [0] * 6 + [1] * 4 + [2] * 2, [0, 1, 2])
+    (root / "names.txt").write_text("# label order\ncrack\nclean\nfinger\n")
+    cfg = DataConfig(name="splitfile", root=str(root), train_split=str(files["train"]),
+                     test_split=str(files["test"]), class_names="names.txt", image_size=16)
+    assert build_data(cfg).class_names == ["crack", "clean", "finger"]
+    (root / "names.txt").write_text("crack\nclean\n")
+    with pytest.raises(UserError, match="lists 2 names, and the split files have 3 classes"):
         build_data(cfg)

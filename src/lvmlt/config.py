@@ -28,6 +28,7 @@ class DataConfig:
     train_split: str | None = None  # split files ("relative/path label" per line), splitfile only
     val_split: str | None = None  # optional: else carved out of the training pool
     test_split: str | None = None
+    class_names: str | None = None  # splitfile only: a text file, one class name per line in label order
     num_classes: int | None = None  # C, when known: a label outside 0..C-1 is an error
     imbalance_factor: float = 100.0  # for *-lt built-ins: n_max / n_min
     val_fraction: float = 0.1  # share of the training pool held out for validation

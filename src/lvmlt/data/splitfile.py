@@ -33,6 +33,7 @@ from lvmlt.config import DataConfig
 from lvmlt.data.base import DataBundle, ImageSplit
 from lvmlt.data.datasets import DataNotFoundError, register_dataset
 from lvmlt.errors import BadImageError, UserError
+from lvmlt.inputs import open_image
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
@@ -140,8 +141,9 @@ class FileLoader:
             what, fix = _not_a_file(p)
             raise BadImageError(what, where=where, fix=f"{fix}, or set data.skip_bad_images=true")
         try:
-            with Image.open(p) as im:
-                return im.convert("RGB")  # convert() decodes fully, so truncation fails here
+            # decoded fully (a truncated file fails here), EXIF orientation applied, the mode
+            # kept: 16-bit and float images are scaled to 8 bits by the transform, not clipped
+            return open_image(p)
         except Exception as e:
             # Broad on purpose: PIL's format plugins raise OSError, SyntaxError, ValueError,
             # struct.error, IndexError... on corrupt files, and any of them means "bad image".
@@ -371,9 +373,26 @@ def build_splitfile(cfg: DataConfig) -> DataBundle:
     test = split_from_file(root, test_file, "test", num_classes=c)
     if cfg.num_classes is None:
         _warn_lone_classes(train, [s for s in (val, test) if s is not None])
-    return DataBundle(
-        "splitfile", train, val, test, [str(k) for k in range(c)], {"train_source": str(train_file)}
-    )
+    names = _class_names(cfg.class_names, root, c)
+    return DataBundle("splitfile", train, val, test, names, {"train_source": str(train_file)})
+
+
+def _class_names(path: str | None, root: Path, c: int) -> list[str]:
+    """The names of classes 0..c-1: one per line of ``data.class_names`` (a text file, its
+    path relative to data.root or absolute), else ``class_0``, ``class_1``, ..."""
+    if path is None:
+        return [f"class_{k}" for k in range(c)]
+    file = _split_path(path, root, "class_names")
+    names = [line.strip() for line in _read_lines(file) if line.strip() and not line.strip().startswith("#")]
+    if len(names) < c:
+        raise UserError(
+            f"data.class_names lists {len(names)} names, and the split files have {c} classes",
+            where=str(file),
+            fix="write one class name per line, in label order 0..C-1",
+        )
+    if len(set(names)) != len(names):
+        raise UserError("data.class_names lists a name twice", where=str(file), fix="give each class its own name")
+    return names[:c] if len(names) == c else names
 
 
 @register_dataset("imagefolder", None, uses_root=True)
