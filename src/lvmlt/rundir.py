@@ -10,6 +10,8 @@ A run directory (``out_dir/run_name``) holds::
     checkpoints/best.pt      the epoch with the best *validation* score
     metrics.json             final metrics; other commands add their own keys (calibrated)
     predictions.npz          validation and test logits and labels, train class counts
+    model.json, model.npz    what rebuilds the model and its inputs without the training data
+                             (classes, inputs, preprocessing, feature settings, PCA basis)
     bad_images.txt           ids of skipped (unreadable) images, when there were any
 
 Checkpoints hold only tensors and plain Python values and are read with
