@@ -171,7 +171,7 @@ def test_export_bundle_runs_without_torch_and_matches(runs, tmp_path):
     from lvmlt.deploy.run_model import RunModel
 
     ref = predict(RunModel(runs["fused"], engine="torch", precision="fp32", log=lambda s: None), images,
-                  progress=False)["logits"]
+                  progress=False, show=False)["logits"]
     got = np.load(tmp_path / "b.npy")
     assert (got.argmax(1) == ref.argmax(1)).all()
     np.testing.assert_allclose(got, ref, atol=1e-3, rtol=1e-3)

@@ -130,9 +130,9 @@ def check_bundle(run_model, bundle_dir: Path, n: int, log) -> dict:
 
     sources = _check_sources(run_model, n, log)
     run_model.precision = "fp32"
-    ref = predict(run_model, sources=sources, progress=False)["logits"]
+    ref = predict(run_model, sources=sources, progress=False, show=False)["logits"]
     got = predict(BundleModel(bundle_dir, engine="onnxruntime", log=lambda s: None), sources=sources,
-                  progress=False)["logits"]
+                  progress=False, show=False)["logits"]
     diff = float(np.abs(softmax(ref) - softmax(got)).max()) if len(ref) else 0.0
     same = bool((ref.argmax(1) == got.argmax(1)).all())
     return {"checked": len(ref), "same_top1": same, "max_prob_diff": diff}

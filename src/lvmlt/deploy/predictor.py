@@ -311,14 +311,15 @@ def top_k(probs: np.ndarray, k: int) -> np.ndarray:
 
 class Writer:
     """Rows to ``out`` (.csv or .jsonl, written to a temporary name and renamed at the end) or,
-    without ``out``, a table on stdout."""
+    without ``out``, a table on stdout (``show``) or nowhere."""
 
-    def __init__(self, out: str | None, classes: list[str], groups: list[str], k: int, adapted: bool):
+    def __init__(self, out: str | None, classes: list[str], groups: list[str], k: int, adapted: bool,
+                 show: bool = True):
         self.classes, self.groups, self.k, self.adapted = classes, groups, k, adapted
         self.out = Path(out) if out else None
         self.rows = 0
         if self.out is None:
-            self.f, self.kind = None, "table"
+            self.f, self.kind = None, "table" if show else "none"
             return
         self.kind = "jsonl" if self.out.suffix == ".jsonl" else "csv"
         if self.out.suffix not in (".csv", ".jsonl"):
@@ -343,6 +344,8 @@ class Writer:
 
     def write(self, name: str, error: str | None, raw: np.ndarray | None, adapted: np.ndarray | None = None) -> None:
         self.rows += 1
+        if self.kind == "none":
+            return
         cells = [] if raw is None else [self._cells(raw)] + ([self._cells(adapted)] if adapted is not None else [])
         if self.kind == "table":
             if error:
@@ -402,6 +405,7 @@ def predict(
     workers: int = 1,
     progress: bool = True,
     force_adapt: bool = False,
+    show: bool = True,
     log=None,
 ) -> dict:
     """Classify images with ``model``; write one row per image to ``out`` (or stdout).
@@ -410,7 +414,7 @@ def predict(
         paths: image files and folders (walked recursively, sorted).
         list_file: a text file with one image path per line (relative to its folder).
         sources: instead of paths, ``[(name, opener)]`` where ``opener()`` returns a PIL image.
-        out: ``.csv`` or ``.jsonl``; None prints a table.
+        out: ``.csv`` or ``.jsonl``; None prints a table (``show``) or writes no rows.
         topk: how many classes each row lists.
         adapt_method: none | mapls | mlls | bbse (see :func:`adapt`).
         strict: stop at the first unreadable image instead of skipping it.
@@ -435,7 +439,7 @@ def predict(
         sources = list(sources)
         total = len(sources)
     adapting = adapt_method != "none"
-    writer = Writer(out, classes, class_groups(spec), topk, adapting)
+    writer = Writer(out, classes, class_groups(spec), topk, adapting, show)
     bar = _progress(total, progress)
 
     def on_error(name, error):

@@ -97,7 +97,7 @@ def classify_from_bundle(run_dir: Path, bundle_dir: Path, test, per_class: int =
     names, groups = model.spec["classes"], class_groups(model.spec)
     picks = [i for c in range(len(names)) for i in np.flatnonzero(test.labels == c)[:per_class].tolist()]
     sources = [(test.ids[i], (lambda i=i: test.load(i))) for i in picks]
-    res = predict(model, sources=sources, progress=False)
+    res = predict(model, sources=sources, progress=False, show=False)
     probs = softmax(res["logits"])
     rows = [("image", "true", "predicted", "probability", "group")]
     for i, p in zip(picks, probs, strict=True):
