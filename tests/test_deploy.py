@@ -41,26 +41,40 @@ def _train_args(root, out, name, *extra):
     ]
 
 
+#: Every kind of model `lvmlt train` makes, beside the CNN: (name, overrides; {store} and {cnn} filled in).
+KINDS = {
+    "fused": ["fusion.store={store}", "fusion.map=true", "fusion.latent=true"],
+    "probe": ["fusion.store={store}", "fusion.sam_only=true"],
+    "synthetic": ["fusion.store={store}", "fusion.sam_only=true", "fusion.sam_norm=cl2n", "synthetic.enabled=true"],
+    "scilt": ["fusion.store={store}", "scilt.enabled=true"],
+    "lws": ["stage.init_from={cnn}", "stage.lws=true", "optim.epochs=1"],
+}
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """A CNN run and a fused (SAM map + latent) run on a tiny_test feature store."""
+    """A CNN run and one run of each other kind on a tiny_test feature store with two levels."""
     tmp = tmp_path_factory.mktemp("deploy")
     data = tmp / "data"
     _dataset(data)
     store = tmp / "store"
     assert main(["extract", "--dataset", "imagefolder", "--out", str(store), "--encoder", "tiny_test", "--quiet",
-                 f"data.root={data}", "precision=fp32", "engine=torch", "pca_images=8", "threads=1"]) == 0
+                 f"data.root={data}", "precision=fp32", "engine=torch", "pca_images=8", "threads=1",
+                 "levels=[stage3,stage4]"]) == 0
+    out = {"data": data, "store": store, "tmp": tmp, "cnn": tmp / "runs" / "cnn"}
     assert main(_train_args(data, tmp / "runs", "cnn")) == 0
-    assert main(_train_args(data, tmp / "runs", "fused", f"fusion.store={store}", "fusion.map=true",
-                            "fusion.latent=true")) == 0
-    return {"data": data, "store": store, "cnn": tmp / "runs" / "cnn", "fused": tmp / "runs" / "fused", "tmp": tmp}
+    for kind, extra in KINDS.items():
+        extra = [e.format(store=store, cnn=out["cnn"]) for e in extra]
+        assert main(_train_args(data, tmp / "runs", kind, *extra)) == 0
+        out[kind] = tmp / "runs" / kind
+    return out
 
 
 def _test_images(data):
     return [str(data / "test" / c / f"{i:02d}.png") for c in CLASSES for i in range(8)]
 
 
-@pytest.mark.parametrize("kind", ["cnn", "fused"])
+@pytest.mark.parametrize("kind", ["cnn", *KINDS])
 def test_predict_run_equals_its_test_logits(runs, kind):
     from lvmlt import rundir
     from lvmlt.deploy.predictor import predict
@@ -68,7 +82,7 @@ def test_predict_run_equals_its_test_logits(runs, kind):
 
     model = RunModel(runs[kind], engine="torch", log=lambda s: None)
     assert model.spec["classes"] == list(CLASSES)
-    assert (kind == "fused") == bool(model.sam_keys)
+    assert (kind in ("cnn", "lws")) == (not model.sam_keys)
     res = predict(model, _test_images(runs["data"]), progress=False, out=str(runs["tmp"] / f"{kind}.csv"))
     saved = rundir.read_predictions(runs[kind], ("test_logits", "test_labels"))
     assert saved["test_labels"].tolist() == [0] * 8 + [1] * 8 + [2] * 8  # the same order
@@ -175,6 +189,17 @@ def test_export_bundle_runs_without_torch_and_matches(runs, tmp_path):
     got = np.load(tmp_path / "b.npy")
     assert (got.argmax(1) == ref.argmax(1)).all()
     np.testing.assert_allclose(got, ref, atol=1e-3, rtol=1e-3)
+
+
+@pytest.mark.parametrize("kind", ["probe", "synthetic", "scilt", "lws"])
+def test_export_checks_every_kind_against_torch(runs, tmp_path, kind):
+    from lvmlt.deploy.export import export_bundle
+
+    res = export_bundle(runs[kind], tmp_path / "b", check_images=3, log=lambda s: None)
+    assert res["checked"] == 3 and res["same_top1"] and res["max_prob_diff"] <= 1e-4
+    spec = json.loads((tmp_path / "b" / "model.json").read_text())
+    assert spec["system"] == {"probe": "sam_probe", "synthetic": "synthetic_probe", "scilt": "scilt",
+                              "lws": "cnn/lws"}[kind]
 
 
 def test_bundle_with_a_changed_byte_or_a_missing_file_is_refused(runs, tmp_path, capsys):

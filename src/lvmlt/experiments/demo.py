@@ -92,7 +92,8 @@ def classify_from_bundle(run_dir: Path, bundle_dir: Path, test, per_class: int =
     if not (bundle_dir / MANIFEST).is_file():
         res = export_bundle(run_dir, bundle_dir, log=lambda s: None)
         print(f"\nexported {run_dir} to {bundle_dir} ({res['megabytes']:.0f} MB; on {res['checked']} validation "
-              f"images: same top-1 {res['same_top1']}, largest probability difference {res['max_prob_diff']:.1e})")
+              f"images against torch: same top-1 {res['same_top1']}, largest probability difference "
+              f"{res['end_to_end_prob_diff']:.1e} end to end, {res['max_prob_diff']:.1e} of the classifier graph)")
     model = BundleModel(bundle_dir, log=lambda s: None)
     names, groups = model.spec["classes"], class_groups(model.spec)
     picks = [i for c in range(len(names)) for i in np.flatnonzero(test.labels == c)[:per_class].tolist()]
