@@ -176,6 +176,8 @@ def test_export_bundle_runs_without_torch_and_matches(runs, tmp_path):
         f"m = BundleModel({str(bundle)!r}, engine='onnxruntime', log=lambda s: None)\n"
         f"r = predict(m, {images!r}, progress=False, out={str(tmp_path / 'b.csv')!r})\n"
         f"np.save({str(tmp_path / 'b.npy')!r}, r['logits'])\n"
+        "from lvmlt.cli import main\n"  # the command line too
+        f"assert main(['predict', {str(bundle)!r}, {images[0]!r}, '--quiet', '--engine', 'onnxruntime']) == 0\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
     )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
