@@ -29,15 +29,7 @@ PREDICTION_KEYS = ("val_logits", "val_labels", "test_logits", "test_labels", "tr
 def load_predictions(run_dir: str | Path) -> dict[str, np.ndarray]:
     """The arrays of ``RUN_DIR/predictions.npz``, checked for keys and shapes."""
     path = Path(run_dir) / rundir.PREDICTIONS
-    if not path.is_file():
-        raise UserError(f"{path} not found", fix="train the run first (it writes predictions.npz)")
-    with np.load(path) as f:
-        missing = [k for k in PREDICTION_KEYS if k not in f.files]
-        if missing:
-            raise UserError(
-                f"{path} lacks {', '.join(missing)}", fix="re-run evaluation with a current lvmlt version"
-            )
-        arrays = {k: f[k] for k in PREDICTION_KEYS}
+    arrays = rundir.read_predictions(run_dir, PREDICTION_KEYS)
     c = arrays["train_counts"].shape[0]
     for split in ("val", "test"):
         logits, labels = arrays[f"{split}_logits"], arrays[f"{split}_labels"]

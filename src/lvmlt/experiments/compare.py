@@ -110,7 +110,7 @@ def _run_seconds(run_dir: Path) -> float:
     """Wall time of a run's epochs (training and validation), from its history."""
     from lvmlt import rundir
 
-    return float(sum(json.loads(line)["seconds"] for line in (run_dir / rundir.HISTORY).read_text().splitlines()))
+    return float(sum(rec.get("seconds", 0.0) for rec in rundir.read_history(run_dir)))
 
 
 def _cost(metrics: dict, seconds: list[float], encoder: str) -> dict:

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from lvmlt import rundir
 from lvmlt.errors import UserError
 
 SEED_KEYS = ("seed", "run_name", "out_dir")
@@ -92,9 +93,9 @@ def read_run(run_dir: str | Path) -> RunRecord:
         raise UserError(f"run directory {path} does not exist", fix=_RUN_HINT)
     if not path.is_dir():
         raise UserError(f"{path} is not a run directory (it is a file)", fix=_RUN_HINT)
-    cfg_file = path / "config.yaml"
+    cfg_file = path / rundir.CONFIG
     if not cfg_file.is_file():
-        inner = sorted(p.name for p in path.iterdir() if (p / "config.yaml").is_file())
+        inner = sorted(p.name for p in path.iterdir() if (p / rundir.CONFIG).is_file())
         fix = f"it holds {len(inner)} run directories: pass them, e.g. {path}/*" if inner else _RUN_HINT
         raise UserError(f"{path} is not a run directory (no config.yaml)", fix=fix)
     try:
@@ -105,7 +106,7 @@ def read_run(run_dir: str | Path) -> RunRecord:
         raise UserError("config.yaml is not valid YAML", where=where, fix=_RUN_HINT) from None
     if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict):
         raise UserError(f"{cfg_file} is not a run config (no 'config' section)", fix=_RUN_HINT)
-    metrics_file = path / "metrics.json"
+    metrics_file = path / rundir.METRICS
     if not metrics_file.is_file():
         raise UserError(
             f"run {path} has not finished (no metrics.json)",
@@ -124,8 +125,8 @@ def read_run(run_dir: str | Path) -> RunRecord:
         )
 
     run = RunRecord(path=path, name=path.name, saved=saved, metrics=metrics)
-    run.history = _read_history(path / "history.jsonl", run.notes)
-    _read_predictions(path / "predictions.npz", run)
+    run.history = _read_history(path / rundir.HISTORY, run.notes)
+    _read_predictions(path / rundir.PREDICTIONS, run)
     run.manifest, run.manifest_path = _read_manifest(path, run.config, run.notes)
     return run
 
@@ -158,7 +159,7 @@ def _read_predictions(path: Path, run: RunRecord) -> None:
         run.notes.append("no predictions.npz: no reliability diagram or per-class plot")
         return
     try:
-        with np.load(path) as z:
+        with np.load(path, allow_pickle=False) as z:
             counts = np.asarray(z["train_counts"])
             logits, labels = z["test_logits"], np.asarray(z["test_labels"])
     except (OSError, KeyError, ValueError, zipfile.BadZipFile) as e:

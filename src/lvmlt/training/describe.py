@@ -100,25 +100,25 @@ def describe_run(run, store, alpha: float | None, val_logits, val_labels, thresh
         from lvmlt.features.dataset import feature_dims, stored
 
         m = store.manifest
-        prov = m["provenance"]
+        prov = m.get("provenance") or {}
         spec["feature_dims"] = feature_dims(store)
         norms = {k: v for k, v in (getattr(model, "feature_norms", {}) or {}).items() if k in keys}
         spec["features"] = {
-            "encoder": prov["encoder"],
+            "encoder": prov.get("encoder"),
             "checkpoint": (m.get("encoder") or {}).get("checkpoint"),
             "weights_sha256": prov.get("weights_sha256"),
-            "img_size": int(prov["img_size"]),
-            "precision": prov["precision"],
-            "dtype": prov["dtype"],
-            "pca": prov["pca"],
-            "map_size": int(prov["map_size"]),
-            "crop_padding": bool(prov["crop_padding"]),
+            "img_size": prov.get("img_size"),
+            "precision": prov.get("precision"),
+            "dtype": prov.get("dtype", m.get("dtype", "float16")),
+            "pca": prov.get("pca", (m.get("map") or {}).get("pca")),
+            "map_size": prov.get("map_size"),
+            "crop_padding": bool(prov.get("crop_padding", True)),
             "levels": list(prov.get("levels") or []),
             "norms": norms,
             "store": str(store.root),
             "dataset": m.get("dataset"),
         }
-        basis = store.pca()
+        basis = store.pca() if (m.get("map") or {}).get("pca") == "global" else None
         if basis is not None:
             arrays["pca_mean"], arrays["pca_component"] = basis.mean, basis.component
         for key, kind in norms.items():
