@@ -158,8 +158,8 @@ def test_adaptation_recovers_a_known_prior():
         assert (est.adapted(logits).argmax(1) == y).mean() > (logits.argmax(1) == y).mean()
     from lvmlt.errors import UserError
 
-    with pytest.raises(UserError, match="needs at least 50 images"):
-        adapt(spec, logits[:20], "mapls", val_logits, val_labels)
+    with pytest.raises(UserError, match="needs at least 20 images"):
+        adapt(spec, logits[:19], "mapls", val_logits, val_labels)
 
 
 def test_export_bundle_runs_without_torch_and_matches(runs, tmp_path):

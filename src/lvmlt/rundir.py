@@ -24,10 +24,14 @@ This module sits at the bottom of the package: it imports nothing of lvmlt but t
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import math
 import os
+import sys
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 
@@ -43,6 +47,87 @@ BEST = f"{CHECKPOINTS}/best.pt"
 METRICS = "metrics.json"
 PREDICTIONS = "predictions.npz"
 BAD_IMAGES = "bad_images.txt"
+
+
+# ---------------------------------------------------------------------------------------
+# Operating-system faults while writing: one line naming the path and the errno's words
+# ---------------------------------------------------------------------------------------
+_REMEDY = {
+    errno.ENOSPC: "free space",
+    errno.EDQUOT: "free space (or raise the disk quota)",
+    errno.EFBIG: "raise the file-size limit (ulimit -f) or write to another file system",
+    errno.EROFS: "write to a writable file system",
+    errno.EACCES: "make it writable, or write elsewhere",
+    errno.EPERM: "make it writable, or write elsewhere",
+}
+
+
+class WriteError(UserError):
+    """The operating system refused a write (disk full, read-only, permission, too large).
+
+    Attributes:
+        path: what could not be written. errno: the error number (None when unknown).
+    """
+
+    def __init__(self, path, err: OSError, then: str | None = None):
+        self.path, self.os_error, self.errno = Path(path), err, err.errno
+        words = os.strerror(err.errno) if err.errno else (err.strerror or str(err) or type(err).__name__)
+        fix = _REMEDY.get(err.errno, "check the disk and the folder")
+        super().__init__(f"cannot write {path} ({words})", fix=f"{fix} and {then}" if then else fix)
+
+    def then(self, text: str) -> WriteError:
+        """The same fault, with what to do once it is fixed (e.g. "continue with --resume")."""
+        return WriteError(self.path, self.os_error, text)
+
+
+def os_error_in(exc: BaseException) -> OSError | None:
+    """The OSError that ``exc`` is or wraps (its cause / context chain), else None.
+
+    torch reports a failed write as ``RuntimeError: enforce fail at inline_container.cc``
+    and zipfile as ``ValueError: seek of closed file``; the OSError is in their chain.
+    """
+    seen: list[BaseException] = []
+    while exc is not None and not any(exc is s for s in seen):
+        if isinstance(exc, OSError) and not isinstance(exc, (BlockingIOError, InterruptedError)):
+            return exc
+        seen.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _drop_half_written(exc: BaseException) -> None:
+    """Release what the failed write's frames hold (numpy's ZipFile, torch's writer) now, and
+    quietly: their finalisers would otherwise print "Exception ignored ... seek of closed file"
+    once the file they wrote to is closed."""
+    old = sys.unraisablehook
+    sys.unraisablehook = lambda _: None
+    try:
+        e, n = exc, 0
+        while e is not None and n < 16:
+            traceback.clear_frames(e.__traceback__)
+            e, n = e.__cause__ or e.__context__, n + 1
+    finally:
+        sys.unraisablehook = old
+
+
+@contextlib.contextmanager
+def writing(path: str | Path | None = None, then: str | None = None):
+    """Turn an operating-system fault in the block into one :class:`WriteError` line.
+
+    Args:
+        path: what the block writes (default: the file the OSError names).
+        then: what to do once the fault is fixed.
+    """
+    try:
+        yield
+    except WriteError:
+        raise
+    except Exception as e:
+        err = os_error_in(e)
+        if err is None:
+            raise
+        _drop_half_written(e)
+        raise WriteError(path if path is not None else (err.filename or "a file"), err, then) from None
 
 
 # ---------------------------------------------------------------------------------------
@@ -67,21 +152,27 @@ def atomic_write(path: str | Path, write: Callable) -> None:
 
     The bytes go to a temporary file which is fsync-ed before the rename, and the directory
     is fsync-ed after it: once this returns, the file survives a crash or power loss.
-    A full disk raises OSError before anything is renamed.
+
+    Raises:
+        WriteError: the operating system refused the write (no space, read-only, too
+            large, no permission); the temporary file is removed and a previous ``path``
+            is left as it was.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = tmp_name(path)
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
+    with writing(path):
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "wb") as f:
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            raise
+        fsync_dir(path.parent)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -297,7 +388,8 @@ def write_config(run_dir: str | Path, resolved: dict) -> None:
 
 def append_history(run_dir: str | Path, record: dict) -> None:
     """One finished epoch, as one JSON line of ``history.jsonl``."""
-    with open(Path(run_dir) / HISTORY, "a") as f:
+    path = Path(run_dir) / HISTORY
+    with writing(path), open(path, "a") as f:
         f.write(json.dumps(record) + "\n")
 
 
