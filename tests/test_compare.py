@@ -97,3 +97,27 @@ def test_report_holds_the_command_tables_and_the_absence_note(tmp_path):
     assert "no results file for toy" in text and "| linear probe | 2,056 | 1.5 |" in text
     rows = list(csv.DictReader((tmp_path / "toy.csv").open()))
     assert [r["top1"] for r in rows] == ["70.0", "72.0"] and rows[0]["params"] == "2056"
+
+
+def test_preconditions_are_checked_before_any_run(tmp_path):
+    """A store without SciLT's levels, a store of other data, IFL off ELPV: one error each, no run."""
+    from lvmlt.errors import UserError
+    from lvmlt.experiments.compare import DEFAULT_OUT, check_preconditions
+
+    assert not DEFAULT_OUT.startswith("benchmarks")  # the committed tables change only on request
+    counts = {"train": [8, 4], "val": [2, 2], "test": [2, 2]}
+    bundle = feature_bundle(counts)
+    arrays = {s: {"vec": np.zeros((sum(n), 4), np.float32)} for s, n in counts.items()}
+    store = write_store(tmp_path / "store", bundle, arrays)
+    cfg = load_config(None, ["data.name=elpv"])
+    assert check_preconditions(cfg, bundle, ["probe"], str(store), set())["levels"] == []
+    with pytest.raises(UserError, match=r"SciLT rows also read \['stage3', 'stage4'\].*levels=\[stage3,stage4\]"):
+        check_preconditions(cfg, bundle, ["probe", "scilt"], str(store), set())
+    other = feature_bundle({"train": [9, 4], "val": [2, 2], "test": [2, 2]})
+    with pytest.raises(UserError, match="differs|split"):
+        check_preconditions(cfg, other, ["probe"], str(store), set())
+    with pytest.raises(UserError, match="ELPV only"):
+        check_preconditions(load_config(None, ["data.name=mnist-lt"]), bundle, ["ifl"], None, set())
+    with pytest.raises(UserError, match="need a feature store"):
+        check_preconditions(cfg, bundle, ["synthetic"], None, set())
+    assert not (tmp_path / "runs").exists()

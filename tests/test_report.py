@@ -25,7 +25,6 @@ from lvmlt.reporting.tables import COLUMNS
 from lvmlt.training.trainer import train
 
 SHA = "ab" * 32
-FINGERPRINTS = {"train": "f1" * 32, "val": "f2" * 32, "test": "f3" * 32}
 IMG = re.compile(r"<img\b[^>]*>")
 SRC = re.compile(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
 
@@ -41,38 +40,38 @@ def _cfg(out, name, seed, *extra):
     )  # fmt: skip
 
 
-def _fake_store(root):
-    """A feature-store manifest as `lvmlt extract` writes it (the report only reads it)."""
-    root.mkdir()
-    manifest = {
-        "format": "lvmlt-features/1",
-        "complete": True,
-        "dataset": "syn",
-        "provenance": {"encoder": "mobilesam", "img_size": 1024, "weights_sha256": SHA},
-        "encoder": {"name": "mobilesam", "img_size": 1024, "weights_sha256": SHA},
-        "splits": {k: {"n": 30, "fingerprint": v, "files": {}} for k, v in FINGERPRINTS.items()},
-    }
-    (root / "manifest.json").write_text(json.dumps(manifest))
+def _store(root):
+    """A real feature store of the toy data (random 8-d vectors), its provenance naming an encoder
+    and weights as `lvmlt extract` would."""
+    from helpers import write_store
+    from lvmlt.features.store import read_manifest, write_manifest
+
+    rng = np.random.default_rng(0)
+    bundle = toy_bundle()
+    arrays = {k: {"vec": rng.normal(size=(len(s), 8)).astype(np.float32)} for k, s in bundle.splits().items()}
+    write_store(root, bundle, arrays)
+    manifest = read_manifest(root)
+    manifest["provenance"] |= {"encoder": "mobilesam", "img_size": 1024, "weights_sha256": SHA}
+    write_manifest(root, manifest)
     return root
 
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
-    """Five real runs: "ce" with seeds 0, 1, 2 (two calibrated) and "bs" with seeds 0, 1 and a store."""
+    """Five real runs: "ce" with seeds 0, 1, 2 (two calibrated) and "bs" with seeds 0, 1 reading a store."""
     import torch
 
     from lvmlt.calibration.run import calibrate_run
 
     threads = torch.get_num_threads()  # the trainer sets threads=1 process-wide; give it back after
     tmp = tmp_path_factory.mktemp("report")
-    store = _fake_store(tmp / "store")
+    store = _store(tmp / "store")
     dirs = []
     for seed in (0, 1, 2):
         train(_cfg(tmp / "runs", f"ce-seed{seed}", seed), bundle=toy_bundle(), progress=False)
         dirs.append(tmp / "runs" / f"ce-seed{seed}")
-    # fusion.store without fusion.map/latent: the model never opens the store, but it is provenance.
     for seed in (0, 1):
-        extra = ("loss.name=balanced_softmax", f"fusion.store={store}")
+        extra = ("loss.name=balanced_softmax", f"fusion.store={store}", "fusion.latent=true")
         train(_cfg(tmp / "runs", f"bs-seed{seed}", seed, *extra), bundle=toy_bundle(), progress=False)
         dirs.append(tmp / "runs" / f"bs-seed{seed}")
     for d in dirs[:2]:
@@ -182,7 +181,8 @@ def test_page_is_self_contained_with_one_image_per_figure(report):
 
 def test_provenance_shown(report):
     page = report["html"]
-    assert SHA in page and all(fp in page for fp in FINGERPRINTS.values())
+    fingerprints = [s.fingerprint() for s in toy_bundle().splits().values()]
+    assert SHA in page and all(fp in page for fp in fingerprints)
     for d in report["dirs"]:
         commit = yaml.safe_load((d / "config.yaml").read_text())["git_commit"]
         if commit:
@@ -190,15 +190,59 @@ def test_provenance_shown(report):
         assert f'id="run-{d.name}"' in page
     prov = _md_rows(report["md"], "Provenance")
     assert prov["bs-seed0"]["encoder"] == "mobilesam" and prov["bs-seed0"]["weights sha256"] == SHA[:12]
-    assert "train f1f1f1f1f1f1" in prov["bs-seed1"]["data fingerprint"]
+    assert f"train {fingerprints[0][:12]}" in prov["bs-seed1"]["data fingerprint"]
     assert prov["ce-seed0"]["encoder"] == "-"
+
+
+def test_only_the_provenance_a_run_used(report, tmp_path):
+    """A CNN run that carries a fusion.store it never read shows no store and no manifest, with
+    its model.json (inputs) and without it (an older run: the config's switches decide)."""
+    from lvmlt.reporting.runs import read_run
+
+    page = report["html"]
+    assert page.count("Feature store manifest (top-level fields)") == 2  # the two bs runs
+    store = yaml.safe_load((report["dirs"][3] / "config.yaml").read_text())["config"]["fusion"]["store"]
+    plain = tmp_path / "ce-with-store"
+    shutil.copytree(report["dirs"][0], plain)
+    saved = yaml.safe_load((plain / "config.yaml").read_text())
+    saved["config"]["fusion"]["store"] = store
+    (plain / "config.yaml").write_text(yaml.safe_dump(saved))
+    for described in (True, False):
+        if not described:
+            (plain / "model.json").unlink()
+        run = read_run(plain)
+        assert not run.uses_store and run.manifest is None
+        assert (run.classes == ["a", "b", "c"]) == described
+        out = write_report([plain], tmp_path / f"r{described}.html")
+        text = out["html"].read_text()
+        assert "Feature store manifest" not in text and SHA not in text and "feature store</th>" not in text
+    assert read_run(report["dirs"][3]).uses_store
+
+
+def test_the_page_explains_itself_and_names_the_classes(report):
+    page, md = report["html"], report["md"]
+    assert '<section id="how"><h2>How to read this</h2>' in page
+    how = md.split("## How to read this\n", 1)[1].split("\n## ", 1)[0]
+    for term in ("top1", "mean_class_acc", "many / medium / few", "-", "0.00", "ece", "n, mean ± std",
+                 "+METHOD rows"):
+        assert f"- **{term}**: " in how, term
+    assert "many = more than 25" in how and "few = fewer than 15" in how
+    rows = _md_rows(md, "Classes (test accuracy in %, mean over seeds)")
+    assert list(rows) == ["a", "b", "c"]  # by name, head first
+    assert [rows[c]["training images"] for c in "abc"] == ["30", "20", "10"]
+    assert [rows[c]["group"] for c in "abc"] == ["many", "medium", "few"]
+    accs = [_metrics(d)["test"]["per_class_acc"][2] for d in report["dirs"][:3]]
+    assert float(rows["c"]["ce"]) == pytest.approx(np.mean(accs), abs=0.0051)
 
 
 def test_not_a_run_directory(tmp_path, report):
     with pytest.raises(UserError, match="not a run directory"):
         write_report([tmp_path], tmp_path / "r.html")
-    with pytest.raises(UserError, match="pass them"):  # the folder that holds the runs
-        write_report([report["dirs"][0].parent], tmp_path / "r.html")
+    folder = write_report([report["dirs"][0].parent], tmp_path / "r.html")  # the folder that holds the runs
+    assert sorted(folder["groups"][0]["runs"] + folder["groups"][1]["runs"]) == sorted(report["dirs"])
+    store = report["dirs"][0].parent.parent / "store"
+    with pytest.raises(UserError, match="is a feature store"):
+        write_report([report["dirs"][0], store], tmp_path / "r.html")
     (tmp_path / "half").mkdir()
     (tmp_path / "half" / "config.yaml").write_text("config: {seed: 0}\n")
     with pytest.raises(UserError, match="has not finished"):

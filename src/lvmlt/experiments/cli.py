@@ -10,7 +10,7 @@ def cmd_ablate(args) -> int:
 
     base = load_config(args.config, args.overrides)
     variants = args.variants.split(",") if args.variants else list(VARIANTS)
-    seeds = tuple(int(s) for s in args.seeds.split(","))
+    seeds = parse_seeds(args.seeds)
     results = run_grid(
         base, variants, seeds, args.out, args.tag, progress=not args.quiet, train_missing=not args.no_train
     )
@@ -26,12 +26,28 @@ def cmd_ablate(args) -> int:
     return 0
 
 
+def parse_seeds(text: str) -> tuple[int, ...]:
+    """``--seeds 0,1,2`` as a tuple of ints (a UserError naming the bad entry otherwise)."""
+    from lvmlt.errors import UserError
+
+    try:
+        seeds = tuple(int(s) for s in text.split(","))
+    except ValueError:
+        raise UserError(f"--seeds {text!r} is not a comma-separated list of integers", fix="write e.g. --seeds 0,1,2") from None
+    if len(set(seeds)) != len(seeds):
+        raise UserError(f"--seeds {text!r} names a seed twice", fix="list each seed once")
+    return seeds
+
+
+_SEEDS_HELP = "comma-separated seeds, one run per variant and seed (default 0,1,2)"
+
+
 def add_parsers(sub) -> None:
     a = sub.add_parser("ablate", help="run the paper's ablation grid over seeds")
     a.add_argument("--config", help="base YAML config (the baseline)")
     a.add_argument("overrides", nargs="*", help="key=value overrides of the base config")
     a.add_argument("--variants", help="comma-separated subset of: " + ", ".join(_variant_names()))
-    a.add_argument("--seeds", default="0,1,2")
+    a.add_argument("--seeds", default="0,1,2", help=_SEEDS_HELP)
     a.add_argument("--out", default="runs/ablate", help="directory for the runs")
     a.add_argument("--tag", default="", help="name prefix of the runs and tables")
     a.add_argument("--results", help="path prefix of the .md/.csv tables (default: OUT/TAG)")
@@ -42,7 +58,7 @@ def add_parsers(sub) -> None:
     b.add_argument("--config", help="base YAML config (with fusion.store for the +SAM rows)")
     b.add_argument("overrides", nargs="*", help="key=value overrides of the base config")
     b.add_argument("--rows", help="comma-separated subset of: " + ", ".join(_row_names()))
-    b.add_argument("--seeds", default="0,1,2")
+    b.add_argument("--seeds", default="0,1,2", help=_SEEDS_HELP.replace("variant", "row"))
     b.add_argument("--out", default="runs/ablate", help="directory for the runs (shared with lvmlt ablate)")
     b.add_argument("--tag", default="", help="name prefix of the runs (default: the dataset name)")
     b.add_argument("--stage-epochs", type=int, help="epochs of cRT / LWS (default: half the first stage)")
@@ -54,7 +70,7 @@ def add_parsers(sub) -> None:
 def _table_options(p) -> None:
     """The options ``lvmlt ablate`` and ``lvmlt baselines`` share for writing their tables."""
     p.add_argument("--note", help="a paragraph written under the title (e.g. the command)")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bars (one line per finished run)")
     p.add_argument("--no-train", action="store_true", help="only tabulate the runs that have finished")
     p.add_argument("--keep", action="store_true",
                    help="keep the (row, seed) lines of the table's existing CSV; runs here fill what it lacks")
@@ -67,7 +83,7 @@ def cmd_baselines(args) -> int:
 
     base = load_config(args.config, args.overrides)
     rows = args.rows.split(",") if args.rows else None
-    seeds = tuple(int(s) for s in args.seeds.split(","))
+    seeds = parse_seeds(args.seeds)
     results = run_rows(
         base,
         rows,

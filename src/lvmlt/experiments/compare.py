@@ -1,6 +1,6 @@
 """``lvmlt compare``: the other systems side by side on one dataset, over seeds.
 
-    lvmlt compare --dataset elpv --store runs/features/elpv-mobilesam256-levels
+    lvmlt compare --dataset elpv --store runs/features/elpv-mobilesam256-levels --config configs/elpv.yaml
     lvmlt compare --dataset fashion-mnist-lt --store runs/features/fashion-mnist-lt-mobilesam256 \
         --systems probe,synthetic
 
@@ -16,11 +16,15 @@ Groups (``--systems``, comma-separated):
   with IFL, tested on Test-CBL and Test-GBL.
 
 The feature systems read ``--store`` (``fusion.store``). ``key=value`` overrides apply to
-every run and win over a system's recipe (e.g. ``optim.epochs=5`` for a quick look).
+every run and win over a system's recipe (e.g. ``optim.epochs=5`` for a quick look; it sets
+the IFL runs' epochs too, over ``--ifl-epochs``). Every precondition (the groups, the store,
+its levels for SciLT, its match with the data, ELPV for IFL) is checked before any run starts.
 Writes ``OUT/<dataset>.md`` (tables of mean ± std over the seeds, the exact command, the
 feature store's provenance and notes) and ``OUT/<dataset>.csv`` (one row per system and
-seed), and adds the SAM-fusion method's rows when a results file for the dataset exists
-under ``benchmarks/results/`` (outside OUT).
+seed; OUT defaults to the runs folder, ``runs/other-systems``: the committed tables under
+``benchmarks/results/other-systems/`` change only with an explicit ``--out``), and adds the
+SAM-fusion method's rows when a results file for the dataset exists under
+``benchmarks/results/`` (outside OUT).
 """
 
 from __future__ import annotations
@@ -36,8 +40,9 @@ import numpy as np
 from lvmlt.errors import UserError
 
 COLUMNS = ("many", "medium", "few", "top1", "mean_class_acc", "macro_f1")
-DEFAULT_OUT = "benchmarks/results/other-systems"
 DEFAULT_RUNS = "runs/other-systems"
+DEFAULT_OUT = DEFAULT_RUNS  # the committed tables (benchmarks/results/other-systems) change only on request
+IFL_EPOCHS = 10
 
 # The recipes (every value [ours] where the papers are silent; docs/methods-other.md).
 # The probe: AdamW, cosine schedule; the recipe's 30 epochs at lr 1e-3 underfit unit
@@ -420,6 +425,59 @@ def write_report(
 # ----------------------------------------------------------------------------- entry point
 
 
+def scilt_levels(cfg, user_keys: set[str]) -> list[str]:
+    """The stored levels the SciLT rows read (``vec`` is v_SAM, in every store)."""
+    levels = []
+    for over in SYSTEMS["scilt"].values():
+        row = cfg.scilt.levels if "scilt.levels" in user_keys else over.get("scilt.levels", cfg.scilt.levels)
+        levels += [lv for lv in row if lv != "vec" and lv not in levels]
+    return levels
+
+
+def check_groups(systems: list[str]) -> None:
+    unknown = [s for s in systems if s not in GROUPS]
+    if unknown:
+        raise UserError(f"unknown system group(s) {unknown}", fix=f"choose from: {', '.join(GROUPS)}")
+
+
+def check_preconditions(cfg, bundle, systems: list[str], store: str | None, user_keys: set[str]) -> dict | None:
+    """Everything the comparison needs, checked before any run starts; the store's provenance.
+
+    Raises:
+        UserError: an unknown group, IFL on another dataset than ELPV, a feature group without
+            a store, a store that does not open or was made for other data, or one without
+            the levels the SciLT rows read.
+    """
+    check_groups(systems)
+    if "ifl" in systems and cfg.data.name != "elpv":
+        raise UserError(
+            f"the ifl group runs the GLT protocol, which is built for ELPV only (this is {cfg.data.name})",
+            fix="leave ifl out of --systems, or use --dataset elpv",
+        )
+    if not [g for g in systems if g != "ifl"]:
+        return None
+    if not store:
+        raise UserError(
+            "the feature-based systems need a feature store", fix="pass --store DIR (made by lvmlt extract)"
+        )
+    from lvmlt.features import FeatureStore
+
+    opened = FeatureStore.open(store)
+    opened.check(bundle)
+    provenance = opened.manifest["provenance"]
+    if "scilt" in systems:
+        have = list(provenance.get("levels") or [])
+        missing = [lv for lv in scilt_levels(cfg, user_keys) if lv not in have]
+        if missing:
+            want = ",".join(dict.fromkeys([*have, *missing]))
+            raise UserError(
+                f"feature store {store} holds the levels {have or 'none'}; the SciLT rows also read {missing}",
+                fix=f"extract a store with them (lvmlt extract --dataset {cfg.data.name} --out DIR "
+                f"'levels=[{want}]') and pass it as --store, or leave scilt out of --systems",
+            )
+    return provenance
+
+
 def run_comparison(
     dataset: str,
     store: str | None,
@@ -429,36 +487,35 @@ def run_comparison(
     overrides: list[str] | None = None,
     out: str = DEFAULT_OUT,
     runs_dir: str = DEFAULT_RUNS,
-    ifl_epochs: int = 10,
+    ifl_epochs: int = IFL_EPOCHS,
     command: str = "",
     extraction_note: str = "",
     progress: bool = False,
     log=print,
 ) -> str:
-    """The comparison as a function (the CLI's body); returns the markdown written."""
+    """The comparison as a function (the CLI's body); returns the markdown written.
+
+    Every precondition is checked (:func:`check_preconditions`) before the first run; an
+    ``optim.epochs`` in ``overrides`` also sets the IFL runs' epochs (over ``ifl_epochs``).
+    """
     from lvmlt.config import load_config
     from lvmlt.data import build_data
     from lvmlt.evaluation.metrics import thresholds
 
     systems = systems or (list(GROUPS) if dataset == "elpv" else ["probe", "synthetic"])
-    unknown = [s for s in systems if s not in GROUPS]
-    if unknown:
-        raise UserError(f"unknown system group(s) {unknown}", fix=f"choose from: {', '.join(GROUPS)}")
+    check_groups(systems)  # before the data is loaded
     overrides = list(overrides or [])
     user_keys = {o.split("=", 1)[0].strip() for o in overrides}
     cfg = load_config(config, [f"data.name={dataset}", *overrides])
+    if "optim.epochs" in user_keys:
+        ifl_epochs = cfg.optim.epochs
     bundle = build_data(cfg.data)
-    standard, cost, provenance = {}, {}, None
+    provenance = check_preconditions(cfg, bundle, systems, store, user_keys)
+    standard, cost = {}, {}
     feat_groups = [g for g in systems if g != "ifl"]
     if feat_groups:
-        if not store:
-            raise UserError(
-                "the feature-based systems need a feature store", fix="pass --store DIR (made by lvmlt extract)"
-            )
         from lvmlt.config import replace
-        from lvmlt.features import FeatureStore
 
-        provenance = FeatureStore.open(store).manifest["provenance"]
         feat = replace(cfg, **{"fusion.store": str(store)})
         standard, cost = run_feature_systems(feat, bundle, feat_groups, seeds, Path(runs_dir), user_keys, progress, log)
     glt = None
@@ -497,14 +554,24 @@ def add_parsers(sub) -> None:
         "--systems",
         help=f"comma-separated groups from {', '.join(GROUPS)} (default: all for elpv, probe,synthetic otherwise)",
     )
-    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds; one run per system and seed (default 0,1,2)")
     p.add_argument("--config", help="base YAML config (data, model and optim sections for the IFL CNN runs)")
-    p.add_argument("--out", default=DEFAULT_OUT, help="folder for <dataset>.md and .csv")
+    p.add_argument(
+        "--out", default=DEFAULT_OUT,
+        help=f"folder for <dataset>.md and .csv (default {DEFAULT_OUT}; the committed tables are in "
+        "benchmarks/results/other-systems, written there only when you pass it)",
+    )  # fmt: skip
     p.add_argument("--runs-dir", default=DEFAULT_RUNS, help="folder for the runs (finished ones are reused)")
-    p.add_argument("--ifl-epochs", type=int, default=10, help="epochs of the GLT CNN runs")
+    p.add_argument(
+        "--ifl-epochs", type=int, default=IFL_EPOCHS,
+        help=f"epochs of the GLT CNN runs (default {IFL_EPOCHS}; an optim.epochs=N override sets them too)",
+    )  # fmt: skip
     p.add_argument("--note", default="", help="a sentence added after the store's provenance (e.g. its extraction time)")
-    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
-    p.add_argument("--progress", action="store_true", help="progress bars of the runs")
+    p.add_argument(
+        "--threads", type=int, default=1,
+        help="torch intra-op threads of every run (default 1: the tiny heads gain nothing from more)",
+    )  # fmt: skip
+    p.add_argument("--progress", action="store_true", help="show each run's progress bars (default: one line per run)")
     p.add_argument("overrides", nargs="*", help="key=value overrides of every run (win over the recipes)")
     p.set_defaults(func=cmd_compare)
 
@@ -519,7 +586,7 @@ def command_line(args) -> str:
         ("--config", args.config, None),
         ("--out", args.out, DEFAULT_OUT),
         ("--runs-dir", args.runs_dir, DEFAULT_RUNS),
-        ("--ifl-epochs", args.ifl_epochs, 10),
+        ("--ifl-epochs", args.ifl_epochs, IFL_EPOCHS),
         ("--note", args.note, ""),
     ):
         if value != default:
@@ -530,9 +597,11 @@ def command_line(args) -> str:
 def cmd_compare(args) -> int:
     import torch
 
+    from lvmlt.experiments.cli import parse_seeds
+
     torch.set_num_threads(args.threads)
     command = command_line(args)
-    seeds = tuple(int(s) for s in args.seeds.split(","))
+    seeds = parse_seeds(args.seeds)
     md = run_comparison(
         args.dataset,
         args.store,

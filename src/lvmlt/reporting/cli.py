@@ -23,9 +23,13 @@ def add_parsers(sub) -> None:
         help="one HTML page (figures embedded, opens offline) and markdown tables for finished runs",
         description="Runs whose configs differ only by seed are grouped into one row with mean ± std.",
     )
-    r.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="directories made by `lvmlt train`")
     r.add_argument(
-        "--out", default="report.html", help="HTML file to write; tables go to the same name with .md"
-    )
+        "run_dirs", nargs="+", metavar="RUN_DIR",
+        help="directories made by `lvmlt train`, or folders holding them (runs/demo: every run in it)",
+    )  # fmt: skip
+    r.add_argument(
+        "--out", default="runs/report.html",
+        help="HTML file to write (default runs/report.html); the tables go to the same name with .md",
+    )  # fmt: skip
     r.add_argument("--title", default=None, help="page title (default: lvmlt report (N runs))")
     r.set_defaults(func=cmd_report)

@@ -18,6 +18,7 @@ from lvmlt.reporting.runs import RunGroup, RunRecord, reliability_bins
 
 ANNOTATE_MAX_CLASSES = 20  # beyond this, numbers in confusion-matrix cells are unreadable
 TICK_LABEL_MAX_CLASSES = 40
+NAME_POINTS_MAX_CLASSES = 12  # the per-class plot names its dots up to this many classes
 _LINESTYLES = ("-", "--", ":", "-.")
 
 # ---------------------------------------------------------------------------------------
@@ -45,7 +46,8 @@ def _nanmean(a: np.ndarray, axis: int) -> np.ndarray:
 
 
 def figure_per_class(groups: Sequence[RunGroup]) -> Figure | None:
-    """Per-class test accuracy (mean over seeds) against training images per class."""
+    """Per-class test accuracy (mean over seeds) against training images per class; with up to
+    :data:`NAME_POINTS_MAX_CLASSES` classes the first group's dots carry the class names."""
     fig = Figure(figsize=(9.5, 4.8), layout="constrained")
     ax = fig.add_subplot()
     plotted, has_zero = False, False
@@ -67,6 +69,10 @@ def figure_per_class(groups: Sequence[RunGroup]) -> Figure | None:
         # The line follows the mean over classes with the same count, so ties do not zigzag.
         ux = np.unique(x)
         ax.plot(ux, [y[x == u].mean() for u in ux], color=g.color, lw=1.6, label=f"{g.label} (n={len(runs)})")
+        if not plotted and len(counts) <= NAME_POINTS_MAX_CLASSES:  # name the classes at the first group's dots
+            for k, xk, yk in zip(np.flatnonzero(ok), x, y, strict=True):
+                ax.annotate(_tick(runs[0].class_name(int(k))), (xk, yk), xytext=(3, 3),
+                            textcoords="offset points", fontsize=7, color="0.3")  # fmt: skip
         plotted = True
     if not plotted:
         return None
@@ -170,8 +176,9 @@ def figure_confusion(run: RunRecord, group: RunGroup) -> Figure | None:
     )
     fig.colorbar(im, ax=ax, shrink=0.8, label="% of the true class's test images")
     if c <= TICK_LABEL_MAX_CLASSES:
-        ticks, labels = np.arange(c), [str(i) for i in order]
-        ax.set_xticks(ticks, labels, fontsize=7, rotation=90 if c > 12 else 0)
+        ticks, labels = np.arange(c), [_tick(run.class_name(int(i))) for i in order]
+        long = c > 12 or max(len(t) for t in labels) * c > 60
+        ax.set_xticks(ticks, labels, fontsize=7, rotation=90 if long else 0)
         ax.set_yticks(ticks, labels, fontsize=7)
     else:
         ax.set_xticks([])
@@ -184,11 +191,16 @@ def figure_confusion(run: RunRecord, group: RunGroup) -> Figure | None:
                         j, i, f"{pct[i, j]:.0f}", ha="center", va="center", fontsize=7 if c > 10 else 8,
                         color="white" if pct[i, j] > 60 else "black",
                     )  # fmt: skip
-    how = "class index, sorted by training count (head first)" if counts is not None else "class index"
+    what = "class" if run.classes is not None else "class index"
+    how = f"{what}, sorted by training count (head first)" if counts is not None else what
     ax.set_xlabel(f"predicted {how}")
     ax.set_ylabel("true class")
     ax.set_title(f"{group.label}: {run.name}", fontsize=10)
     return fig
+
+
+def _tick(name: str, width: int = 18) -> str:
+    return name if len(name) <= width else name[: width - 1] + "…"
 
 
 def _curve_keys(runs: Sequence[RunRecord]) -> list[str]:

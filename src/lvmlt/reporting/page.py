@@ -9,14 +9,17 @@ Runs whose configs are equal except for ``seed``, ``run_name`` and ``out_dir`` f
 every run also gets its own row. What the page shows:
 
 - the Many / Medium / Few / All (top-1), mean class accuracy and ECE table of the test
-  split (best epoch chosen on validation), with calibrated metrics as extra rows;
+  split (best epoch chosen on validation), with calibrated metrics as extra rows, and a
+  "How to read this" list defining every column and symbol;
 - per-class test accuracy against the class's training count (log scale), one series per
-  group (mean over its seeds);
+  group (mean over its seeds), and a table of every class by name (``model.json``; older
+  runs by index) with its training count, group and accuracy;
 - a reliability diagram per group (the test predictions of its seeds pooled);
 - the confusion matrix of the first run of each group;
 - training curves: every loss term, the validation accuracies and the learning rate;
-- each run's provenance (git commit, seed, encoder, weights sha256, data fingerprints of
-  the feature store when it used one) and its full config.
+- each run's provenance (git commit, seed, data fingerprints; the feature store, its
+  encoder and weights sha256 only when the run's model read stored features) and its full
+  config.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from lvmlt.reporting.figures import (
 from lvmlt.reporting.runs import (
     RunGroup,
     RunRecord,
+    expand_run_dirs,
     flatten,
     group_runs,
     is_scalar,
@@ -53,7 +57,10 @@ from lvmlt.reporting.runs import (
     unique_names,
 )
 from lvmlt.reporting.tables import (
+    class_table,
     groups_table,
+    how_to_read,
+    how_to_read_md,
     md_text,
     md_to_html,
     provenance_table,
@@ -82,6 +89,7 @@ td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
 figure { margin: 10px 0 22px; } img { max-width: 100%; height: auto; border: 1px solid #eef1f4; }
 details { margin: 6px 0; border: 1px solid #e3e8ee; border-radius: 4px; padding: 4px 10px; }
 summary { cursor: pointer; font-weight: 600; }
+dl { margin: 6px 0 12px; } dt { font-weight: 600; margin-top: 6px; } dd { margin: 0 0 0 18px; color: #34404b; }
 pre { background: #f6f8fa; padding: 8px 10px; overflow: auto; font-size: 12px; max-height: 420px; }
 .warn { color: #8a4b00; }
 .figrow { display: flex; flex-wrap: wrap; gap: 0 18px; align-items: flex-start; }
@@ -116,7 +124,7 @@ def _run_details(run: RunRecord, group: RunGroup) -> str:
             if not k.startswith("config.") and k not in ("git_commit", "seed")
         }
     )
-    if p["feature_store"]:
+    if run.uses_store:
         info["feature store"] = p["feature_store"]
         info["store manifest"] = str(run.manifest_path) if run.manifest_path else None
         info["encoder"] = p["encoder"]
@@ -160,8 +168,8 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path, title: str | N
     """Write the HTML report of ``run_dirs`` to ``out`` and its tables to ``out`` with ``.md``.
 
     Args:
-        run_dirs: finished run directories (``lvmlt train`` output). A directory given
-            twice counts once.
+        run_dirs: finished run directories (``lvmlt train`` output), or folders holding
+            them (``runs/demo``: every run directory in it). A directory given twice counts once.
         out: the HTML file to write (parent folders are created).
         title: page title; default "lvmlt report (N runs)".
 
@@ -184,8 +192,7 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path, title: str | N
         raise UserError(
             f"--out {out} ends in .md, which is where the markdown tables go", fix="use report.html"
         )
-    paths = list(dict.fromkeys(Path(p).resolve() for p in run_dirs))
-    runs = [read_run(p) for p in paths]
+    runs = [read_run(p) for p in expand_run_dirs(run_dirs)]
     unique_names(runs)
     groups = group_runs(runs)
     title = title or f"lvmlt report ({len(runs)} run{'s' if len(runs) != 1 else ''})"
@@ -200,10 +207,13 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path, title: str | N
     many, few = thresholds(runs)
     distinct = {json.dumps(r.test.get("thresholds"), sort_keys=True) for r in runs}
     scope = (
-        "Test split at the epoch chosen on validation; accuracies and ECE in %. "
+        "Test split at the epoch chosen on validation; accuracies and ECE in % (How to read this, below). "
         + (f"Groups by training images per class: many > {many}, few < {few}. " if many is not None else "")
         + ("Runs use different group thresholds (see metrics.json). " if len(distinct) > 1 else "")
     )
+    bins = int((runs[0].config.get("eval") or {}).get("ece_bins") or 15)
+    glossary = how_to_read(many, few, bins, calibrated=any(r.metrics.get("calibrated") for r in runs))
+    tables["classes"] = class_table(groups)
 
     figures: list[tuple[str, str, str, str]] = []  # (id, base64 png, alt, caption)
     fig = figure_per_class(groups)
@@ -238,18 +248,26 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path, title: str | N
     stamp = datetime.now().isoformat(timespec="seconds")
     by_id = {f[0]: f for f in figures}
 
-    def fig_section(sec_id: str, heading: str, ids: list[str], missing: str) -> str:
+    def fig_section(sec_id: str, heading: str, ids: list[str], missing: str, extra: str = "") -> str:
         body = "".join(_figure_html(i, *by_id[i][1:]) for i in ids if i in by_id)
         body = f'<div class="figrow">{body}</div>' if body else f'<p class="note">{missing}</p>'
-        return f'<section id="{sec_id}"><h2>{heading}</h2>{body}</section>'
+        return f'<section id="{sec_id}"><h2>{heading}</h2>{body}{extra}</section>'
+
+    classes_html = (
+        f"<h3>Every class (test accuracy in %, mean over seeds)</h3>{md_to_html(tables['classes'])}"
+        if tables["classes"] else ""
+    )  # fmt: skip
 
     sections = [
         '<section id="summary"><h2>Summary: mean ± std over seeds</h2>'
         f'<p class="note">{html.escape(scope)}n is the number of seeds in the row.</p>'
         f"{md_to_html(tables['summary'], colors)}</section>",
+        '<section id="how"><h2>How to read this</h2><dl>'
+        + "".join(f"<dt>{html.escape(t)}</dt><dd>{html.escape(d)}</dd>" for t, d in glossary)
+        + "</dl></section>",
         f'<section id="groups"><h2>Groups</h2>{md_to_html(tables["groups"], colors)}</section>',
         f'<section id="runs"><h2>Runs</h2>{md_to_html(tables["runs"])}</section>',
-        fig_section("per-class", "Per-class accuracy", ["per_class"], "No run has predictions.npz."),
+        fig_section("per-class", "Per-class accuracy", ["per_class"], "No run has predictions.npz.", classes_html),
         fig_section("reliability", "Calibration", ["reliability"], "No run has predictions.npz."),
         fig_section(
             "confusion",
@@ -265,7 +283,7 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path, title: str | N
     ]
     nav = "".join(
         f'<a href="#{s}">{t}</a>'
-        for s, t in [("summary", "Summary"), ("runs", "Runs"), ("per-class", "Per-class"),
+        for s, t in [("summary", "Summary"), ("how", "How to read"), ("runs", "Runs"), ("per-class", "Per-class"),
                      ("reliability", "Calibration"), ("confusion", "Confusion"), ("curves", "Curves"), ("budget", "Budget"),
                      ("provenance", "Provenance")]
     )  # fmt: skip
@@ -288,8 +306,10 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path, title: str | N
         f"# {md_text(title)}\n\n{len(runs)} run(s) in {len(groups)} group(s); written {stamp}. "
         f"Figures: {md_text(out.name)}.\n\n{scope}\n\n"
         f"## Summary: mean ± std over seeds\n\n{tables['summary']}\n"
+        f"## How to read this\n\n{how_to_read_md(glossary)}\n"
         f"## Groups\n\n{tables['groups']}\n## Runs\n\n{tables['runs']}\n"
-        f"## Provenance\n\n{tables['provenance']}"
+        + (f"## Classes (test accuracy in %, mean over seeds)\n\n{tables['classes']}\n" if tables["classes"] else "")
+        + f"## Provenance\n\n{tables['provenance']}"
     )
     _write_atomic(md_path, md)
     return {

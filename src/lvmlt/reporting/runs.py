@@ -25,6 +25,19 @@ GROUP_COLORS = (  # one per group, in order
     "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
 )  # fmt: skip
 _RUN_HINT = "pass a directory made by `lvmlt train` (it holds config.yaml and metrics.json)"
+_NOT_A_RUN = (("manifest.json", "it is a feature store or an exported bundle"),)
+
+
+def expand_run_dirs(paths: Sequence[str | Path]) -> list[Path]:
+    """``paths`` with every folder that is not a run but holds runs replaced by those runs
+    (sorted by name; its other entries, such as a feature store, are left out), each once."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        inner = [] if rundir.is_run_dir(p) or not p.is_dir() else sorted(
+            c for c in p.iterdir() if c.is_dir() and rundir.is_run_dir(c)
+        )  # fmt: skip
+        out += inner or [p]
+    return list(dict.fromkeys(p.resolve() for p in out))
 
 # ---------------------------------------------------------------------------------------
 # Reading run directories
@@ -43,10 +56,15 @@ class RunRecord:
         confidence: top-1 softmax probability of each evaluated test image, shape (N,),
             in [0, 1] (images with label -1, i.e. skipped, are left out).
         correct: whether each of those top-1 predictions is right, shape (N,), bool.
-        manifest: the feature store's ``manifest.json`` when the run used a store and it
-            could be read; its schema belongs to :mod:`lvmlt.features`, so it is read
-            defensively.
+        manifest: the feature store's ``manifest.json`` when the run's model read stored
+            features (:attr:`uses_store`) and it could be read; its schema belongs to
+            :mod:`lvmlt.features`, so it is read defensively.
         manifest_path: where that manifest was found (or first looked for).
+        classes: class names in label order (``model.json``); None for a run of an older
+            lvmlt, whose classes are shown by index.
+        uses_store: whether the model read stored SAM features (``model.json``'s inputs,
+            else the config's fusion / SciLT switches); a ``fusion.store`` that a plain CNN
+            run carries along is not provenance of that run.
         notes: problems met while reading, shown on the page instead of failing.
     """
 
@@ -60,7 +78,13 @@ class RunRecord:
     correct: np.ndarray | None = None
     manifest: dict | None = None
     manifest_path: Path | None = None
+    classes: list[str] | None = None
+    uses_store: bool = False
     notes: list[str] = field(default_factory=list)
+
+    def class_name(self, k: int) -> str:
+        """The name of class ``k`` ("3" when the run does not name its classes)."""
+        return self.classes[k] if self.classes is not None and 0 <= k < len(self.classes) else str(k)
 
     @property
     def config(self) -> dict:
@@ -95,9 +119,10 @@ def read_run(run_dir: str | Path) -> RunRecord:
         raise UserError(f"{path} is not a run directory (it is a file)", fix=_RUN_HINT)
     cfg_file = path / rundir.CONFIG
     if not cfg_file.is_file():
-        inner = sorted(p.name for p in path.iterdir() if (p / rundir.CONFIG).is_file())
-        fix = f"it holds {len(inner)} run directories: pass them, e.g. {path}/*" if inner else _RUN_HINT
-        raise UserError(f"{path} is not a run directory (no config.yaml)", fix=fix)
+        what = next((w for f, w in _NOT_A_RUN if (path / f).is_file()), "no config.yaml")
+        fix = (f"pass the folder that holds the runs ({path.parent}) to take every run in it, or name the runs"
+               if any(rundir.is_run_dir(p) for p in path.parent.iterdir() if p.is_dir()) else _RUN_HINT)
+        raise UserError(f"{path} is not a run directory ({what})", fix=fix)
     try:
         saved = yaml.safe_load(cfg_file.read_text())
     except yaml.YAMLError as e:
@@ -127,8 +152,35 @@ def read_run(run_dir: str | Path) -> RunRecord:
     run = RunRecord(path=path, name=path.name, saved=saved, metrics=metrics)
     run.history = _read_history(path / rundir.HISTORY, run.notes)
     _read_predictions(path / rundir.PREDICTIONS, run)
-    run.manifest, run.manifest_path = _read_manifest(path, run.config, run.notes)
+    inputs = _read_description(path, run)
+    run.uses_store = _uses_store(run.config, inputs)
+    if run.uses_store:
+        run.manifest, run.manifest_path = _read_manifest(path, run.config, run.notes)
     return run
+
+
+def _read_description(path: Path, run: RunRecord) -> list[str] | None:
+    """Class names into ``run.classes``; returns the model's inputs (None without model.json)."""
+    f = path / rundir.DESCRIPTION
+    if not f.is_file():
+        return None  # an older run: classes by index, store use from the config
+    try:
+        spec = json.loads(f.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        run.notes.append(f"{rundir.DESCRIPTION} is unreadable ({type(e).__name__}): classes shown by index")
+        return None
+    classes = spec.get("classes") if isinstance(spec, dict) else None
+    if isinstance(classes, list) and all(isinstance(c, str) for c in classes):
+        run.classes = classes
+    inputs = spec.get("inputs") if isinstance(spec, dict) else None
+    return [str(i) for i in inputs] if isinstance(inputs, list) else None
+
+
+def _uses_store(config: dict, inputs: list[str] | None) -> bool:
+    if inputs is not None:
+        return any(i != "image" for i in inputs)
+    fu, sc = config.get("fusion") or {}, config.get("scilt") or {}
+    return bool(fu.get("store")) and any(bool(x) for x in (fu.get("map"), fu.get("latent"), fu.get("sam_only"), sc.get("enabled")))
 
 
 def _read_history(path: Path, notes: list[str]) -> list[dict]:
@@ -277,7 +329,8 @@ def _fingerprints(manifest: dict) -> dict[str, str]:
 
 
 def provenance(run: RunRecord) -> dict[str, Any]:
-    """Where a run came from: commit, seed, backbone and, with a feature store, its encoder.
+    """Where a run came from: commit, seed, backbone and, when its model read stored
+    features, the store and its encoder.
 
     Returns:
         {"git_commit", "seed", "backbone", "feature_store", "encoder", "img_size",
@@ -288,7 +341,7 @@ def provenance(run: RunRecord) -> dict[str, Any]:
         "git_commit": run.saved.get("git_commit"),
         "seed": run.seed,
         "backbone": (run.config.get("model") or {}).get("backbone"),
-        "feature_store": (run.config.get("fusion") or {}).get("store"),
+        "feature_store": (run.config.get("fusion") or {}).get("store") if run.uses_store else None,
         "encoder": _lookup(m, ("provenance", "encoder"), ("encoder", "name"), ("encoder",)),
         "img_size": _lookup(m, ("provenance", "img_size"), ("encoder", "img_size"), ("img_size",)),
         "weights_sha256": _lookup(

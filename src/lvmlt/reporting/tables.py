@@ -77,6 +77,71 @@ def groups_table(groups: Sequence[RunGroup]) -> str:
     return md_text(_rename_first_header(table, "group"))
 
 
+def how_to_read(many, few, ece_bins: int = 15, calibrated: bool = False) -> list[tuple[str, str]]:
+    """(term, definition) pairs of every column and symbol of the tables, for the page's
+    "How to read this" section (the markdown gets the same list)."""
+    by = f"more than {many}" if many is not None else "more than the many threshold"
+    under = f"fewer than {few}" if few is not None else "fewer than the few threshold"
+    items = [
+        ("test split", "every number is measured on the test split, with the checkpoint of the epoch that "
+         "scored the best mean class accuracy on the validation split; test never chose anything"),
+        ("top1", "accuracy over all test images, in % (\"All\" in the papers): dominated by the classes "
+         "with many test images"),
+        ("mean_class_acc", "the accuracy of each class, averaged over the classes, in % (balanced accuracy): "
+         "every class counts the same, however rare; checkpoints are chosen by its value on validation"),
+        ("many / medium / few", f"mean_class_acc within a group of classes, by training images per class: "
+         f"many = {by}, few = {under}, medium = the rest (both thresholds included); the per-class table "
+         "below says which class is in which group"),
+        ("-", "nothing to average: the group holds no class of this data set (e.g. no class has "
+         f"{by} training images, so \"many\" is empty), or the run did not record the value"),
+        ("0.00", "the group has classes, and not one of their test images was classified correctly "
+         "(a rare class the model never predicts shows as 0.00, not as -)"),
+        ("ece", f"expected calibration error in %: the test images binned by the top-1 probability "
+         f"({ece_bins} equal-width bins), the gap between the bin's accuracy and its mean probability, "
+         "averaged with the bins' image shares; 0 = the probabilities mean what they say, lower is better"),
+        ("n, mean ± std", "n = the runs (seeds) in a row; mean ± sample standard deviation over them "
+         "(one run: the value alone)"),
+        ("group (of runs)", "runs whose configs differ only in seed, run_name and out_dir; its label is "
+         "the first run's name without the seed"),
+    ]
+    if calibrated:
+        items.append(("+METHOD rows", "the same run after `lvmlt calibrate RUN --method METHOD` (a label-shift "
+                      "or post-hoc correction of its test predictions; +bcts = temperature-scaled on "
+                      "validation first); no retraining"))  # fmt: skip
+    return items
+
+
+def how_to_read_md(items: list[tuple[str, str]]) -> str:
+    return "".join(f"- **{md_text(term)}**: {md_text(text)}\n" for term, text in items)
+
+
+def class_table(groups: Sequence[RunGroup], max_classes: int = 200) -> str | None:
+    """Per class: its name, training images, group, and each run group's test accuracy (mean
+    over seeds), for the groups with the same classes as the first; None when no run
+    recorded per-class accuracy or there are more than ``max_classes`` classes."""
+    first = next((r for g in groups for r in g.runs if r.test.get("per_class_acc")), None)
+    if first is None or len(first.test["per_class_acc"]) > max_classes:
+        return None
+    c = len(first.test["per_class_acc"])
+    counts = first.train_counts if first.train_counts is not None and len(first.train_counts) == c else None
+    kinds = first.test.get("groups") if len(first.test.get("groups") or []) == c else None
+    cols: dict[str, list] = {}
+    for g in groups:
+        accs = [r.test["per_class_acc"] for r in g.runs if len(r.test.get("per_class_acc") or []) == c]
+        if accs:
+            cols[g.label] = [[a[k] for a in accs if a[k] is not None] for k in range(c)]
+    order = sorted(range(c), key=lambda k: -int(counts[k])) if counts is not None else list(range(c))
+    rows = {}
+    for k in order:
+        row = {"index": k, "training images": None if counts is None else int(counts[k]),
+               "group": None if kinds is None else kinds[k]}  # fmt: skip
+        for label, vals in cols.items():
+            row[label] = float(sum(vals[k]) / len(vals[k])) if vals[k] else None
+        rows[first.class_name(k)] = row
+    table = format_table(rows, ("index", "training images", "group", *cols))
+    return md_text(_rename_first_header(table, "class"))
+
+
 def provenance_table(groups: Sequence[RunGroup]) -> str:
     rows = {}
     for g in groups:
