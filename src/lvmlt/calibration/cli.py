@@ -31,14 +31,29 @@ def cmd_calibrate(args) -> int:
 def add_parsers(sub) -> None:
     from lvmlt.calibration.label_shift import CALIBRATORS
 
-    c = sub.add_parser("calibrate", help="post-hoc label-shift correction of a finished run")
-    c.add_argument("run_dir")
-    c.add_argument("--method", default="mapls", choices=CALIBRATORS.names())
+    c = sub.add_parser(
+        "calibrate",
+        help="post-hoc label-shift correction of a finished run",
+        description="Re-weight a finished run's saved test predictions for the test split's class mix, "
+        "estimated from its unlabelled logits (or fixed, for pc and logit_adjust), and score them. The "
+        "result goes into metrics.json under calibrated.METHOD (METHOD+bcts with BCTS); running the same "
+        "method again replaces that entry.",
+    )
+    c.add_argument("run_dir", help="a run directory made by `lvmlt train` (it holds predictions.npz)")
+    c.add_argument(
+        "--method", default="mapls", choices=CALIBRATORS.names(),
+        help="mapls (MAP EM, the default; option lam=...), mlls (plain EM), bbse (validation confusion "
+        "matrix), pc (a balanced target: the prior divided out), logit_adjust (post-hoc logit adjustment; "
+        "option tau=..., default 1)",
+    )  # fmt: skip
     c.add_argument(
         "--source-prior",
         default="train",
         choices=["train", "uniform", "soft"],
-        help="the prior the model's posteriors reflect: train (CE), uniform (balanced losses), soft",
+        help="the prior the model's posteriors reflect: train (the default, training class frequencies: "
+        "a CE run), uniform (pass it for a run trained with a balanced loss or sampler: balanced_softmax, "
+        "logit_adjusted, ProCo), soft (the mean validation softmax); ignored with BCTS, which uses the "
+        "validation label histogram",
     )
     c.add_argument(
         "--bcts",
