@@ -128,3 +128,14 @@ def test_keep_committed_refuses_a_bad_csv(tmp_path, text, message):
     (tmp_path / "bad.csv").write_text(text)
     with pytest.raises(Exception, match=message):
         ablate.keep_committed({}, tmp_path / "bad.csv", ["a"], (0,))
+
+
+@pytest.mark.parametrize("command", ["ablate", "baselines"])
+def test_bad_seeds_are_one_line_before_any_run(command, capsys, tmp_path):
+    from lvmlt.cli import main
+
+    assert main([command, "--seeds", "0,one", "--out", str(tmp_path / "runs")]) == 2
+    assert "--seeds '0,one' is not a comma-separated list of integers" in capsys.readouterr().err
+    assert main([command, "--seeds", "1,1", "--out", str(tmp_path / "runs")]) == 2
+    assert "names a seed twice" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
