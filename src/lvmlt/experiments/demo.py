@@ -54,16 +54,23 @@ def main(argv=None) -> int:
     )
     bundle = build_data(base.data)
     store_dir = out / "features" / f"elpv-mobilesam-{args.img_size}"
-    extract(bundle, ExtractConfig(encoder="mobilesam", img_size=args.img_size), store_dir)
-    print(f"features ready in {store_dir} ({time.time() - t0:.0f} s so far)")
-
-    rows, dirs = {}, []
+    extract_cfg = ExtractConfig(encoder="mobilesam", img_size=args.img_size)
+    cfgs = {}
     for name, extra in RUNS.items():
         slug = name.lower().replace(" + ", "+").replace(" ", "_")
-        cfg = load_config(
+        cfgs[name] = load_config(
             args.config,
             [*args.overrides, *extra, f"fusion.store={store_dir}", f"out_dir={out}", f"run_name={slug}"],
         )
+    expected = expected_seconds(cfgs, bundle, store_dir, extract_cfg, out / "bundle")
+    parts = ", ".join(f"{k} {_minutes(v)}" for k, v in expected.items() if v > 0) or "finished work is reused"
+    print(f"expected on this machine: about {_minutes(sum(expected.values()))} ({parts}; "
+          f"from rates measured in {time.time() - t0:.0f} s)")
+    extract(bundle, extract_cfg, store_dir)
+    print(f"features ready in {store_dir} ({time.time() - t0:.0f} s so far)")
+
+    rows, dirs = {}, []
+    for name, cfg in cfgs.items():
         print(f"\n== {name}")
         m = run_result(cfg, bundle=bundle)  # finished runs are read, a killed one resumes
         rows[name], dirs = m["test"], [*dirs, run_dir_for(cfg)]
@@ -76,8 +83,51 @@ def main(argv=None) -> int:
     report = write_report(dirs, out / "report.html", title="lvmlt demo: ELPV")
     print(f"\nreport: {report['html']}")
     classify_from_bundle(dirs[1], out / "bundle", bundle.test)
-    print(f"\nwall time: {time.time() - t0:.0f} s")
+    wall = time.time() - t0
+    print(f"\nwall time: {_minutes(wall)} (expected {_minutes(sum(expected.values()))})")
     return 0
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min" if seconds >= 90 else f"{seconds:.0f} s"
+
+
+def expected_seconds(cfgs: dict, bundle, store_dir: Path, extract_cfg, bundle_dir: Path) -> dict:
+    """What the demo's parts will cost here, from rates measured now (:mod:`lvmlt.experiments.estimate`):
+    the extraction (unless the store is complete), each unfinished run, the export."""
+    from lvmlt import rundir
+    from lvmlt.deploy.bundle import MANIFEST
+    from lvmlt.encoders import build_encoder
+    from lvmlt.experiments import estimate
+    from lvmlt.features.store import read_manifest
+
+    parts = {"features": 0.0, "training": 0.0, "export": 0.0}
+    todo = [c for c in cfgs.values() if not (Path(c.out_dir) / c.run_name / rundir.METRICS).is_file()]
+    store_done = store_dir.is_dir() and (read_manifest(store_dir) or {}).get("complete", False)
+    need_encoder = not store_done or not (bundle_dir / MANIFEST).is_file()
+    build = per_image = 0.0
+    if need_encoder:
+        encoder = build_encoder(extract_cfg.encoder, extract_cfg.img_size)
+        build, per_image = estimate.encoder_seconds(encoder, extract_cfg, bundle.train)
+    if not store_done:
+        n = sum(len(s) for s in bundle.splits().values()) + min(extract_cfg.pca_images, len(bundle.train))
+        parts["features"] = build + n * per_image
+    if todo:
+        decode = estimate.decode_seconds(bundle.train)
+        steps: dict = {}
+        for c in todo:
+            key = (c.fusion.map, c.fusion.latent, c.fusion.sam_only)
+            if key not in steps:
+                steps[key] = estimate.step_seconds(c, bundle.num_classes, {"sam_vec": 256})
+            parts["training"] += estimate.run_seconds(c, bundle, steps[key], decode)
+    if not (bundle_dir / MANIFEST).is_file():
+        parts["export"] = EXPORT_BUILDS * build + EXPORT_IMAGES * per_image
+    return parts
+
+
+# The export traces the encoder and the classifier to ONNX (about one engine build) and checks
+# the bundle on 8 validation images by three paths (torch float32, ONNX Runtime, twice each).
+EXPORT_BUILDS, EXPORT_IMAGES = 1.0, 48
 
 
 def classify_from_bundle(run_dir: Path, bundle_dir: Path, test, per_class: int = 1) -> None:

@@ -1,0 +1,106 @@
+"""How long a job will take on this machine, from rates measured here in a few seconds.
+
+Used by ``make demo`` to say at its start what it expects to cost: the frozen encoder's rate
+(one engine build, then a few images encoded), the decoding rate of the training split, and
+the training step of each distinct model (a few steps on a random batch of the run's shapes).
+Each run's cost is then epochs x (steps x step + evaluation) from those rates; nothing is
+assumed about the CPU kind.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import torch
+
+#: An evaluation batch (forward only, no optimiser) costs this fraction of a training step;
+#: measured on ResNet-18 at 48 px (demo config) on the CPU: 0.30-0.36.
+EVAL_FRACTION = 0.35
+
+
+def _timed(fn, repeat: int, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    t = time.perf_counter()
+    for _ in range(repeat):
+        fn()
+    return (time.perf_counter() - t) / repeat
+
+
+def step_seconds(cfg, num_classes: int, feature_dims: dict, repeat: int = 3) -> float:
+    """Seconds of one training step of ``cfg``'s model on a random batch of its shapes."""
+    from lvmlt import hardware, inputs
+    from lvmlt.models.classifier import build_model
+    from lvmlt.training import runtime
+
+    device = torch.device("cpu")
+    precision = hardware.resolve_precision(cfg.optim.precision, device, "optim.precision")
+    model = build_model(cfg, num_classes, feature_dims=feature_dims)
+    if cfg.optim.channels_last:
+        model.to(memory_format=torch.channels_last)
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    b, s = cfg.data.batch_size, cfg.data.image_size
+    g = torch.Generator().manual_seed(0)
+    batch = {"label": torch.randint(0, num_classes, (b,), generator=g)}
+    if inputs.IMAGE in model.needs:
+        x = torch.randn(b, 3, s, s, generator=g)
+        batch[inputs.IMAGE] = x.contiguous(memory_format=torch.channels_last) if cfg.optim.channels_last else x
+    for key in inputs.sam_keys(model.needs):
+        if key == inputs.SAM_MAP:
+            batch[key] = torch.randn(b, 1, 16, 16, generator=g)
+        else:
+            batch[key] = torch.randn(b, feature_dims.get(key, 256), generator=g)
+
+    def step():
+        with runtime.autocast(device, precision):
+            out = model(batch)
+        loss = torch.nn.functional.cross_entropy(out["logits"].float(), batch["label"])
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return _timed(step, repeat)
+
+
+def decode_seconds(split, n: int = 24) -> float:
+    """Seconds to load and transform one image of ``split`` (the loader runs in-process on
+    small CPUs, so this adds to every step)."""
+    idx = np.linspace(0, len(split) - 1, num=min(n, len(split))).astype(int)
+    t = time.perf_counter()
+    for i in idx:
+        split[int(i)]
+    return (time.perf_counter() - t) / max(1, len(idx))
+
+
+def run_seconds(cfg, bundle, step: float, decode: float) -> float:
+    """Seconds of one training run: every epoch's steps and validation, then val + test."""
+    b = cfg.data.batch_size
+    steps = math.ceil(len(bundle.train) / b)
+    if cfg.optim.max_steps_per_epoch > 0:
+        steps = min(steps, cfg.optim.max_steps_per_epoch)
+    val_batches = math.ceil(len(bundle.val) / b)
+    test_batches = math.ceil(len(bundle.test) / b)
+    per_epoch = steps * (step + b * decode) + val_batches * (EVAL_FRACTION * step + b * decode)
+    final = (val_batches + test_batches) * (EVAL_FRACTION * step + b * decode)
+    return cfg.optim.epochs * per_epoch + final
+
+
+def encoder_seconds(encoder, extract_cfg, split, n: int = 4, log=None) -> tuple[float, float]:
+    """(seconds to build or load the engine, seconds per image) of an extraction with
+    ``extract_cfg``, measured on ``n`` images of ``split``."""
+    import dataclasses
+
+    from lvmlt.features.config import extract_precision
+    from lvmlt.features.pipeline import _Runner
+
+    device = torch.device("cpu")
+    cfg = dataclasses.replace(extract_cfg, precision=extract_precision(extract_cfg, device))
+    t = time.perf_counter()
+    runner = _Runner(encoder, cfg, device, log or (lambda s: None))
+    build = time.perf_counter() - t
+    xs = [encoder.preprocessing(split.load(int(i)))[None] for i in range(min(n, len(split)))]
+    per_image = _timed(lambda: [runner(x) for x in xs], repeat=1) / len(xs)
+    return build, per_image
