@@ -29,8 +29,9 @@ def test_run_directory_and_metrics(tmp_path):
     saved = json.loads((rd / "metrics.json").read_text())
     assert saved["test"]["top1"] == pytest.approx(m["test"]["top1"])
     hist = [json.loads(line) for line in (rd / "history.jsonl").read_text().splitlines()]
-    # "best" is the epoch with the highest validation score, never chosen on test
-    assert saved["best_epoch"] == int(np.argmax([h["val/mean_class_acc"] for h in hist]))
+    # "best" is the epoch with the highest validation score (a tie: the lower validation NLL),
+    # never chosen on test
+    assert saved["best_epoch"] == min(range(len(hist)), key=lambda e: (-hist[e]["val/mean_class_acc"], hist[e]["val/nll"]))
     p = np.load(rd / "predictions.npz")
     assert p["test_logits"].shape == (30, 3) and p["train_counts"].tolist() == [30, 20, 10]
     with pytest.raises(UserError, match="already holds a run"):

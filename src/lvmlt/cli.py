@@ -1,13 +1,15 @@
 """The ``lvmlt`` command: a small map from subcommand to a plain Python function.
 
-User mistakes (:class:`~lvmlt.errors.UserError`) are printed as one line and exit with
-status 2; a traceback means a bug in lvmlt.
+User mistakes (:class:`~lvmlt.errors.UserError`) and operating-system faults (an OSError:
+disk full, read-only, permission denied) are printed as one line and exit with status 2;
+a traceback means a bug in lvmlt.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from lvmlt.errors import UserError
@@ -122,6 +124,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("lvmlt: interrupted; finished epochs are saved, continue with --resume", file=sys.stderr)
         return 130
+    except OSError as e:  # the operating system's fault (disk, permissions), not a bug: one line
+        words = e.strerror or (os.strerror(e.errno) if e.errno else str(e) or type(e).__name__)
+        files = " -> ".join(str(f) for f in (e.filename, e.filename2) if f is not None)
+        print(f"lvmlt: error: {words}: {files}" if files else f"lvmlt: error: {words}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -13,6 +13,11 @@ A run directory (``out_dir/run_name``) holds::
     model.json, model.npz    what rebuilds the model and its inputs without the training data
                              (classes, inputs, preprocessing, feature settings, PCA basis)
     bad_images.txt           ids of skipped (unreadable) images, when there were any
+    .lock                    the one-writer lock (lvmlt.locks): who trains or evaluates it now
+
+Every write goes through :func:`atomic_write` (or :func:`writing`): an operating-system
+fault (no space, read-only, too large, no permission) is one :class:`WriteError` line
+naming the file and the errno's words, and the file's previous version stays.
 
 Checkpoints hold only tensors and plain Python values and are read with
 ``torch.load(weights_only=True)``: a file from someone else is read as data, never run as
@@ -54,11 +59,11 @@ BAD_IMAGES = "bad_images.txt"
 # ---------------------------------------------------------------------------------------
 _REMEDY = {
     errno.ENOSPC: "free space",
-    errno.EDQUOT: "free space (or raise the disk quota)",
-    errno.EFBIG: "raise the file-size limit (ulimit -f) or write to another file system",
-    errno.EROFS: "write to a writable file system",
-    errno.EACCES: "make it writable, or write elsewhere",
-    errno.EPERM: "make it writable, or write elsewhere",
+    errno.EDQUOT: "free space within your disk quota",
+    errno.EFBIG: "raise the file-size limit (ulimit -f)",
+    errno.EROFS: "remount it writable or write elsewhere",
+    errno.EACCES: "make it writable",
+    errno.EPERM: "make it writable",
 }
 
 

@@ -81,20 +81,33 @@ def run_result(cfg: Config, progress: bool = True, train_missing: bool = True, b
     (a killed run resumes from its last checkpoint); None if missing and not ``train_missing``.
 
     The one read-or-train helper of ``lvmlt ablate``, ``baselines``, ``compare`` and the demo.
+    A finished run is reused only when it was made with ``cfg`` (the sections it uses, as
+    ``--resume`` compares them); one made with other settings is a UserError naming them.
 
     Args:
         bundle: the data (built from ``cfg.data`` when None).
     """
     from lvmlt import rundir
-    from lvmlt.training.trainer import Trainer, run_dir_for
+    from lvmlt.errors import UserError
+    from lvmlt.training.trainer import Trainer, config_diff, run_dir_for
 
     rd = run_dir_for(cfg)
     if (rd / rundir.METRICS).exists():
+        diff = config_diff(rd, cfg, ignore=RUNTIME_KEYS)
+        if diff:
+            raise UserError(
+                f"the finished run {rd} was made with other settings ({diff})",
+                fix=f"delete {rd} for a fresh run, or write the runs elsewhere (another --out / --tag / run_name)",
+            )
         return rundir.read_metrics(rd)
     if not train_missing:
         return None
     resume = (rd / rundir.LAST).exists()
     return Trainer(cfg, resume=resume, progress=progress, bundle=bundle).fit()
+
+
+#: Settings that never change a finished run's result: a run is reused whatever they are.
+RUNTIME_KEYS = ("device", "threads", "out_dir", "run_name")
 
 
 def run_metrics(cfg: Config, progress: bool = True, train_missing: bool = True, bundle=None) -> dict | None:

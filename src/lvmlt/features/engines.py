@@ -13,10 +13,16 @@ the engine and its version, the encoder, the sha256 of its weights, the input si
 precision and the levels; a cached model is reused, a change of any of them builds a new
 one. Right after an export the engine's output on a random input is compared with torch
 float32: below a cosine of 0.999 the engine is not used (and not cached).
+
+Extractions running at the same time share the cache safely: each takes the entry's lock
+file (:func:`lock_path`) while it builds or loads the entry, so the second one
+waits and then loads what the first one built. A cache that cannot be written (read-only,
+full) is read as it is, and an entry missing there means the torch engine, with one line why.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -29,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lvmlt import locks
 from lvmlt.errors import UserError
 
 ENGINES = ("auto", "torch", "openvino", "onnxruntime")
@@ -44,6 +51,12 @@ def cache_root() -> Path:
     from lvmlt.encoders.weights import cache_dir
 
     return cache_dir().parent / "engines"
+
+
+def lock_path(entry: Path) -> Path:
+    """The lock file of a cache entry: ``<cache>/locks/<entry>.lock``, beside the engines folder
+    (so that the folder holds the entries only)."""
+    return entry.parent.parent / "locks" / f"{entry.name}.lock"
 
 
 def engine_version(name: str) -> str | None:
@@ -176,6 +189,48 @@ def compile_encoder(
     folder = cache_root() / f"{encoder.name}-{encoder.img_size}-{precision}-{engine}-{key}"
     names = ("out", *levels)
     threads = threads or torch.get_num_threads()
+    try:
+        lock = locks.wait(lock_path(folder), log, f"the {engine} engine cache entry {folder}")
+    except OSError:  # a cache we cannot write: read what it holds, unlocked
+        lock = contextlib.nullcontext()
+    with lock:
+        for attempt in range(2):  # a damaged cache entry is built again once
+            try:
+                built = _build_or_load(encoder, engine, precision, levels, names, folder, key_fields, threads, log)
+            except OSError as e:  # the cache folder refused a write: the engine is an optimisation
+                log(f"cannot write the engine cache {folder.parent} ({os.strerror(e.errno) if e.errno else e}); using torch")
+                return None
+            except _DamagedEntry as e:
+                if attempt:
+                    raise e.__cause__ from None
+                log(f"cached engine in {folder} does not load ({type(e.__cause__).__name__}); rebuilding it")
+                shutil.rmtree(folder, ignore_errors=True)
+                continue
+            if built is None:
+                return None
+            run, meta, log_line, reused = built
+            break
+    info = {
+        "engine": engine,
+        "version": version,
+        "cache_key": key,
+        "reused": reused,
+        "cosine_to_torch_fp32": meta["cosine_to_torch_fp32"],
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+    log(f"{log_line} in {info['seconds']:.1f} s (cosine to torch float32 {meta['cosine_to_torch_fp32']:.6f})")
+    return CompiledEncoder(engine, run, names, info)
+
+
+class _DamagedEntry(Exception):
+    """A cached engine that does not load (its cause says why)."""
+
+
+def _build_or_load(encoder, engine, precision, levels, names, folder: Path, key_fields: dict, threads: int, log):
+    """(run, meta, log line, reused) of the cache entry ``folder``, built when missing;
+    None when the built engine fails the check against torch float32. Called under the
+    entry's lock."""
+    version = key_fields["engine_version"]
     meta_path = folder / "engine.json"
     reused = meta_path.is_file()
     if not reused:
@@ -188,26 +243,18 @@ def compile_encoder(
             return None
         log_line = f"built the {engine} {version} engine for {encoder.name}@{encoder.img_size} ({precision})"
     else:
-        meta = json.loads(meta_path.read_text())
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (ValueError, OSError) as e:
+            raise _DamagedEntry() from e
         log_line = f"using the cached {engine} {version} engine for {encoder.name}@{encoder.img_size} ({precision})"
     try:
         run = _load(engine, folder, precision, threads)
-    except Exception as e:  # a damaged cache entry: build it again once
+    except Exception as e:
         if not reused:
             raise
-        log(f"cached engine in {folder} does not load ({type(e).__name__}); rebuilding it")
-        shutil.rmtree(folder, ignore_errors=True)
-        return compile_encoder(encoder, engine, precision, levels, threads, log)
-    info = {
-        "engine": engine,
-        "version": version,
-        "cache_key": key,
-        "reused": reused,
-        "cosine_to_torch_fp32": meta["cosine_to_torch_fp32"],
-        "seconds": round(time.perf_counter() - t0, 2),
-    }
-    log(f"{log_line} in {info['seconds']:.1f} s (cosine to torch float32 {meta['cosine_to_torch_fp32']:.6f})")
-    return CompiledEncoder(engine, run, names, info)
+        raise _DamagedEntry() from e
+    return run, meta, log_line, reused
 
 
 def _export(encoder, engine, precision, levels, names, folder: Path, key_fields: dict, threads: int):
@@ -243,7 +290,9 @@ def _export(encoder, engine, precision, levels, names, folder: Path, key_fields:
         (tmp / "engine.json").write_text(json.dumps(meta, indent=1) + "\n")
         try:
             os.replace(tmp, folder)
-        except OSError:  # another process (a torchrun rank) put the same entry in place first
+        except OSError:  # another process put the same entry in place first (a cache
+            if not (folder / "engine.json").is_file():  # written without the lock): use its
+                raise
             shutil.rmtree(tmp, ignore_errors=True)
         return meta
     except BaseException:

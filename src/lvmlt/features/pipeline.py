@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from lvmlt import __version__, distributed, hardware
+from lvmlt import __version__, distributed, hardware, locks, rundir
 from lvmlt.errors import BadImageError, UserError
 from lvmlt.features.config import ExtractConfig, extract_precision
 from lvmlt.features.engines import choose_engine, compile_encoder
@@ -329,7 +329,23 @@ def extract(
 
     Returns:
         The complete, opened :class:`FeatureStore`.
+
+    Raises:
+        UserError: another process is writing the store (rank 0 holds ``out_dir``'s
+            one-writer lock throughout), or the disk refused a write (the finished chunks
+            stay; the message says to continue with ``--resume``).
     """
+    held: list = []  # the store's lock, taken by rank 0 before it touches the directory
+    try:
+        return _extract(bundle, cfg, out_dir, resume, overwrite, encoder, progress, log, held)
+    except rundir.WriteError as e:
+        raise e.then("continue with the same `lvmlt extract ... --resume`") from None
+    finally:
+        for lock in held:
+            lock.release()
+
+
+def _extract(bundle, cfg, out_dir, resume, overwrite, encoder, progress, log, held: list) -> FeatureStore:
     joined = distributed.init_from_env(cfg.device, timeout_minutes=EXTRACT_TIMEOUT_MINUTES)
     rank, world = distributed.world()
     primary = rank == 0
@@ -356,6 +372,7 @@ def extract(
     splits = bundle.splits()
 
     def setup():
+        held.append(locks.hold(root, "feature store"))
         return _open_or_create(root, bundle, cfg, encoder, provenance, map_size, resume, overwrite, log)
 
     plan = _on_primary(setup)  # rank 0 touches the directory; every rank gets the plan or its error
@@ -484,7 +501,7 @@ def _open_or_create(root, bundle, cfg, encoder, provenance, map_size, resume, ov
         chunk_size = int(existing["chunk_size"])  # chunk boundaries are fixed by the first run
         _clean_tmp_files(root)
     else:
-        if root.is_dir() and any(root.iterdir()):
+        if root.is_dir() and any(p.name != locks.LOCK_FILE for p in root.iterdir()):
             raise UserError(
                 f"{str(root)!r} is not empty and holds no feature store",
                 fix="choose an empty --out directory",
@@ -624,29 +641,54 @@ def _assemble_split(root: Path, name: str, n: int, template: dict[str, np.ndarra
     Args:
         template: zero-row arrays giving every stored key's row shape and dtype.
     """
+    files = {key: f"{name}/{key}.npy" for key in template}
+    try:
+        return _write_split_files(root, name, n, template, chunk_size, files)
+    except BaseException:
+        for rel in files.values():  # the chunks stay: a resumed run assembles again
+            tmp_name(root / rel).unlink(missing_ok=True)
+        raise
+
+
+def _preallocate(path: Path) -> None:
+    """Give a new memory-mapped file its blocks now: a full disk is then an OSError here,
+    not a SIGBUS when a mapped page is first written."""
+    import errno
+
+    with open(path, "rb+") as f:
+        try:
+            os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+        except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                raise
+            # a file system without fallocate: mapped writes as before
+
+
+def _write_split_files(root: Path, name: str, n: int, template: dict, chunk_size: int, files: dict) -> dict:
     from numpy.lib.format import open_memmap
 
-    (root / name).mkdir(parents=True, exist_ok=True)
-    files = {key: f"{name}/{key}.npy" for key in template}
-    outs = {
-        key: open_memmap(tmp_name(root / files[key]), mode="w+", dtype=t.dtype, shape=(n, *t.shape[1:]))
-        for key, t in template.items()
-    }
+    outs = {}
+    with rundir.writing(root / name):
+        (root / name).mkdir(parents=True, exist_ok=True)
+    for key, t in template.items():
+        with rundir.writing(root / files[key]):
+            outs[key] = open_memmap(tmp_name(root / files[key]), mode="w+", dtype=t.dtype, shape=(n, *t.shape[1:]))
+            _preallocate(tmp_name(root / files[key]))
     bad: dict[str, str] = {}
     for c, idx in _chunk_jobs(n, chunk_size):
         with np.load(_chunk_path(root, name, c), allow_pickle=False) as z:
             bad |= {str(i): r for i, r in zip(z["bad_index"].tolist(), z["bad_reason"].tolist(), strict=True)}
             for key, out in outs.items():
                 out[idx[0] : idx[0] + len(idx)] = z[key]
-    for out in outs.values():
-        out.flush()
-    outs.clear()  # unmap before the rename
     checksums: dict[str, dict] = {}  # size and sha256 of each file, checked when the store opens
     for key in files:
         final = root / files[key]
-        with open(tmp_name(final), "rb+") as f:
-            os.fsync(f.fileno())
-        checksums[key] = file_record(tmp_name(final))
-        os.replace(tmp_name(final), final)
-    fsync_dir(root / name)
+        with rundir.writing(final):
+            outs.pop(key).flush()  # and unmapped before the rename
+            with open(tmp_name(final), "rb+") as f:
+                os.fsync(f.fileno())
+            checksums[key] = file_record(tmp_name(final))
+            os.replace(tmp_name(final), final)
+    with rundir.writing(root / name):
+        fsync_dir(root / name)
     return {"files": files, "bad": bad, "checksums": checksums}

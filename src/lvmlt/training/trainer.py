@@ -276,12 +276,30 @@ def check_validation(bundle) -> str | None:
 
 
 class Trainer:
-    """Trains ``cfg`` into its run directory; ``fit()`` returns the final metrics."""
+    """Trains ``cfg`` into its run directory; ``fit()`` returns the final metrics.
+
+    The run directory's one-writer lock (:func:`lvmlt.locks.hold`, rank 0 only) is taken
+    before anything is written and held until :meth:`fit` ends (or :meth:`close`).
+    """
 
     def __init__(self, cfg: Config, resume: bool = False, progress: bool = True, bundle=None):
         self.cfg, self.progress = cfg, progress
         self.run_dir = run_dir_for(cfg)
         self.ckpt_dir = self.run_dir / rundir.CHECKPOINTS
+        self.lock = locks.hold(self.run_dir) if locks.primary_process() else None
+        try:
+            self._start(cfg, resume, progress, bundle)
+        except BaseException:
+            self.close(tidy=True)
+            raise
+
+    def close(self, tidy: bool = False) -> None:
+        """Release the run directory (``tidy``: remove it again if nothing was written)."""
+        if self.lock is not None:
+            self.lock.release(tidy)
+            self.lock = None
+
+    def _start(self, cfg: Config, resume: bool, progress: bool, bundle) -> None:
         last = self.run_dir / rundir.LAST
         if resume:
             if not last.exists():
@@ -296,6 +314,7 @@ class Trainer:
             torch.set_num_threads(cfg.threads)
         run = build_run(cfg, bundle)
         self.run = run
+        self.val_warning = check_validation(run.bundle)
         self.bundle, self.device, self.precision = run.bundle, run.device, run.precision
         self.model, self.terms, self.splits, self.loaders, self.sampler = (
             run.model, run.terms, run.splits, run.loaders, run.sampler
@@ -312,9 +331,11 @@ class Trainer:
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(cfg, self.steps_per_epoch))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.start_epoch, self.best, self.best_epoch = 0, -math.inf, -1
+        self.best_nll = math.inf  # breaks ties of the selection metric (lower wins)
         self.bad_ids: set[str] = set()
         if runtime.is_primary():
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+            with rundir.writing(self.run_dir):
+                self.run_dir.mkdir(parents=True, exist_ok=True)
             _setup_logging(self.run_dir)
         started = (
             f"{self.run_dir}: {hardware.describe_device(self.device)}, precision {self.precision}"
@@ -322,6 +343,9 @@ class Trainer:
         )
         if self.progress:
             print(started, file=sys.stderr)
+        if self.val_warning and self.rank == 0 and not resume:
+            print(f"lvmlt: warning: {self.val_warning}", file=sys.stderr)
+            log.warning(self.val_warning)
         if resume:
             self._load(last)
             log.info("resumed %s at epoch %d; %s", self.run_dir, self.start_epoch, started)
@@ -349,6 +373,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "best": self.best,
             "best_epoch": self.best_epoch,
+            "best_nll": self.best_nll,
             "rng": runtime.rng_state(),
             "bad_ids": sorted(self.bad_ids),
         }
@@ -363,18 +388,41 @@ class Trainer:
         self.sched.load_state_dict(st["sched"])
         self.scaler.load_state_dict(st["scaler"])
         self.best, self.best_epoch = st["best"], st["best_epoch"]
+        self.best_nll = st.get("best_nll", math.inf)  # absent in checkpoints of older lvmlt
         self.bad_ids = set(st.get("bad_ids", []))
         runtime.set_rng_state(st["rng"])
         self.start_epoch = st["epoch"] + 1
 
     # -- the loop ---------------------------------------------------------------------
     def fit(self) -> dict:
+        """Train the remaining epochs, then :meth:`finish`; the lock is released at the end.
+
+        Raises:
+            WriteError: the disk refused a write; finished epochs stay resumable.
+        """
+        try:
+            return self._fit()
+        except rundir.WriteError as e:
+            raise e.then(
+                "continue with --resume" if (self.run_dir / rundir.LAST).exists() else "run it again"
+            ) from None
+        finally:
+            self.close()
+
+    def _improves(self, val_score: float, val_nll: float) -> bool:
+        """Selection: a higher validation mean class accuracy; a tie goes to the lower NLL."""
+        if math.isclose(val_score, self.best, rel_tol=0.0, abs_tol=1e-9):
+            return val_nll < self.best_nll
+        return val_score > self.best
+
+    def _fit(self) -> dict:
         cfg, o = self.cfg, self.cfg.optim
         writer = None
         if runtime.is_primary():
             from torch.utils.tensorboard import SummaryWriter
 
-            writer = SummaryWriter(str(self.run_dir / rundir.TENSORBOARD))
+            with rundir.writing(self.run_dir / rundir.TENSORBOARD):
+                writer = SummaryWriter(str(self.run_dir / rundir.TENSORBOARD))
         for epoch in range(self.start_epoch, o.epochs):
             t0 = time.time()
             train_terms = self._train_epoch(epoch)
@@ -383,10 +431,10 @@ class Trainer:
             )
             val = score(logits, labels, self.bundle.train_counts, self.bundle.meta, cfg.eval)
             # Selection uses the validation split only; balanced accuracy suits long tails.
-            val_score = val["mean_class_acc"]
-            improved = val_score > self.best
+            val_score, val_nll = val["mean_class_acc"], float(val["nll"])
+            improved = self._improves(val_score, val_nll)
             if improved:
-                self.best, self.best_epoch = val_score, epoch
+                self.best, self.best_epoch, self.best_nll = val_score, epoch, val_nll
             rec = {
                 "epoch": epoch,
                 "lr": self.opt.param_groups[0]["lr"],
@@ -394,19 +442,22 @@ class Trainer:
                 **{f"train/{k}": v for k, v in train_terms.items()},
                 "val/top1": val["top1"],
                 "val/mean_class_acc": val_score,
+                "val/nll": val_nll,
             }
             if runtime.is_primary():
                 if improved:
                     rundir.save_checkpoint(self.run_dir / rundir.BEST, self._state(epoch))
                 rundir.save_checkpoint(self.run_dir / rundir.LAST, self._state(epoch))
                 rundir.append_history(self.run_dir, rec)
-                for k, v in rec.items():
-                    if k != "epoch":
-                        writer.add_scalar(k, v, epoch)
-                writer.flush()
+                with rundir.writing(self.run_dir / rundir.TENSORBOARD):
+                    for k, v in rec.items():
+                        if k != "epoch":
+                            writer.add_scalar(k, v, epoch)
+                    writer.flush()
                 log.info(json.dumps(rec))
         if writer is not None:
-            writer.close()
+            with rundir.writing(self.run_dir / rundir.TENSORBOARD):
+                writer.close()
         return self.finish()
 
     def _train_epoch(self, epoch: int) -> dict:
@@ -491,7 +542,7 @@ def final_evaluation(run: Run, run_dir: Path, best_epoch: int, bad_ids: set[str]
     from lvmlt.models.classifier import BRANCHES
     from lvmlt.models.heads import count_trainable
 
-    out = {"best_epoch": best_epoch, "selected_on": "val/mean_class_acc"}
+    out = {"best_epoch": best_epoch, "selected_on": "val/mean_class_acc", "tie_break": "val/nll (lower)"}
     out["trainable_params"] = count_trainable(run.model) + count_trainable(run.terms)
     preds = {"train_counts": run.bundle.train_counts}
     bad_ids = set(bad_ids)
@@ -567,12 +618,23 @@ def load_run(run_dir: str | Path) -> Config:
 
 
 def evaluate_run(run_dir: str | Path, progress: bool = True) -> dict:
-    """Re-evaluate a finished run's best checkpoint (``lvmlt evaluate RUN_DIR``)."""
+    """Re-evaluate a finished run's best checkpoint (``lvmlt evaluate RUN_DIR``).
+
+    It rewrites metrics.json and predictions.npz, so it holds the run directory's lock:
+    a run being trained or evaluated by another process is refused in one line.
+    """
     run_dir = Path(run_dir)
     cfg = load_run(run_dir)
     cfg = replace(cfg, out_dir=str(run_dir.parent), run_name=run_dir.name)
     if not (run_dir / rundir.BEST).exists():
         raise UserError(f"{run_dir} has no checkpoint yet", fix="train it first (or --resume it)")
-    st = rundir.load_checkpoint(run_dir / rundir.BEST)
-    run = build_run(cfg, load_init=False)  # same parameters as trained; the weights come from best.pt
-    return final_evaluation(run, run_dir, st["best_epoch"], set(st.get("bad_ids", [])), progress)
+    lock = locks.hold(run_dir) if locks.primary_process() else None
+    try:
+        st = rundir.load_checkpoint(run_dir / rundir.BEST)
+        run = build_run(cfg, load_init=False)  # same parameters as trained; the weights come from best.pt
+        return final_evaluation(run, run_dir, st["best_epoch"], set(st.get("bad_ids", [])), progress)
+    except rundir.WriteError as e:
+        raise e.then(f"run `lvmlt evaluate {run_dir}` again") from None
+    finally:
+        if lock is not None:
+            lock.release()
