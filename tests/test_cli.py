@@ -23,3 +23,24 @@ def test_a_command_module_that_fails_to_import_fails_loudly(tmp_path, monkeypatc
     with pytest.raises(ModuleNotFoundError):
         cli.main(["datasets"])
     sys.modules.pop("broken_lvmlt_commands", None)
+
+
+def test_resume_needs_only_the_run_directory(tmp_path, capsys):
+    import json
+
+    from test_deploy import _dataset, _train_args
+
+    main = cli.main
+
+    _dataset(tmp_path / "data")
+    args = _train_args(tmp_path / "data", tmp_path / "runs", "x")
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert f"run directory: {tmp_path / 'runs' / 'x'}" in out
+    first = json.loads((tmp_path / "runs" / "x" / "metrics.json").read_text())
+    assert main(["train", "--resume", str(tmp_path / "runs" / "x"), "--quiet"]) == 0
+    again = json.loads((tmp_path / "runs" / "x" / "metrics.json").read_text())
+    assert again["test"]["top1"] == first["test"]["top1"] and again["best_epoch"] == first["best_epoch"]
+    capsys.readouterr()
+    assert main(["train", "--resume", str(tmp_path / "runs" / "x"), "optim.lr=0.3"]) == 2
+    assert "--resume RUN continues the run" in capsys.readouterr().err

@@ -23,7 +23,7 @@ import lvmlt
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     # errors, the registry, the config and low-level helpers used by training and extraction alike
     ("base", ("lvmlt", "lvmlt.errors", "lvmlt.registry", "lvmlt.config",
-              "lvmlt.distributed", "lvmlt.hardware", "lvmlt.rundir", "lvmlt.inputs", "lvmlt.safepickle")),
+              "lvmlt.distributed", "lvmlt.hardware", "lvmlt.rundir", "lvmlt.inputs", "lvmlt.safepickle", "lvmlt.locks")),
     # images in, encoders
     ("inputs", ("lvmlt.data", "lvmlt.encoders")),
     # the pieces a run is made of and what reads its outputs

@@ -17,15 +17,40 @@ from lvmlt.errors import UserError
 
 def cmd_train(args) -> int:
     from lvmlt.config import load_config
-    from lvmlt.training.trainer import train
+    from lvmlt.training.trainer import run_dir_for, train
 
     overrides = list(args.overrides)
+    resume = args.resume
+    if isinstance(resume, str) and "=" in resume and not os.path.isdir(resume):
+        overrides, resume = [*overrides, resume], True  # `--resume key=value`: an override, not a run
     if args.skip_bad_images:
         overrides.append("data.skip_bad_images=true")
-    cfg = load_config(args.config, overrides)
-    metrics = train(cfg, resume=args.resume, progress=not args.quiet)
-    _print_run(cfg.run_name or "run", metrics)
+    if isinstance(resume, str):
+        cfg = _resumed_config(resume, args.config, overrides)
+    else:
+        cfg = load_config(args.config, overrides)
+    run_dir = run_dir_for(cfg)
+    metrics = train(cfg, resume=bool(resume), progress=not args.quiet)
+    _print_run(run_dir.name, metrics)
+    print(f"run directory: {run_dir}")
     return 0
+
+
+def _resumed_config(run: str, config: str | None, overrides: list[str]):
+    """The config of the run ``--resume RUN`` names (a run directory, or a run name under
+    the default out_dir): the run alone says what it was started with."""
+    from lvmlt.config import load_config, replace
+    from lvmlt.rundir import is_run_dir
+    from lvmlt.training.trainer import load_run
+
+    path = run if is_run_dir(run) else os.path.join(load_config(None, []).out_dir, run)
+    if config or overrides:
+        raise UserError("--resume RUN continues the run with the settings it was started with",
+                        fix="drop --config and key=value, or use --resume alone with the original command")
+    if not is_run_dir(path):
+        raise UserError(f"--resume {run}: no run directory there", fix="pass the directory `lvmlt train` made")
+    path = os.path.normpath(path)
+    return replace(load_run(path), out_dir=os.path.dirname(path) or ".", run_name=os.path.basename(path))
 
 
 def cmd_evaluate(args) -> int:
@@ -61,17 +86,21 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train and evaluate one run")
     t.add_argument("--config", help="YAML config file (sections data, model, loss, optim, ...)")
     t.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=0.05 loss.name=balanced_softmax")
-    t.add_argument("--resume", action="store_true", help="continue a killed run from its last checkpoint")
+    t.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUN",
+                   help="continue a killed run from its last checkpoint: with the original command, or "
+                   "--resume RUN_DIR alone (the run says what it was started with)")
     t.add_argument("--skip-bad-images", action="store_true", help="skip and count unreadable images")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("evaluate", help="re-evaluate a run's best checkpoint")
-    e.add_argument("run_dir")
-    e.add_argument("--quiet", action="store_true")
+    e.add_argument("run_dir", help="a run directory made by lvmlt train")
+    e.add_argument("--quiet", action="store_true", help="no progress bars")
     e.set_defaults(func=cmd_evaluate)
 
-    d = sub.add_parser("datasets", help="list the built-in datasets and their class counts")
+    d = sub.add_parser("datasets", help="list the built-in datasets and their class counts",
+                       description="The built-in datasets: classes, split sizes and the training class counts "
+                       "(max..min), or how to install the ones missing here.")
     d.set_defaults(func=cmd_datasets)
 
     for module in COMMAND_MODULES:

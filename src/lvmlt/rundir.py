@@ -362,10 +362,11 @@ def is_run_dir(path: str | Path) -> bool:
     return (Path(path) / CONFIG).is_file()
 
 
-def read_config(run_dir: str | Path) -> dict:
+def read_config(run_dir: str | Path, partial: bool = False) -> dict:
     """The resolved config a run was made with (``config.yaml``: config, git commit, seed...).
 
     Read with YAML's safe loader: a tag that would build a Python object is refused.
+    ``partial`` accepts any mapping (a hand-written file without the ``config`` section).
     """
     import yaml
 
@@ -380,7 +381,7 @@ def read_config(run_dir: str | Path) -> dict:
             f"{path} is not a plain YAML config ({first})",
             fix="restore it from the run's origin; lvmlt never builds Python objects from a config",
         ) from None
-    if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict):
+    if not isinstance(saved, dict) or not (partial or isinstance(saved.get("config"), dict)):
         raise UserError(f"{path} does not hold a run's resolved config", fix="pass the directory `lvmlt train` made")
     return saved
 

@@ -47,11 +47,9 @@ def _default_thresholds(run_dir: Path, metrics: dict) -> tuple[int | None, int |
         return th.get("many"), th.get("few")
     if "many_threshold" in metrics or "few_threshold" in metrics:
         return metrics.get("many_threshold"), metrics.get("few_threshold")
-    cfg = run_dir / rundir.CONFIG
-    if cfg.is_file():
-        import yaml
-
-        ev = (yaml.safe_load(cfg.read_text()) or {}).get("eval") or {}
+    if (run_dir / rundir.CONFIG).is_file():
+        saved = rundir.read_config(run_dir, partial=True)
+        ev = (saved.get("config") or saved).get("eval") or {}
         return ev.get("many_threshold"), ev.get("few_threshold")
     return None, None
 
@@ -179,5 +177,8 @@ def calibrate_run(
     )
     entries = dict(metrics.get("calibrated") or {})
     entries[name or (method + ("+bcts" if bcts else ""))] = entry
-    rundir.write_metrics(run_dir, {"calibrated": entries})
+    from lvmlt import locks
+
+    with locks.hold(run_dir):  # not while a trainer or evaluate rewrites metrics.json
+        rundir.write_metrics(run_dir, {"calibrated": entries})
     return entry

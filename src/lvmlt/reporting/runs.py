@@ -137,13 +137,7 @@ def read_run(run_dir: str | Path) -> RunRecord:
             f"run {path} has not finished (no metrics.json)",
             fix="finish it with `lvmlt train --resume`, or leave it out of the report",
         )
-    try:
-        metrics = json.loads(metrics_file.read_text())
-    except json.JSONDecodeError as e:
-        raise UserError(
-            f"{metrics_file} is not valid JSON (line {e.lineno})",
-            fix="re-evaluate with `lvmlt evaluate RUN_DIR`",
-        ) from None
+    metrics = rundir.read_metrics(path)  # a damaged or binary file is one line naming it
     if not isinstance(metrics, dict) or not isinstance(metrics.get("test"), dict):
         raise UserError(
             f"{metrics_file} has no test metrics", fix="re-evaluate with `lvmlt evaluate RUN_DIR`"

@@ -34,8 +34,10 @@ log = logging.getLogger("lvmlt")
 
 
 def run_dir_for(cfg: Config) -> Path:
-    name = cfg.run_name or f"{cfg.data.name}-{cfg.loss.name}-seed{cfg.seed}"
-    return Path(cfg.out_dir) / name
+    """``out_dir/run_name``, or ``out_dir/<data>-<system>-<loss>-seed<seed>`` without a run_name."""
+    from lvmlt.training.naming import default_run_name
+
+    return Path(cfg.out_dir) / (cfg.run_name or default_run_name(cfg))
 
 
 def _setup_logging(run_dir: Path) -> None:
