@@ -16,6 +16,7 @@ from PIL import Image
 from lvmlt.config import DataConfig
 from lvmlt.data import build_data, parse_split_file, split_from_file, split_from_image_folder
 from lvmlt.errors import BadImageError, UserError
+from lvmlt.inputs import to_rgb
 
 # database=None: no .hypothesis/ folder in the checkout; failures print their example.
 FUZZ = settings(max_examples=60, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
@@ -195,8 +196,8 @@ def test_split_from_file_loads_rgb(image_root):
     assert s.ids == ["a 1.png", "sub/b.png", "missing.png", "corrupt.jpg", "truncated.png"]
     assert s.labels.tolist() == [0, 1, 1, 0, 1]
     assert s.sizes[0] == (root / "a 1.png").stat().st_size and s.sizes[2] == -1
-    img = s.load(0)
-    assert img.mode == "RGB" and img.size == (8, 6) and img.getpixel((0, 0)) == (10, 10, 10)
+    img = s.load(0)  # decoded with its mode kept; every consumer converts with lvmlt.inputs.to_rgb
+    assert img.size == (8, 6) and to_rgb(img).getpixel((0, 0)) == (10, 10, 10)
     assert len(s.fingerprint()) == 64
 
 

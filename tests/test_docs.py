@@ -91,6 +91,11 @@ SKIP = {
 DONE_BY_WORLD = {"make demo": "runs/demo/ is the demo's own main() on the ELPV stand-in"}
 #: Command prefixes marked slow (run by `make test-all`): each trains a grid of runs.
 SLOW = ("lvmlt ablate ", "lvmlt baselines ", "lvmlt compare --dataset elpv ")
+#: Pages whose every snippet runs in `make test`: a newcomer's path (set up, own data, use the
+#: model). The reference pages run with --run-slow (`make test-all`), before each release:
+#: together they cost as much again, and `make test` must stay within its budget on the
+#: slowest CPU kind (pytest under 5 minutes there).
+FAST_PAGES = ("README.md", "docs/deploy.md", "docs/own-data.md")
 
 
 # ---------------------------------------------------------------------------------------
@@ -153,7 +158,7 @@ def _prefixed(command: str, table) -> str | None:
 
 
 def _param(s: Snippet):
-    slow = s.kind == "shell" and _prefixed(s.text, SLOW)
+    slow = s.page not in FAST_PAGES or (s.kind == "shell" and _prefixed(s.text, SLOW))
     return pytest.param(s, id=s.id, marks=[pytest.mark.slow] if slow else [])
 
 

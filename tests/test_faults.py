@@ -229,6 +229,7 @@ def _as_user(argv: list[str]) -> list[str]:
     return ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *cmd]
 
 
+@pytest.mark.slow  # four CLI processes as another user (about 12 s); the write faults above run every time
 def test_a_read_only_out_dir_is_one_line(run):
     # outside pytest's folder (private to its user), so that `nobody` reaches it
     base = Path(tempfile.mkdtemp(prefix="lvmlt-ro-"))

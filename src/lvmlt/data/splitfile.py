@@ -117,7 +117,8 @@ def parse_split_file(path: str | os.PathLike, num_classes: int | None = None) ->
 
 
 class FileLoader:
-    """``load(i) -> PIL RGB image`` for files under a root (picklable for worker processes).
+    """``load(i) -> PIL image`` for files under a root (picklable for worker processes): decoded
+    fully, EXIF orientation applied, its mode kept (:func:`lvmlt.inputs.open_image`).
 
     Args:
         root: the folder the relative paths are resolved against.
