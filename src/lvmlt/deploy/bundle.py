@@ -78,13 +78,22 @@ def _load_npy(root: Path, name: str) -> np.ndarray:
     return np.load(root / name, allow_pickle=False)
 
 
-def _session(path: Path, engine: str, threads: int):
+def openvino_precision(precision: str) -> str:
+    """``auto``: bf16 where OpenVINO reports native bfloat16 on this CPU (AMX, AVX512-BF16), else f32."""
+    if precision != "auto":
+        return {"fp32": "f32", "bf16": "bf16"}[precision]
+    import openvino as ov
+
+    return "bf16" if "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES") else "f32"
+
+
+def _session(path: Path, engine: str, threads: int, precision: str = "fp32"):
     """``run(feeds: {name: array}) -> [outputs]`` of one graph, through ``engine``."""
     if engine == "openvino":
         import openvino as ov
 
         core = ov.Core()
-        config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
+        config = {"INFERENCE_PRECISION_HINT": openvino_precision(precision), "PERFORMANCE_HINT": "LATENCY"}
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
         compiled = core.compile_model(str(path), "CPU", config)
@@ -124,9 +133,12 @@ class BundleModel:
         root: the bundle directory.
         engine: auto (OpenVINO where installed, else ONNX Runtime) | onnxruntime | openvino.
         threads: inference threads (0 = the engine's default).
+        precision: OpenVINO's: auto (bf16 where native, as ``lvmlt extract`` runs the encoder;
+            features within a cosine of about 0.9999 of float32) | fp32 | bf16. ONNX Runtime
+            runs float32.
     """
 
-    def __init__(self, root, engine: str = "auto", threads: int = 0, log=None):
+    def __init__(self, root, engine: str = "auto", threads: int = 0, log=None, precision: str = "auto"):
         self.root = Path(root)
         self.log = log or (lambda s: print(s, file=sys.stderr))
         self.manifest = verify(self.root)
@@ -148,8 +160,10 @@ class BundleModel:
             self.norms[key] = inputs.FeatureNorm(kind, mean, std)
         self.val_logits = _load_npy(self.root, npy_name("val_logits"))
         self.val_labels = _load_npy(self.root, npy_name("val_labels"))
-        self._classifier = _session(self.root / CLASSIFIER, self.engine, threads)
-        self._encoder = _session(self.root / ENCODER, self.engine, threads) if self.sam_keys else None
+        if precision not in ("auto", "fp32", "bf16"):
+            raise UserError(f"unknown bundle precision {precision!r}", fix="choose auto, fp32 or bf16")
+        self._classifier = _session(self.root / CLASSIFIER, self.engine, threads, precision)
+        self._encoder = _session(self.root / ENCODER, self.engine, threads, precision) if self.sam_keys else None
         self.outputs = ["out", *f.get("levels", [])]
         self.log(f"bundle {self.root}: {self.spec['system']}, {len(self.spec['classes'])} classes, engine {self.engine}")
 

@@ -72,7 +72,8 @@ def add_predict_parser(sub) -> None:
                    help="re-weight to the class mix estimated on these images (needs enough of them)")
     p.add_argument("--force-adapt", action="store_true", help="adapt even below the batch size where it pays")
     p.add_argument("--strict", action="store_true", help="stop at the first unreadable image instead of skipping it")
-    p.add_argument("--batch-size", type=int, default=32, help="images per classifier call (default 32)")
+    p.add_argument("--batch-size", type=int, default=0,
+                   help="images per classifier call (default 0: 256 at 48 px, fewer for larger inputs)")
     p.add_argument("--engine", default="auto", help="encoder engine: auto | torch | openvino | onnxruntime")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (run directories only)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or status lines")

@@ -49,6 +49,17 @@ ADAPT_IMAGES_PER_CLASS = 2
 MIN_ADAPT_IMAGES = 20
 
 
+def auto_batch_size(spec: dict) -> int:
+    """Images per classifier call: 256 at the CNN's 48 px (or without a CNN), fewer for larger
+    inputs (the same pixels per call, at least 16). Calls between the encoder's images cost
+    more than their own time on a small CPU (both engines share the cores), so fewer, larger
+    calls: on 2 cores, 256 images per call classified ELPV at the extraction's rate, 32 at 0.85 of it."""
+    if inputs.IMAGE not in spec["inputs"]:
+        return 256
+    side = int(spec["image"]["size"])
+    return max(16, min(256, int(256 * (48 / side) ** 2)))
+
+
 def min_adapt_images(num_classes: int) -> int:
     """The smallest batch :func:`adapt` estimates a prior from."""
     return max(MIN_ADAPT_IMAGES, ADAPT_IMAGES_PER_CLASS * num_classes)
@@ -403,7 +414,7 @@ def predict(
     topk: int = 3,
     adapt_method: str = "none",
     strict: bool = False,
-    batch_size: int = 32,
+    batch_size: int = 0,
     workers: int = 1,
     progress: bool = True,
     force_adapt: bool = False,
@@ -420,6 +431,7 @@ def predict(
         topk: how many classes each row lists.
         adapt_method: none | mapls | mlls | bbse (see :func:`adapt`).
         strict: stop at the first unreadable image instead of skipping it.
+        batch_size: images per classifier call; 0 = :func:`auto_batch_size`.
 
     Returns:
         ``{"images", "classified", "skipped", "seconds", "images_per_second", "logits" (N x C of
@@ -431,6 +443,7 @@ def predict(
     spec = model.spec
     classes = spec["classes"]
     topk = max(1, min(int(topk), len(classes)))
+    batch_size = batch_size if batch_size > 0 else auto_batch_size(spec)
     if sources is None:
         total = count_sources(paths, list_file)
         if total == 0:
