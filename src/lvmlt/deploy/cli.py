@@ -54,9 +54,10 @@ def cmd_export(args) -> int:
 
     log = (lambda s: None) if args.quiet else (lambda s: print(s, file=sys.stderr))
     res = export_bundle(args.run_dir, args.out, check_images=args.check_images, overwrite=args.overwrite, log=log)
+    encoder = "" if res["encoder_cosine"] is None else f", encoder graph cosine {res['encoder_cosine']:.6f}"
     print(f"bundle written to {res['bundle']}: {res['files']} files, {res['megabytes']:.1f} MB; "
           f"checked on {res['checked']} validation images against torch: classifier graph largest probability "
-          f"difference {res['max_prob_diff']:.2e}, encoder graph cosine {res['encoder_cosine']:.6f}; end to end "
+          f"difference {res['max_prob_diff']:.2e}{encoder}; end to end "
           f"same top-1 {res['same_top1']}, largest probability difference {res['end_to_end_prob_diff']:.2e}")
     return 0
 

@@ -139,7 +139,7 @@ def check_bundle(run_model, bundle_dir: Path, n: int, log) -> dict:
     run_model.precision = "fp32"
     items = [P._prepare(run_model, name, opener) for name, opener in _check_sources(run_model, n, log)]
     items = [it for it in items if it.error is None]
-    cosine = 1.0
+    cosine = 1.0 if run_model.sam_keys else None  # None: the model reads no SAM features
     feats = []
     for it in items:
         if run_model.sam_keys:
@@ -182,7 +182,7 @@ def export_bundle(run_dir, out, check_images: int = 8, overwrite: bool = False, 
         _write_manifest(tmp, model.spec)
         log(f"exported {model.spec['system']} of {run_dir}; checking it against torch")
         check = check_bundle(model, tmp, check_images, log)
-        if check["max_prob_diff"] > MAX_PROB_DIFF or check["encoder_cosine"] < MIN_ENCODER_COSINE:
+        if check["max_prob_diff"] > MAX_PROB_DIFF or (check["encoder_cosine"] or 1.0) < MIN_ENCODER_COSINE:
             raise UserError(
                 f"the exported graphs disagree with the run (classifier: largest probability difference "
                 f"{check['max_prob_diff']:.2e}, want <= {MAX_PROB_DIFF:g}; encoder: cosine "
