@@ -126,7 +126,7 @@ def test_calibration_improves_accuracy_under_shift(easy_task, method):
 
 
 def test_apl_lambda_matches_worked_example():
-    """METHODS-NOTES 1.4: CIFAR-100-LT IF 100 prior, λ ≈ 0.016 / 0.82 / 0.73."""
+    """docs/implementation-notes.md, "Label shift": CIFAR-100-LT IF 100 prior, λ ≈ 0.016 / 0.82 / 0.73."""
     ps = long_tail(100, 100)
     assert apl_lambda(np.full(100, 0.01), ps) == pytest.approx(0.016, abs=5e-4)
     assert apl_lambda(ps, ps) == pytest.approx(0.82, abs=5e-3)

@@ -161,7 +161,8 @@ class StageConfig:
 class SyntheticConfig:
     """Synthetic tail features in the frozen encoder's latent space + a linear classifier.
 
-    Sharma 2025 gives no sampling recipe; every default here is [ours] (METHODS-NOTES 5.2).
+    Sharma 2025 gives no sampling recipe; every default here is [ours]
+    (docs/methods-other.md, "Synthetic tail features in the latent space").
     On: the training split of a linear probe on stored v_SAM (``fusion.sam_only=true``)
     gets the synthetic features, sampled after the probe's normalisation
     (``fusion.sam_norm``, cl2n in the recipe); the head is trained by the trainer
@@ -184,8 +185,8 @@ class SciLTConfig:
     """SciLT-style multi-level fusion with dual supervision (Chen & Su 2026).
 
     Only the abstract is public: the fusion form, heads, loss weights and schedule are
-    [ours] (METHODS-NOTES 3). Levels are pooled encoder stages from the feature store
-    (``fusion.store``). On: the model is the fusion head (models/scilt.py), its per-level
+    [ours] (docs/methods-other.md, "SciLT"). Levels are pooled encoder stages from the
+    feature store (``fusion.store``). On: the model is the fusion head (models/scilt.py), its per-level
     heads trained with ``loss.*`` times ``aux_weight`` (losses/scilt.py), by the trainer.
     """
 
@@ -205,7 +206,8 @@ class SciLTConfig:
 @dataclass(frozen=True)
 class IFLConfig:
     """IFL (Tang et al., ECCV 2022) as a loss term under any ``loss.name``: environments
-    from the model's own predictions, a centre loss shared by both (METHODS-NOTES 4)."""
+    from the model's own predictions, a centre loss shared by both (docs/methods-other.md,
+    "IFL as a loss term")."""
 
     enabled: bool = False
     warmup_epochs: int = -1  # IFL off before this epoch; -1 = 60 % of optim.epochs

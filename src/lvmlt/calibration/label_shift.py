@@ -16,8 +16,9 @@ model's predictions on *unlabelled* target data:
 
 Every estimator is registered in :data:`CALIBRATORS` with one signature (see
 :class:`Estimator`), so callers never branch on a method's name. All arithmetic is NumPy
-float64 in log space (K may be 1000). Source: the authors' MAPLS repository as summarised
-in ``METHODS-NOTES.md`` section 1; choices of ours are marked ``[ours]``.
+float64 in log space (K may be 1000). Source: the authors' MAPLS repository; what it does
+and where we deviate is in docs/implementation-notes.md, "Label shift"; choices of ours are
+marked ``[ours]``.
 """
 
 from __future__ import annotations

@@ -2,8 +2,9 @@
 
 The system (Sharma, arXiv 2509.15859) samples synthetic features for tail classes in a
 foundation model's latent space and trains only a linear classifier on real + synthetic
-features. Its sampling procedure is not public, so this module follows the recipe of
-METHODS-NOTES 5.2, which is **ours** (marked [ours] in reports):
+features. Its sampling procedure is not public, so this module follows a recipe that is
+**ours** (marked [ours] in reports; docs/methods-other.md, "Synthetic tail features in the
+latent space"):
 
 1. features: stored v_SAM vectors, centred on the training mean and L2-normalised (``cl2n``,
    the probe's ``fusion.sam_norm``);

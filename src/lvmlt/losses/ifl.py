@@ -3,7 +3,8 @@
 A loss term (``ifl.enabled=true``) that works under any baseline loss (``loss.name``):
 
 1. **Warm-up** (epochs before ``ifl.warmup_epochs``): the baseline alone.
-2. **Environments from the model's own predictions** (METHODS-NOTES 4.2). During the epoch
+2. **Environments from the model's own predictions** (docs/methods-other.md, "IFL as a loss
+   term", where the authors' code and our deviations are set side by side). During the epoch
    before each rebuild the term records, for every training image it sees,
    ``s_i = softmax(f(x_i))[y_i]`` (training-mode forward, raw logits). At the rebuild, per
    class: ``v = |1 - (s - min s) / (max s - min s + 1e-9)| + 1e-5`` (low confidence -> large),
@@ -15,7 +16,7 @@ A loss term (``ifl.enabled=true``) that works under any baseline loss (``loss.na
    Environment 1 is the original long-tailed distribution; environment 2 draws a class
    uniformly, then an image with probability w: class-balanced, and hard (presumably
    rare-attribute) images first. Rebuilds happen at ``warmup_epochs`` and ``step_epoch``.
-3. **Invariant features across them** (4.3): one set of class centres must fit both
+3. **Invariant features across them**: one set of class centres must fit both
    environments: ``L_IFL = 1/2 (E_env1 + E_env2) ||h - c_y||^2`` on the model's embedding,
    added with weight ``alpha_e`` (``ifl.weights``: 0.001 from ``warmup_epochs``, 0.005 from
    ``step_epoch``). The centres take their own SGD step (``ifl.center_lr`` = 0.5,

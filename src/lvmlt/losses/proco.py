@@ -12,7 +12,7 @@ and treats ℓ_i as logits of a logit-adjusted cross-entropy. The full objective
 
 Numerics: log I_ν is evaluated with the uniform (Debye) asymptotic expansion in float64,
 which stays accurate for large ν and large κ where SciPy's ``ive`` underflows and the
-authors' Miller recurrence drifts (``METHODS-NOTES.md`` 2.4). ``bessel="miller"`` keeps
+authors' Miller recurrence drifts (docs/implementation-notes.md, "ProCo"). ``bessel="miller"`` keeps
 the authors' recurrence for comparison. Choices of ours are marked ``[ours]``.
 """
 

@@ -2,7 +2,7 @@
 
 SciLT fuses a foundation model's penultimate- and final-layer features adaptively and
 trains "with dual supervision"; only its abstract is public, so the design below is
-**ours** (METHODS-NOTES 3), every choice behind a ``scilt.*`` setting:
+**ours** (docs/methods-other.md, "SciLT"), every choice behind a ``scilt.*`` setting:
 
 - levels: pooled encoder stages from the feature store, penultimate first. For MobileSAM's
   TinyViT, ``stage3`` (penultimate stage, 320 channels) and ``stage4`` (final stage, 320);
