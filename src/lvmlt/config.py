@@ -76,7 +76,7 @@ class OptimConfig:
     warmup_epochs: int = 0
     accumulate: int = 1  # gradient accumulation steps
     precision: str = "auto"  # auto (bf16 where native, else fp32) | fp32 | bf16 | fp16 (CUDA only)
-    channels_last: bool = True  # NHWC convolutions: 1.2-1.8x faster steps on both our CPU kinds (benchmarks/train_step.py)
+    channels_last: bool = True  # NHWC convolutions: 1.03-1.27x faster steps on both CPU kinds we measured (benchmarks/train_step.py)
     max_steps_per_epoch: int = 0  # 0 = whole epoch; >0 caps it (smoke tests)
 
 
