@@ -80,10 +80,17 @@ class OptimConfig:
     max_steps_per_epoch: int = 0  # 0 = whole epoch; >0 caps it (smoke tests)
 
 
+# The default class groups (by training images per class): many > MANY_THRESHOLD,
+# few < FEW_THRESHOLD, medium in between; a dataset may suggest its own (bundle.meta).
+MANY_THRESHOLD = 100
+FEW_THRESHOLD = 20
+
+
 @dataclass(frozen=True)
 class EvalConfig:
     # Groups by training images per class: many > many_threshold, few < few_threshold,
-    # medium in between. None = the dataset's own default (100 / 20 for most; see datasets).
+    # medium in between. None = the dataset's own default (MANY_THRESHOLD / FEW_THRESHOLD
+    # for most; see datasets).
     many_threshold: int | None = None
     few_threshold: int | None = None
     ece_bins: int = 15

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from lvmlt.config import DataConfig
+from lvmlt.config import FEW_THRESHOLD, MANY_THRESHOLD, DataConfig
 from lvmlt.data import cifar, elpv, mnist, splitfile  # noqa: F401  (the families register their datasets)
 from lvmlt.data.base import DataBundle
 from lvmlt.data.datasets import DATASETS, DataNotFoundError
@@ -19,8 +19,6 @@ from lvmlt.data.longtail import stratified_split
 from lvmlt.data.samplers import SAMPLERS
 from lvmlt.data.transforms import build_transform
 from lvmlt.errors import UserError
-
-MANY_THRESHOLD, FEW_THRESHOLD = 100, 20  # many > 100, few < 20 training images
 
 
 def _carve_validation(bundle: DataBundle, cfg: DataConfig) -> None:

@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lvmlt.config import FEW_THRESHOLD, MANY_THRESHOLD
+
 GROUPS = ("many", "medium", "few")
-MANY_THRESHOLD = 100
-FEW_THRESHOLD = 20
 DEFAULT_COLUMNS = ("many", "medium", "few", "top1")
 
 
