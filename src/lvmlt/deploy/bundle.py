@@ -21,7 +21,6 @@ it is installed (it reads ONNX directly).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 from pathlib import Path
@@ -30,6 +29,7 @@ import numpy as np
 
 from lvmlt import inputs
 from lvmlt.errors import UserError
+from lvmlt.rundir import file_sha256
 
 MANIFEST = "manifest.json"
 BUNDLE_FORMAT = 1
@@ -47,9 +47,7 @@ def npy_name(key: str) -> str:
     return f"{key}.npy"
 
 
-def sha256_file(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+sha256_file = file_sha256  # the name export and older callers use
 
 
 def verify(root: Path) -> dict:

@@ -8,7 +8,6 @@ features out of it.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from torch import nn
 from lvmlt import inputs
 from lvmlt.errors import UserError
 from lvmlt.registry import Registry
+from lvmlt.rundir import file_sha256  # noqa: F401  (the encoders' name for it: lvmlt.encoders re-exports it)
 
 ENCODERS: Registry = Registry("encoder")
 GEOMETRY: dict[str, tuple[int, int]] = {}  # name -> (native input side, output stride)
@@ -97,14 +97,6 @@ class Preprocessing:
 
 
 to_rgb = inputs.to_rgb  # any PIL image -> 8-bit RGB (deep images scaled, not clipped)
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def load_state_dict(path: str | Path, prefix: str = "") -> dict[str, torch.Tensor]:

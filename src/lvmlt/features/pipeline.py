@@ -395,7 +395,7 @@ def _extract(bundle, cfg, out_dir, resume, overwrite, encoder, progress, log, he
             basis = _global_basis(root, splits["train"], encoder, run, cfg, progress, log)
             manifest["map"] |= {
                 "basis_file": PCA_FILE,
-                "basis_sha256": _sha(root / PCA_FILE) if primary else None,
+                "basis_sha256": rundir.file_sha256(root / PCA_FILE) if primary else None,
                 "basis_bytes": (root / PCA_FILE).stat().st_size if primary else None,
                 "explained_variance": basis.explained,
                 "fit_vectors": basis.n_vectors,
@@ -550,12 +550,6 @@ def _intact_splits(root: Path, existing: dict, damaged: dict[str, str]) -> dict:
         if "checksums" in entry and not any(rel in damaged for rel in files.values()):
             keep[name] = entry
     return keep
-
-
-def _sha(path: Path) -> str:
-    from lvmlt.encoders import file_sha256
-
-    return file_sha256(path)
 
 
 def _global_basis(root, train, encoder, run, cfg: ExtractConfig, progress: bool, log) -> PcaBasis:

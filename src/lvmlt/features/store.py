@@ -320,7 +320,7 @@ def expected_provenance(cfg: ExtractConfig, sha256: str | None = None) -> dict:
 
 def _default_sha(cfg: ExtractConfig) -> str | None:
     """sha256 of the weights ``cfg`` would load, when they are on this machine."""
-    from lvmlt.encoders import file_sha256, resolve_weights
+    from lvmlt.encoders import resolve_weights
 
     if cfg.encoder.startswith("tiny_test"):
         return None
