@@ -62,12 +62,12 @@ def cmd_evaluate(args) -> int:
 
 
 def _print_run(name: str, metrics: dict) -> None:
-    from lvmlt.evaluation.metrics import format_table
+    from lvmlt.evaluation.metrics import SUMMARY_COLUMNS, format_table
 
     t = metrics["test"]["thresholds"]
     print(f"\ntest split (best epoch {metrics['best_epoch'] + 1} chosen on validation; "
           f"many > {t['many']}, few < {t['few']} training images)")
-    print(format_table({str(name): metrics["test"]}, columns=("many", "medium", "few", "top1", "mean_class_acc")))
+    print(format_table({str(name): metrics["test"]}, columns=SUMMARY_COLUMNS))
     if metrics.get("skipped_images"):
         print(f"skipped {metrics['skipped_images']} unreadable images (listed in bad_images.txt)")
 

@@ -62,6 +62,10 @@ class LossConfig:
     cb_base: str = "ce"  # ce | focal: the loss the class-balanced weights apply to
 
 
+#: Compute precisions of training (``optim.precision``) and extraction (``precision``).
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
 @dataclass(frozen=True)
 class OptimConfig:
     name: str = "sgd"  # sgd | adamw (the registry of training/optim.py)

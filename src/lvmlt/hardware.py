@@ -22,9 +22,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from lvmlt.config import PRECISIONS
 from lvmlt.errors import UserError
-
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 @dataclass(frozen=True)
@@ -155,7 +154,7 @@ def resolve_precision(precision: str, device: torch.device | str = "cpu", what: 
     """
     device = torch.device(device)
     if precision not in PRECISIONS:
-        raise UserError(f"unknown {what} {precision!r}", fix="choose auto, fp32, bf16 or fp16")
+        raise UserError(f"unknown {what} {precision!r}", fix=f"choose {', '.join(PRECISIONS[:-1])} or {PRECISIONS[-1]}")
     if precision == "auto":
         return "bf16" if native_bf16(device) else "fp32"
     if precision == "fp16" and device.type != "cuda":

@@ -49,6 +49,10 @@ def level_name(key: str) -> str:
 # ---------------------------------------------------------------------------------------
 # Decoding: any file PIL reads -> 8-bit RGB, faithfully
 # ---------------------------------------------------------------------------------------
+#: The file extensions taken for images when a folder is listed (case-insensitive).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+
 def open_image(path) -> Image.Image:
     """Decode ``path`` fully, with its EXIF orientation applied; the mode is kept
     (16-bit and float images are scaled by :func:`to_rgb`, not clipped here)."""
@@ -233,6 +237,7 @@ def per_image_pca_map(f: np.ndarray) -> np.ndarray:
 # The fixed normalisation of stored vectors
 # ---------------------------------------------------------------------------------------
 NORMS = ("cl2n", "l2", "standardize", "raw")
+SPHERE_NORMS = ("cl2n", "l2")  # the norms whose outputs are unit vectors
 
 
 class FeatureNorm:
@@ -253,7 +258,7 @@ class FeatureNorm:
     @property
     def on_sphere(self) -> bool:
         """True when the outputs are unit vectors."""
-        return self.kind in ("cl2n", "l2")
+        return self.kind in SPHERE_NORMS
 
     def fit(self, x: np.ndarray) -> FeatureNorm:
         x = np.asarray(x, dtype=np.float64)

@@ -10,7 +10,7 @@ def cmd_calibrate(args) -> int:
 
     from lvmlt.calibration.run import calibrate_run
     from lvmlt.errors import UserError
-    from lvmlt.evaluation.metrics import format_table
+    from lvmlt.evaluation.metrics import SUMMARY_COLUMNS, format_table
 
     opts = {}
     for o in args.options:
@@ -23,13 +23,13 @@ def cmd_calibrate(args) -> int:
     entry = calibrate_run(args.run_dir, args.method, source_prior=args.source_prior, bcts=args.bcts, **opts)
     before = rundir.read_metrics(args.run_dir)["test"]
     rows = {"uncalibrated": before, f"+{args.method}" + (" (BCTS)" if entry["bcts"] else ""): entry["test"]}
-    print(format_table(rows, columns=("many", "medium", "few", "top1", "mean_class_acc")))
+    print(format_table(rows, columns=SUMMARY_COLUMNS))
     print(f"estimated test prior L1 error: {entry['prior_l1_error']:.3f} (written to metrics.json)")
     return 0
 
 
 def add_parsers(sub) -> None:
-    from lvmlt.calibration.label_shift import CALIBRATORS
+    from lvmlt.calibration.label_shift import CALIBRATORS, SOURCE_PRIOR_MODES
 
     c = sub.add_parser(
         "calibrate",
@@ -49,7 +49,7 @@ def add_parsers(sub) -> None:
     c.add_argument(
         "--source-prior",
         default="train",
-        choices=["train", "uniform", "soft"],
+        choices=SOURCE_PRIOR_MODES,
         help="the prior the model's posteriors reflect: train (the default, training class frequencies: "
         "a CE run), uniform (pass it for a run trained with a balanced loss or sampler: balanced_softmax, "
         "logit_adjusted, ProCo), soft (the mean validation softmax); ignored with BCTS, which uses the "

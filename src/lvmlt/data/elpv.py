@@ -22,7 +22,8 @@ from lvmlt.errors import UserError
 
 ELPV_TEST_FRACTION, ELPV_VAL_FRACTION = 0.25, 0.10
 ELPV_MANY_THRESHOLD, ELPV_FEW_THRESHOLD = 150, 60
-ELPV_CLASSES = [f"{t}_p{p:.2f}" for t in ("mono", "poly") for p in (0, 1 / 3, 2 / 3, 1)]
+ELPV_TYPES = ("mono", "poly")  # the cell types, in label order (label = type x 4 + defect level)
+ELPV_CLASSES = [f"{t}_p{p:.2f}" for t in ELPV_TYPES for p in (0, 1 / 3, 2 / 3, 1)]
 ELPV_INSTALL = "pip install elpv-dataset==1.0.0.post1"
 
 
@@ -37,8 +38,8 @@ def _load_elpv() -> tuple[np.ndarray, np.ndarray]:
         raise DataNotFoundError("the ELPV dataset package is not installed", fix=ELPV_INSTALL) from None
     images, probs, types = load_dataset()
     level = np.rint(np.asarray(probs, dtype=np.float64) * 3).astype(np.int64)
-    type_index = np.where(np.asarray(types) == "poly", 1, 0)
-    known = np.isin(np.asarray(types), ["mono", "poly"]) & np.isclose(probs * 3, level) & (level >= 0)
+    type_index = np.where(np.asarray(types) == ELPV_TYPES[1], 1, 0)
+    known = np.isin(np.asarray(types), list(ELPV_TYPES)) & np.isclose(probs * 3, level) & (level >= 0)
     if not known.all() or level.max() > 3 or images.dtype != np.uint8:
         raise UserError("the installed ELPV package has unexpected labels", fix=ELPV_INSTALL)
     labels = type_index * 4 + level  # mono first, then defect probability 0, 1/3, 2/3, 1

@@ -35,10 +35,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from lvmlt.data.base import DataBundle, ImageSplit
+from lvmlt.data.elpv import ELPV_TYPES
 from lvmlt.errors import UserError
 
 ELPV_GLT_CLASSES = ["p0.00", "p0.33", "p0.67", "p1.00"]
-ELPV_ATTRIBUTES = ["mono", "poly"]
+ELPV_ATTRIBUTES = list(ELPV_TYPES)
 # Many > 300 and few < 60 training images: classes [1098, 171, 18, 451] -> many, medium, few, many.
 ELPV_GLT_MANY, ELPV_GLT_FEW = 300, 60
 

@@ -33,9 +33,7 @@ from lvmlt.config import DataConfig
 from lvmlt.data.base import DataBundle, ImageSplit
 from lvmlt.data.datasets import DataNotFoundError, register_dataset
 from lvmlt.errors import BadImageError, UserError
-from lvmlt.inputs import open_image
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+from lvmlt.inputs import IMAGE_EXTENSIONS, open_image
 
 _FORMAT_FIX = "write one '<relative/path> <integer label>' per line ('#' starts a comment)"
 # ASCII digits only: int() would also accept "1_000" or Arabic-Indic digits, which in a

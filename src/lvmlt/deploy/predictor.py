@@ -38,7 +38,7 @@ import numpy as np
 from lvmlt import inputs
 from lvmlt.errors import UserError
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+IMAGE_EXTENSIONS = inputs.IMAGE_EXTENSIONS
 ADAPT_METHODS = ("none", "mapls", "mlls", "bbse")
 #: Adaptation needs at least this many images per class in the batch (and MIN_ADAPT_IMAGES in
 #: all). Measured (benchmarks/results/adaptation/, CE runs on ELPV, MNIST-LT and

@@ -28,6 +28,7 @@ from lvmlt.config import FEW_THRESHOLD, MANY_THRESHOLD
 
 GROUPS = ("many", "medium", "few")
 DEFAULT_COLUMNS = ("many", "medium", "few", "top1")
+SUMMARY_COLUMNS = (*DEFAULT_COLUMNS, "mean_class_acc")  # the commands' printed and saved tables
 
 
 def _to_numpy(x, dtype) -> np.ndarray:

@@ -120,11 +120,11 @@ def write_tables(
     results: dict[str, list[dict]], out_prefix: str | Path, title: str = "", note: str = ""
 ) -> str:
     """Writes ``<prefix>.md`` and ``<prefix>.csv`` (mean +- std over seeds); returns the markdown."""
-    from lvmlt.evaluation.metrics import mean_std_table, write_csv
+    from lvmlt.evaluation.metrics import SUMMARY_COLUMNS, mean_std_table, write_csv
 
     out_prefix = Path(out_prefix)
     out_prefix.parent.mkdir(parents=True, exist_ok=True)
-    table = mean_std_table(results, columns=("many", "medium", "few", "top1", "mean_class_acc"))
+    table = mean_std_table(results, columns=SUMMARY_COLUMNS)
     md = (f"# {title}\n\n" if title else "") + (note + "\n\n" if note else "") + table + "\n"
     out_prefix.with_suffix(".md").write_text(md)
     write_csv(out_prefix.with_suffix(".csv"), results)

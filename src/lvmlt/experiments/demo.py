@@ -39,7 +39,7 @@ def main(argv=None) -> int:
 
     from lvmlt.config import load_config
     from lvmlt.data import build_data
-    from lvmlt.evaluation.metrics import format_table
+    from lvmlt.evaluation.metrics import SUMMARY_COLUMNS, format_table
     from lvmlt.experiments.ablate import run_result
     from lvmlt.features import ExtractConfig, extract
     from lvmlt.reporting import write_report
@@ -79,7 +79,7 @@ def main(argv=None) -> int:
         f"\nELPV test split ({len(bundle.test)} images; many > {th['many']}, few < {th['few']} training images; "
         "checkpoints chosen on validation):"
     )
-    print(format_table(rows, columns=("many", "medium", "few", "top1", "mean_class_acc")))
+    print(format_table(rows, columns=SUMMARY_COLUMNS))
     report = write_report(dirs, out / "report.html", title="lvmlt demo: ELPV")
     print(f"\nreport: {report['html']}")
     classify_from_bundle(dirs[1], out / "bundle", bundle.test)

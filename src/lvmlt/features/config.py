@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+from lvmlt.config import PRECISIONS
 from lvmlt.errors import UserError
+
+#: The extraction engines (``engine``); :func:`lvmlt.features.engines.choose_engine` picks one.
+ENGINES = ("auto", "torch", "openvino", "onnxruntime")
+
+
+def _choose(values) -> str:
+    return f"choose {', '.join(values[:-1])} or {values[-1]}"
 
 
 @dataclass(frozen=True)
@@ -43,10 +51,10 @@ class ExtractConfig:
         def bad(key, fix):
             raise UserError(f"extract setting {key}={getattr(self, key)!r} is invalid", fix=fix)
 
-        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
-            bad("precision", "choose auto, fp32, bf16 or fp16")
-        if self.engine not in ("auto", "torch", "openvino", "onnxruntime"):
-            bad("engine", "choose auto, torch, openvino or onnxruntime")
+        if self.precision not in PRECISIONS:
+            bad("precision", _choose(PRECISIONS))
+        if self.engine not in ENGINES:
+            bad("engine", _choose(ENGINES))
         if self.dtype not in ("float16", "float32"):
             bad("dtype", "choose float16 or float32")
         if self.pca not in ("global", "per_image"):

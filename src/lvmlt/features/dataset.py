@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from lvmlt.errors import UserError
-from lvmlt.inputs import LEVEL, NORMS, FeatureNorm  # noqa: F401  (re-exported: the one definition)
+from lvmlt.inputs import LEVEL, NORMS, SPHERE_NORMS, FeatureNorm  # noqa: F401  (re-exported: the one definition)
 
 
 def level_hint(store_root, levels: Sequence[str]) -> str:
@@ -145,6 +145,6 @@ def build_splits(cfg, bundle, store, model) -> dict:
                 "synthetic.enabled needs a model on stored v_SAM vectors",
                 fix="set fusion.sam_only=true and fusion.store=DIR (the linear probe)",
             )
-        on_sphere = model.feature_norms.get("sam_vec") in ("cl2n", "l2")
+        on_sphere = model.feature_norms.get("sam_vec") in SPHERE_NORMS
         splits["train"] = SyntheticTopUp(splits["train"], bundle.num_classes, syn, cfg.seed, on_sphere)
     return splits

@@ -37,8 +37,8 @@ import torch
 
 from lvmlt import locks
 from lvmlt.errors import UserError
+from lvmlt.features.config import ENGINES
 
-ENGINES = ("auto", "torch", "openvino", "onnxruntime")
 CPU_ORDER = ("openvino", "onnxruntime")  # fastest first (benchmarks/extract.py, both CPU kinds)
 MIN_COSINE = 0.999
 EXPORT_FORMAT = 1  # bump when the export itself changes: old cache entries are then ignored

@@ -33,6 +33,7 @@ LossBuilder = Callable[[LossConfig, np.ndarray, int], nn.Module]
 LOSSES: Registry[LossBuilder] = Registry("loss")
 
 IGNORE_INDEX = -1  # target of a skipped sample; any negative target is ignored
+CB_BASES = ("ce", "focal")  # the losses the class-balanced weights apply to (loss.cb_base)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -304,7 +305,7 @@ class ClassBalancedLoss(ClassCountLoss):
 
     def __init__(self, class_counts, beta: float = 0.9999, base: str = "ce", gamma: float = 2.0):
         super().__init__(class_counts)
-        if base not in ("ce", "focal"):
+        if base not in CB_BASES:
             raise ValueError(f"base must be 'ce' or 'focal', got {base!r}")
         self.base = base
         self.gamma = float(gamma)
@@ -385,8 +386,8 @@ def build_focal(cfg: LossConfig, class_counts: np.ndarray, epochs: int) -> nn.Mo
 @LOSSES.register("class_balanced")
 def build_class_balanced(cfg: LossConfig, class_counts: np.ndarray, epochs: int) -> nn.Module:
     _check_beta(cfg.cb_beta, "cb_beta")
-    if cfg.cb_base not in ("ce", "focal"):
-        raise UserError(f"config key 'loss.cb_base' is {cfg.cb_base!r}", fix="choose one of: ce, focal")
+    if cfg.cb_base not in CB_BASES:
+        raise UserError(f"config key 'loss.cb_base' is {cfg.cb_base!r}", fix=f"choose one of: {', '.join(CB_BASES)}")
     if cfg.cb_base == "focal":
         _check_gamma(cfg.focal_gamma)
     return ClassBalancedLoss(class_counts, beta=cfg.cb_beta, base=cfg.cb_base, gamma=cfg.focal_gamma)

@@ -54,7 +54,7 @@ class LoRALinear(nn.Module):
 
 
 def apply_lora(
-    model: nn.Module, rank: int = 8, alpha: float = 16.0, targets: Sequence[str] = ("qkv", "proj")
+    model: nn.Module, rank: int = 8, alpha: float = 16.0, targets: Sequence[str] = SciLTConfig.lora_targets
 ) -> int:
     """Freeze ``model`` and wrap the attention projections named ``targets`` with LoRA.
 

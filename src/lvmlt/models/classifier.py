@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from lvmlt.errors import UserError
+from lvmlt.inputs import NORMS
 from lvmlt.models.backbones import StagedBackbone, build_backbone
 from lvmlt.models.fusion import LatentFusion, MapFusion
 from lvmlt.models.heads import ClassScale, CosineClassifier
@@ -12,7 +13,7 @@ from lvmlt.models.heads import ClassScale, CosineClassifier
 #: What the linear probe (``fusion.sam_only``) puts in front of its FC: a parameter-free
 #: BatchNorm (the paper's probe), or a fixed map the feature dataset fits on the training
 #: split (``cl2n``, ``l2``, ``standardize``; ``raw`` = none), :mod:`lvmlt.features.dataset`.
-SAM_NORMS = ("batchnorm", "cl2n", "l2", "standardize", "raw")
+SAM_NORMS = ("batchnorm", *NORMS)
 #: The latent-fused model's two branch logits in its output, mixed as (1 - alpha) z_sam + alpha z_cnn.
 BRANCHES = ("z_cnn", "z_sam")
 #: ``fusion.alpha_select``: keep the configured alpha, or choose it on validation after training.

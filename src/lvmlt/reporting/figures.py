@@ -14,7 +14,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, StrMethodFormatter
 
-from lvmlt.reporting.runs import RunGroup, RunRecord, reliability_bins
+from lvmlt.reporting.runs import SEED_KEYS, RunGroup, RunRecord, reliability_bins
 
 ANNOTATE_MAX_CLASSES = 20  # beyond this, numbers in confusion-matrix cells are unreadable
 TICK_LABEL_MAX_CLASSES = 40
@@ -269,7 +269,7 @@ def budget_families(groups: Sequence[RunGroup]) -> list[tuple[str, dict[int, lis
             cfg = to_dict(_build(Config, without_retired(cfg)))
         except (UserError, TypeError, ValueError):
             pass
-        cfg = {k: v for k, v in cfg.items() if k not in ("seed", "run_name", "out_dir")}
+        cfg = {k: v for k, v in cfg.items() if k not in SEED_KEYS}
         epochs = int(cfg.get("optim", {}).get("epochs", 0))
         cfg["optim"] = {k: v for k, v in cfg.get("optim", {}).items() if k != "epochs"}
         key = json.dumps(cfg, sort_keys=True, default=str)
