@@ -185,13 +185,7 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path, title: str | N
     if not run_dirs:
         raise UserError("no run directory given", fix="pass one or more directories made by `lvmlt train`")
     out = Path(out)
-    if out.is_dir():
-        raise UserError(f"--out {out} is a directory", fix="give a file name, e.g. report.html")
-    md_path = out.with_suffix(".md")
-    if md_path == out:
-        raise UserError(
-            f"--out {out} ends in .md, which is where the markdown tables go", fix="use report.html"
-        )
+    md_path = _markdown_path(out)
     runs = [read_run(p) for p in expand_run_dirs(run_dirs)]
     unique_names(runs)
     groups = group_runs(runs)
@@ -204,6 +198,58 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path, title: str | N
         "runs": runs_table(groups),
         "provenance": provenance_table(groups),
     }
+    scope, glossary = _scope_and_glossary(runs)
+    tables["classes"] = class_table(groups)
+    figures, pooled = _figures(groups)
+    notes = {r.name: r.notes for r in runs if r.notes}
+    stamp = datetime.now().isoformat(timespec="seconds")
+    sections = _sections(tables, groups, colors, scope, glossary, figures)
+    counts = f"{len(runs)} run(s) in {len(groups)} group(s)"
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _write_atomic(out, _page_html(title, f"{counts}; written {stamp}", sections, notes))
+    md = (
+        f"# {md_text(title)}\n\n{counts}; written {stamp}. "
+        f"Figures: {md_text(out.name)}.\n\n{scope}\n\n"
+        f"## Summary: mean ± std over seeds\n\n{tables['summary']}\n"
+        f"## How to read this\n\n{how_to_read_md(glossary)}\n"
+        f"## Groups\n\n{tables['groups']}\n## Runs\n\n{tables['runs']}\n"
+        + (f"## Classes (test accuracy in %, mean over seeds)\n\n{tables['classes']}\n" if tables["classes"] else "")
+        + f"## Provenance\n\n{tables['provenance']}"
+    )
+    _write_atomic(md_path, md)
+    return {
+        "html": out,
+        "markdown": md_path,
+        "table": tables["summary"],
+        "figures": [f[0] for f in figures],
+        "groups": [
+            {
+                "label": g.label,
+                "runs": [r.path for r in g.runs],
+                "seeds": g.seeds,
+                "ece_pooled": pooled.get(g.label),
+            }
+            for g in groups
+        ],
+        "notes": notes,
+    }
+
+
+def _markdown_path(out: Path) -> Path:
+    """Where the markdown tables of the page ``out`` go; refuses an ``out`` that cannot be the page."""
+    if out.is_dir():
+        raise UserError(f"--out {out} is a directory", fix="give a file name, e.g. report.html")
+    md_path = out.with_suffix(".md")
+    if md_path == out:
+        raise UserError(
+            f"--out {out} ends in .md, which is where the markdown tables go", fix="use report.html"
+        )
+    return md_path
+
+
+def _scope_and_glossary(runs: list[RunRecord]) -> tuple[str, list[tuple[str, str]]]:
+    """The sentence saying what the numbers are, and the "How to read this" entries."""
     many, few = thresholds(runs)
     distinct = {json.dumps(r.test.get("thresholds"), sort_keys=True) for r in runs}
     scope = (
@@ -213,9 +259,12 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path, title: str | N
     )
     bins = int((runs[0].config.get("eval") or {}).get("ece_bins") or 15)
     glossary = how_to_read(many, few, bins, calibrated=any(r.metrics.get("calibrated") for r in runs))
-    tables["classes"] = class_table(groups)
+    return scope, glossary
 
-    figures: list[tuple[str, str, str, str]] = []  # (id, base64 png, alt, caption)
+
+def _figures(groups: list[RunGroup]) -> tuple[list[tuple[str, str, str, str]], dict]:
+    """The page's figures as (id, base64 png, alt, caption), in page order, and the pooled ECE per group."""
+    figures: list[tuple[str, str, str, str]] = []
     fig = figure_per_class(groups)
     if fig is not None:
         figures.append(("per_class", png_base64(fig), "per-class accuracy against training count",
@@ -243,9 +292,11 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path, title: str | N
                         "Validation (dashed) and test (solid) accuracy against the epoch budget, for runs "
                         "whose configs differ only in optim.epochs; mean over seeds, each budget's "
                         "checkpoint chosen on validation."))  # fmt: skip
+    return figures, pooled
 
-    notes = {r.name: r.notes for r in runs if r.notes}
-    stamp = datetime.now().isoformat(timespec="seconds")
+
+def _sections(tables: dict, groups: list[RunGroup], colors: dict, scope: str, glossary, figures) -> list[str]:
+    """The page's sections, in order, as HTML."""
     by_id = {f[0]: f for f in figures}
 
     def fig_section(sec_id: str, heading: str, ids: list[str], missing: str, extra: str = "") -> str:
@@ -258,7 +309,7 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path, title: str | N
         if tables["classes"] else ""
     )  # fmt: skip
 
-    sections = [
+    return [
         '<section id="summary"><h2>Summary: mean ± std over seeds</h2>'
         f'<p class="note">{html.escape(scope)}n is the number of seeds in the row.</p>'
         f"{md_to_html(tables['summary'], colors)}</section>",
@@ -281,6 +332,10 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path, title: str | N
         + "".join(_run_details(r, g) for g in groups for r in g.runs)
         + "</section>",
     ]
+
+
+def _page_html(title: str, meta: str, sections: list[str], notes: dict) -> str:
+    """The whole page: head, title, navigation, the runs' notes and the sections."""
     nav = "".join(
         f'<a href="#{s}">{t}</a>'
         for s, t in [("summary", "Summary"), ("how", "How to read"), ("runs", "Runs"), ("per-class", "Per-class"),
@@ -291,40 +346,11 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path, title: str | N
     if notes:
         items = "".join(f"<li>{html.escape(k)}: {html.escape('; '.join(v))}</li>" for k, v in notes.items())
         note_html = f'<ul class="warn">{items}</ul>'
-    page = (
+    return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{html.escape(title)}</title><style>{_CSS}</style></head>\n<body><main>"
         f"<h1>{html.escape(title)}</h1>"
-        f'<p class="meta">{len(runs)} run(s) in {len(groups)} group(s); written {stamp}</p>'
+        f'<p class="meta">{meta}</p>'
         f"<nav>{nav}</nav>{note_html}" + "\n".join(sections) + "</main></body></html>\n"
     )
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(out, page)
-    md = (
-        f"# {md_text(title)}\n\n{len(runs)} run(s) in {len(groups)} group(s); written {stamp}. "
-        f"Figures: {md_text(out.name)}.\n\n{scope}\n\n"
-        f"## Summary: mean ± std over seeds\n\n{tables['summary']}\n"
-        f"## How to read this\n\n{how_to_read_md(glossary)}\n"
-        f"## Groups\n\n{tables['groups']}\n## Runs\n\n{tables['runs']}\n"
-        + (f"## Classes (test accuracy in %, mean over seeds)\n\n{tables['classes']}\n" if tables["classes"] else "")
-        + f"## Provenance\n\n{tables['provenance']}"
-    )
-    _write_atomic(md_path, md)
-    return {
-        "html": out,
-        "markdown": md_path,
-        "table": tables["summary"],
-        "figures": [f[0] for f in figures],
-        "groups": [
-            {
-                "label": g.label,
-                "runs": [r.path for r in g.runs],
-                "seeds": g.seeds,
-                "ece_pooled": pooled.get(g.label),
-            }
-            for g in groups
-        ],
-        "notes": notes,
-    }
