@@ -110,6 +110,43 @@ def compute_metrics(
     Raises:
         ValueError: mismatched shapes, labels >= C, non-finite logits or no samples.
     """
+    logits, labels, groups = _checked_inputs(logits, labels, train_counts, many_threshold, few_threshold, ece_bins)
+    num_classes = logits.shape[1]
+    n = len(labels)
+
+    # Log-softmax in float64, shifted by the row max for stability.
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    pred = logits.argmax(axis=1)
+    correct = pred == labels
+    confidence = np.exp(log_probs.max(axis=1))
+
+    confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(confusion, (labels, pred), 1)
+    per_class, f1, group_acc = _class_scores(confusion, groups)
+    acc = per_class[~np.isnan(per_class)]
+
+    return {
+        "top1": float(100.0 * correct.mean()),
+        **group_acc,
+        "mean_class_acc": float(acc.mean()),
+        "per_class_acc": [None if math.isnan(a) else float(a) for a in per_class.tolist()],
+        "macro_f1": float(f1.mean()),
+        "worst_class_acc": float(acc.min()),
+        "hmean_class_acc": 0.0 if (acc == 0).any() else float(len(acc) / (1.0 / acc).sum()),
+        "gmean_class_acc": 0.0 if (acc == 0).any() else float(np.exp(np.log(acc).mean())),
+        "ece": _ece(confidence, correct, ece_bins),
+        "nll": float(-log_probs[np.arange(n), labels].mean()),
+        "group_sizes": {g: groups.count(g) for g in GROUPS},
+        "groups": groups,
+        "num_samples": int(n),
+        "confusion": confusion.tolist(),
+    }
+
+
+def _checked_inputs(logits, labels, train_counts, many_threshold, few_threshold, ece_bins):
+    """(logits float64, labels int64, group per class), the negative labels dropped, checked as
+    :func:`compute_metrics` documents."""
     logits = _to_numpy(logits, np.float64)
     labels = _to_numpy(labels, np.int64)
     if logits.ndim != 2:
@@ -125,31 +162,25 @@ def compute_metrics(
 
     keep = labels >= 0
     logits, labels = logits[keep], labels[keep]
-    n = len(labels)
-    if n == 0:
+    if len(labels) == 0:
         raise ValueError("no samples to evaluate (empty set, or every label is negative)")
     if labels.max() >= num_classes:
         raise ValueError(f"label {int(labels.max())} is out of range for {num_classes} classes")
     if not np.all(np.isfinite(logits)):
         raise ValueError("logits contain NaN or inf (did training diverge?)")
+    return logits, labels, groups
 
-    # Log-softmax in float64, shifted by the row max for stability.
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-    pred = logits.argmax(axis=1)
-    correct = pred == labels
-    confidence = np.exp(log_probs.max(axis=1))
 
-    confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
-    np.add.at(confusion, (labels, pred), 1)
+def _class_scores(confusion: np.ndarray, groups: list[str]) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Per-class accuracy in % (NaN for a class without samples), the F1 of the classes with
+    samples, and the mean accuracy of each group's classes with samples (None: no such class)."""
     support = confusion.sum(axis=1)
     predicted = confusion.sum(axis=0)
     tp = np.diag(confusion)
     present = support > 0
 
-    per_class = np.full(num_classes, np.nan)
+    per_class = np.full(confusion.shape[0], np.nan)
     per_class[present] = 100.0 * tp[present] / support[present]
-    acc = per_class[present]
     # F1 = 2TP / (2TP + FP + FN) = 2TP / (support + predicted); support > 0 for present classes.
     f1 = 200.0 * tp[present] / (support[present] + predicted[present])
 
@@ -158,30 +189,17 @@ def compute_metrics(
     for g in GROUPS:
         sel = (group_arr == g) & present
         group_acc[g] = float(per_class[sel].mean()) if sel.any() else None
+    return per_class, f1, group_acc
 
-    # Equal-width bins (lower, upper]: digitize against the inner edges gives 0..bins-1.
-    inner_edges = np.linspace(0.0, 1.0, ece_bins + 1)[1:-1]
+
+def _ece(confidence: np.ndarray, correct: np.ndarray, bins: int) -> float:
+    """Expected calibration error in %, over equal-width confidence bins (lower, upper]."""
+    # Digitize against the inner edges gives 0..bins-1.
+    inner_edges = np.linspace(0.0, 1.0, bins + 1)[1:-1]
     bin_idx = np.digitize(confidence, inner_edges, right=True)
-    gap = np.zeros(ece_bins)
+    gap = np.zeros(bins)
     np.add.at(gap, bin_idx, correct.astype(np.float64) - confidence)
-    ece = 100.0 * np.abs(gap).sum() / n
-
-    return {
-        "top1": float(100.0 * correct.mean()),
-        **group_acc,
-        "mean_class_acc": float(acc.mean()),
-        "per_class_acc": [None if math.isnan(a) else float(a) for a in per_class.tolist()],
-        "macro_f1": float(f1.mean()),
-        "worst_class_acc": float(acc.min()),
-        "hmean_class_acc": 0.0 if (acc == 0).any() else float(len(acc) / (1.0 / acc).sum()),
-        "gmean_class_acc": 0.0 if (acc == 0).any() else float(np.exp(np.log(acc).mean())),
-        "ece": float(ece),
-        "nll": float(-log_probs[np.arange(n), labels].mean()),
-        "group_sizes": {g: groups.count(g) for g in GROUPS},
-        "groups": groups,
-        "num_samples": int(n),
-        "confusion": confusion.tolist(),
-    }
+    return float(100.0 * np.abs(gap).sum() / len(confidence))
 
 
 # ----------------------------------------------------------------------------- tables
