@@ -81,6 +81,22 @@ def _to_jsonable(x):
     return x
 
 
+def _apply_bcts(arrays: dict[str, np.ndarray], run_dir: Path) -> tuple[np.ndarray, dict]:
+    """Fit BCTS on the validation split and apply it to the val and test logits of ``arrays``
+    (in place); returns the source prior it implies (the validation label histogram, every
+    class + 0.5) and the fitted ``{"temperature", "bias"}``."""
+    from lvmlt.calibration.posthoc import apply_bcts, fit_bcts
+
+    val_labels = arrays["val_labels"]
+    if val_labels.shape[0] == 0:
+        raise UserError("bcts needs validation predictions", where=str(run_dir))
+    t, b = fit_bcts(arrays["val_logits"], val_labels)
+    for split in ("val", "test"):
+        arrays[f"{split}_logits"] = apply_bcts(arrays[f"{split}_logits"], t, b)
+    hist = np.bincount(val_labels.astype(np.int64), minlength=arrays["train_counts"].shape[0]) + 0.5  # no empty class
+    return hist / hist.sum(), {"temperature": t, "bias": b}
+
+
 def calibrate_run(
     run_dir: str | Path,
     method: str,
@@ -133,36 +149,29 @@ def calibrate_run(
     if many_threshold is None and few_threshold is None:
         many_threshold, few_threshold = _default_thresholds(run_dir, metrics)
 
-    keep = arrays["test_labels"] >= 0  # skipped (unreadable) images carry label -1
-    arrays["test_logits"], arrays["test_labels"] = arrays["test_logits"][keep], arrays["test_labels"][keep]
+    _drop_skipped_test_images(arrays)
     counts = arrays["train_counts"]
     ps = resolve_source_prior(source_prior, counts, arrays["val_logits"])
     scaling = None
     if bcts:
-        from lvmlt.calibration.posthoc import apply_bcts, fit_bcts
-
-        val_labels = arrays["val_labels"]
-        if val_labels.shape[0] == 0:
-            raise UserError("bcts needs validation predictions", where=str(run_dir))
-        t, b = fit_bcts(arrays["val_logits"], val_labels)
-        for split in ("val", "test"):
-            arrays[f"{split}_logits"] = apply_bcts(arrays[f"{split}_logits"], t, b)
-        hist = np.bincount(val_labels.astype(np.int64), minlength=counts.shape[0]) + 0.5  # no empty class
-        ps = hist / hist.sum()
+        ps, scaling = _apply_bcts(arrays, run_dir)
         source_prior = "val (after BCTS)"
-        scaling = {"temperature": t, "bias": b}
     est = estimator(
-        arrays["test_logits"],
-        ps,
-        val_logits=arrays["val_logits"],
-        val_labels=arrays["val_labels"],
-        **opts,
+        arrays["test_logits"], ps, val_logits=arrays["val_logits"], val_labels=arrays["val_labels"], **opts
     )
     calibrated = est.adjust_logits(arrays["test_logits"]).astype(np.float32)
     labels = arrays["test_labels"]
     test_metrics = metrics_fn(calibrated, labels, counts, many_threshold, few_threshold)
     true_prior = np.bincount(labels.astype(np.int64), minlength=counts.shape[0]) / labels.shape[0]
-    entry = _to_jsonable(
+    entry = _entry(test_metrics, method, source_prior, opts, est, true_prior, scaling)
+    _write_entry(run_dir, metrics, name or (method + ("+bcts" if bcts else "")), entry)
+    return entry
+
+
+def _entry(test_metrics: dict, method: str, source_prior: str, opts: dict, est, true_prior, scaling) -> dict:
+    """The JSON entry of one calibration (``est`` a LabelShiftEstimate; ``true_prior`` the
+    test labels' histogram, to score the estimate after the fact)."""
+    return _to_jsonable(
         {
             "test": test_metrics,
             "method": method,
@@ -175,10 +184,19 @@ def calibrate_run(
             "bcts": scaling,
         }
     )
+
+
+def _drop_skipped_test_images(arrays: dict[str, np.ndarray]) -> None:
+    """Leave out the test images the run skipped (unreadable ones carry label -1), in place."""
+    keep = arrays["test_labels"] >= 0
+    arrays["test_logits"], arrays["test_labels"] = arrays["test_logits"][keep], arrays["test_labels"][keep]
+
+
+def _write_entry(run_dir: Path, metrics: dict, key: str, entry: dict) -> None:
+    """Put ``entry`` under ``metrics.json["calibrated"][key]``, keeping the other entries."""
     entries = dict(metrics.get("calibrated") or {})
-    entries[name or (method + ("+bcts" if bcts else ""))] = entry
+    entries[key] = entry
     from lvmlt import locks
 
     with locks.hold(run_dir):  # not while a trainer or evaluate rewrites metrics.json
         rundir.write_metrics(run_dir, {"calibrated": entries})
-    return entry
