@@ -347,8 +347,6 @@ def write_report(
     extraction_note: str = "",
 ) -> str:
     """Write ``<dataset>.md`` and ``<dataset>.csv`` in ``out_dir``; returns the markdown."""
-    from lvmlt.evaluation.metrics import mean_std_table
-
     seeds_s = ",".join(map(str, seeds))
     # Blocks of markdown, joined by blank lines.
     md = [f"# Other systems on {dataset}: test accuracy (%), mean ± std over seeds {seeds_s}"]
@@ -359,58 +357,12 @@ def write_report(
             f"stored as {provenance.get('dtype')}, pooled levels {provenance.get('levels') or 'none'} "
             f"(weights sha256 {str(provenance.get('weights_sha256'))[:12]}...). {extraction_note}".rstrip()
         )
-    many, few = thresholds
     if standard:
-        md.append(
-            f"## Standard split\n\nMany > {many}, few < {few} training images; many / medium / few are mean "
-            "per-class accuracies of the group, top1 (All) the accuracy over all test images, "
-            "mean_class_acc the balanced accuracy."
-        )
-        md.append(mean_std_table(standard, COLUMNS).rstrip())
-        if sam_rows:
-            files = ", ".join(str(p) for p in sam_files)
-            md.append(f"SAM-fusion method (rows read from {files}; not re-run here):")
-            md.append(mean_std_table(sam_rows, COLUMNS).rstrip())
-        else:
-            md.append(
-                f"SAM-fusion method: no results file for {dataset} existed under benchmarks/results/ when this "
-                "table was made, so its rows are absent (they are not run here)."
-            )
+        md += _standard_blocks(dataset, standard, sam_rows, sam_files, thresholds)
     if glt:
-        cols = (*COLUMNS, "mono_acc", "poly_acc")
-        md.append(
-            "## GLT protocol on ELPV\n\nClass = defect level (4), attribute = cell type (mono / poly); "
-            "many > 300, few < 60 training images (Train-GLT counts [1098, 171, 18, 451]); test sets of "
-            "24 images per class, so top1 = mean_class_acc. mono_acc / poly_acc: mean per-class accuracy "
-            "on the mono / poly images. Checkpoint: the epoch with the best validation balanced accuracy "
-            "(48 validation images)."
-        )
-        md.append("Test-CBL (class-balanced, attributes as in training: the CLT protocol):")
-        md.append(mean_std_table(glt["best"]["cbl"], cols).rstrip())
-        md.append("Test-GBL (class- and attribute-balanced: the GLT protocol):")
-        md.append(mean_std_table(glt["best"]["gbl"], cols).rstrip())
-        last = {
-            f"{name}, {k}": glt["last"][p][name]
-            for name in glt["last"]["cbl"]
-            for p, k in (("cbl", "Test-CBL"), ("gbl", "Test-GBL"))
-        }
-        md.append(
-            "IFL here is our importance-weighted version (docs/methods-other.md): environment 2 is "
-            "class-balanced, so with a balanced-softmax baseline its classification loss corrects the "
-            "prior twice; ifl.env2_cls=false keeps only the shared-centre loss."
-        )
-        md.append("The last epoch's checkpoint (no selection), for both test sets:")
-        md.append(mean_std_table(last, ("many", "medium", "few", "top1", "mono_acc", "poly_acc")).rstrip())
+        md += _glt_blocks(glt)
     md.append("## Cost\n\n" + _cost_table(cost).rstrip())
-    md.append(
-        "Notes: the synthetic-feature recipe, the SciLT design and the IFL deviations are ours where the "
-        "papers are silent (see docs/methods-other.md); every epoch and checkpoint is selected on the "
-        "validation split, never on a test set. Seconds are wall time per fit on a shared 2-core CPU "
-        "(torch threads = 1), the run's epochs (training and validation) from its history: for the "
-        "feature-based systems on stored features (the feature extraction is a one-off cost they share), "
-        "for the CNN runs on images. IFL adds no trainable parameter "
-        "(its class centres are buffers with their own update)."
-    )
+    md.append(_REPORT_NOTES)
     text = "\n\n".join(md) + "\n"
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"{dataset}.md").write_text(text)
@@ -420,6 +372,71 @@ def write_report(
             tables |= {f"glt-{c}-test-cbl": glt[c]["cbl"], f"glt-{c}-test-gbl": glt[c]["gbl"]}
     _write_csv(out_dir / f"{dataset}.csv", tables, cost)
     return text
+
+
+_REPORT_NOTES = (
+    "Notes: the synthetic-feature recipe, the SciLT design and the IFL deviations are ours where the "
+    "papers are silent (see docs/methods-other.md); every epoch and checkpoint is selected on the "
+    "validation split, never on a test set. Seconds are wall time per fit on a shared 2-core CPU "
+    "(torch threads = 1), the run's epochs (training and validation) from its history: for the "
+    "feature-based systems on stored features (the feature extraction is a one-off cost they share), "
+    "for the CNN runs on images. IFL adds no trainable parameter "
+    "(its class centres are buffers with their own update)."
+)
+
+
+def _standard_blocks(dataset: str, standard: dict, sam_rows: dict, sam_files: list[Path], thresholds: tuple) -> list[str]:
+    """The report's markdown blocks of the standard split: its table, then the SAM-fusion rows."""
+    from lvmlt.evaluation.metrics import mean_std_table
+
+    many, few = thresholds
+    md = [
+        f"## Standard split\n\nMany > {many}, few < {few} training images; many / medium / few are mean "
+        "per-class accuracies of the group, top1 (All) the accuracy over all test images, "
+        "mean_class_acc the balanced accuracy.",
+        mean_std_table(standard, COLUMNS).rstrip(),
+    ]
+    if sam_rows:
+        files = ", ".join(str(p) for p in sam_files)
+        md.append(f"SAM-fusion method (rows read from {files}; not re-run here):")
+        md.append(mean_std_table(sam_rows, COLUMNS).rstrip())
+    else:
+        md.append(
+            f"SAM-fusion method: no results file for {dataset} existed under benchmarks/results/ when this "
+            "table was made, so its rows are absent (they are not run here)."
+        )
+    return md
+
+
+def _glt_blocks(glt: dict) -> list[str]:
+    """The report's markdown blocks of the GLT protocol: both test sets, best and last checkpoint."""
+    from lvmlt.evaluation.metrics import mean_std_table
+
+    cols = (*COLUMNS, "mono_acc", "poly_acc")
+    md = [
+        "## GLT protocol on ELPV\n\nClass = defect level (4), attribute = cell type (mono / poly); "
+        "many > 300, few < 60 training images (Train-GLT counts [1098, 171, 18, 451]); test sets of "
+        "24 images per class, so top1 = mean_class_acc. mono_acc / poly_acc: mean per-class accuracy "
+        "on the mono / poly images. Checkpoint: the epoch with the best validation balanced accuracy "
+        "(48 validation images)."
+    ]
+    md.append("Test-CBL (class-balanced, attributes as in training: the CLT protocol):")
+    md.append(mean_std_table(glt["best"]["cbl"], cols).rstrip())
+    md.append("Test-GBL (class- and attribute-balanced: the GLT protocol):")
+    md.append(mean_std_table(glt["best"]["gbl"], cols).rstrip())
+    last = {
+        f"{name}, {k}": glt["last"][p][name]
+        for name in glt["last"]["cbl"]
+        for p, k in (("cbl", "Test-CBL"), ("gbl", "Test-GBL"))
+    }
+    md.append(
+        "IFL here is our importance-weighted version (docs/methods-other.md): environment 2 is "
+        "class-balanced, so with a balanced-softmax baseline its classification loss corrects the "
+        "prior twice; ifl.env2_cls=false keeps only the shared-centre loss."
+    )
+    md.append("The last epoch's checkpoint (no selection), for both test sets:")
+    md.append(mean_std_table(last, ("many", "medium", "few", "top1", "mono_acc", "poly_acc")).rstrip())
+    return md
 
 
 # ----------------------------------------------------------------------------- entry point
