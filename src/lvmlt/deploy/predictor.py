@@ -444,15 +444,7 @@ def predict(
     classes = spec["classes"]
     topk = max(1, min(int(topk), len(classes)))
     batch_size = batch_size if batch_size > 0 else auto_batch_size(spec)
-    if sources is None:
-        total = count_sources(paths, list_file)
-        if total == 0:
-            raise UserError(f"no images found in {' '.join(map(str, paths)) or list_file}",
-                            fix=f"pass image files or folders holding {', '.join(IMAGE_EXTENSIONS)} files")
-        sources = ((str(p), _opener(p)) for p in iter_sources(paths, list_file))
-    else:
-        sources = list(sources)
-        total = len(sources)
+    sources, total = _sources(paths, list_file, sources)
     adapting = adapt_method != "none"
     writer = Writer(out, classes, class_groups(spec), topk, adapting, show)
     bar = _progress(total, progress)
@@ -463,22 +455,9 @@ def predict(
         bar.write(f"lvmlt: skipped {name}: {error}", file=sys.stderr)
 
     t0 = time.perf_counter()
-    names, all_logits, errors = [], [], []
     try:
-        for batch_names, logits, batch_errors in logits_of(model, sources, batch_size, workers, bar, on_error):
-            j = 0
-            for name, err in zip(batch_names, batch_errors, strict=True):
-                row = None
-                if err is None:
-                    row, j = logits[j], j + 1
-                if adapting:
-                    names.append(name)
-                    errors.append(err)
-                    all_logits.append(row)
-                else:
-                    writer.write(name, err, None if row is None else softmax(row[None])[0])
-                    if row is not None:
-                        all_logits.append(row)
+        batches = logits_of(model, sources, batch_size, workers, bar, on_error)
+        names, all_logits, errors = _classify(batches, writer, adapting)
         seconds = time.perf_counter() - t0
         good = [r for r in all_logits if r is not None]
         raw = np.stack(good) if good else np.zeros((0, len(classes)), np.float32)
@@ -486,14 +465,7 @@ def predict(
                   "seconds": seconds, "images_per_second": total / seconds if seconds > 0 else 0.0, "logits": raw}
         if adapting:
             est = adapt(spec, raw, adapt_method, model.val_logits, model.val_labels, force_adapt)
-            p_raw, p_ad = softmax(raw), softmax(est.adapted(raw))
-            j = 0
-            for name, err, row in zip(names, errors, all_logits, strict=True):
-                if row is None:
-                    writer.write(name, err, None)
-                else:
-                    writer.write(name, None, p_raw[j], p_ad[j])
-                    j += 1
+            _write_adapted(writer, names, errors, all_logits, softmax(raw), softmax(est.adapted(raw)))
             result |= {"prior": est.prior, "source_prior": est.source_prior, "adapt_info": est.info}
             if out:
                 prior_file = Path(out).with_suffix(".prior.json")
@@ -506,6 +478,55 @@ def predict(
     finally:
         bar.close()
     return result
+
+
+def _sources(paths, list_file, sources) -> tuple[Iterable[tuple[str, Callable]], int]:
+    """``(sources, how many)``: the given ``sources``, or the images of ``paths`` / ``list_file``."""
+    if sources is not None:
+        sources = list(sources)
+        return sources, len(sources)
+    total = count_sources(paths, list_file)
+    if total == 0:
+        raise UserError(f"no images found in {' '.join(map(str, paths)) or list_file}",
+                        fix=f"pass image files or folders holding {', '.join(IMAGE_EXTENSIONS)} files")
+    return ((str(p), _opener(p)) for p in iter_sources(paths, list_file)), total
+
+
+def _classify(batches, writer: Writer, adapting: bool) -> tuple[list, list, list]:
+    """Read ``(names, logits, errors)`` batches; without adaptation write each row as it comes.
+
+    Returns:
+        (names, logits, errors): with adaptation one entry per image (logits None for an
+        unreadable one), to be written once the prior is known; without, only the logits
+        of the classified images (names and errors stay empty).
+    """
+    names, all_logits, errors = [], [], []
+    for batch_names, logits, batch_errors in batches:
+        j = 0
+        for name, err in zip(batch_names, batch_errors, strict=True):
+            row = None
+            if err is None:
+                row, j = logits[j], j + 1
+            if adapting:
+                names.append(name)
+                errors.append(err)
+                all_logits.append(row)
+            else:
+                writer.write(name, err, None if row is None else softmax(row[None])[0])
+                if row is not None:
+                    all_logits.append(row)
+    return names, all_logits, errors
+
+
+def _write_adapted(writer: Writer, names, errors, all_logits, p_raw: np.ndarray, p_ad: np.ndarray) -> None:
+    """One row per image, in input order: raw and adapted probabilities, or the image's error."""
+    j = 0
+    for name, err, row in zip(names, errors, all_logits, strict=True):
+        if row is None:
+            writer.write(name, err, None)
+        else:
+            writer.write(name, None, p_raw[j], p_ad[j])
+            j += 1
 
 
 def _opener(path: Path) -> Callable:
