@@ -359,13 +359,7 @@ def _extract(bundle, cfg, out_dir, resume, overwrite, encoder, progress, log, he
     cfg = dataclasses.replace(cfg, precision=extract_precision(cfg, device))
 
     # Settings -> the provenance this run will record (needs the encoder's weights hash).
-    if encoder is None:
-        from lvmlt.encoders import build_encoder
-
-        encoder = build_encoder(cfg.encoder, cfg.img_size or None, cfg.checkpoint)
-    elif encoder.name != cfg.encoder or (cfg.img_size and cfg.img_size != encoder.img_size):
-        raise ValueError(f"encoder {encoder.name}@{encoder.img_size} does not match the config")
-    encoder.check_levels(cfg.levels)
+    encoder = _checked_encoder(cfg, encoder)
     provenance = expected_provenance(cfg, encoder.weights_sha256)
     provenance["weights_sha256"] = encoder.weights_sha256
     map_size = provenance["map_size"]
@@ -413,22 +407,37 @@ def _extract(bundle, cfg, out_dir, resume, overwrite, encoder, progress, log, he
             where = f" by {world} processes" if world > 1 else ""
             log(f"encoded {encoded} images{where} in {dt:.1f} s ({encoded / dt:.2f} img/s)")
         if primary:
-            template = {
-                k: v.astype(cfg.dtype)
-                for k, v in _empty_rows(
-                    0, encoder.out_channels, map_size, encoder.level_channels, cfg.levels
-                ).items()
-            }
-            for name, split in splits.items():
-                if "checksums" not in manifest["splits"][name]:  # not an intact split kept by a repair
-                    manifest["splits"][name] |= _assemble_split(root, name, len(split), template, chunk_size)
-            manifest["complete"] = True
-            write_manifest(root, manifest)  # the commit point
-            shutil.rmtree(root / CHUNKS, ignore_errors=True)
+            _commit(root, manifest, splits, encoder, cfg, map_size, chunk_size)
     finally:
         torch.set_num_threads(old_threads)
     distributed.barrier()  # the store is complete before any rank opens it
     return FeatureStore.open(root)
+
+
+def _checked_encoder(cfg: ExtractConfig, encoder):
+    """The encoder ``cfg`` names (built when None is given), checked against ``cfg``."""
+    if encoder is None:
+        from lvmlt.encoders import build_encoder
+
+        encoder = build_encoder(cfg.encoder, cfg.img_size or None, cfg.checkpoint)
+    elif encoder.name != cfg.encoder or (cfg.img_size and cfg.img_size != encoder.img_size):
+        raise ValueError(f"encoder {encoder.name}@{encoder.img_size} does not match the config")
+    encoder.check_levels(cfg.levels)
+    return encoder
+
+
+def _commit(root: Path, manifest: dict, splits: dict, encoder, cfg: ExtractConfig, map_size: int, chunk_size: int):
+    """Rank 0, every chunk on disk: assemble each split's arrays, then write the complete manifest."""
+    template = {
+        k: v.astype(cfg.dtype)
+        for k, v in _empty_rows(0, encoder.out_channels, map_size, encoder.level_channels, cfg.levels).items()
+    }
+    for name, split in splits.items():
+        if "checksums" not in manifest["splits"][name]:  # not an intact split kept by a repair
+            manifest["splits"][name] |= _assemble_split(root, name, len(split), template, chunk_size)
+    manifest["complete"] = True
+    write_manifest(root, manifest)  # the commit point
+    shutil.rmtree(root / CHUNKS, ignore_errors=True)
 
 
 EXTRACT_TIMEOUT_MINUTES = 240  # ranks wait at most this long for each other (uneven shards, slow disks)
