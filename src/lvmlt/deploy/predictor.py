@@ -169,10 +169,14 @@ def _decoded(model, sources: Iterator[tuple[str, Callable]], workers: int, ahead
             yield pending.popleft().result()
 
 
-def _features(model, item: _Item) -> dict[str, np.ndarray]:
-    """The stored form of one image's SAM features, as the store would hold them."""
+def _features(model, item: _Item, encoded: dict | None = None) -> dict[str, np.ndarray]:
+    """The stored form of one image's SAM features, as the store would hold them.
+
+    Args:
+        encoded: the encoder's outputs for ``item`` when already computed (else encoded here).
+    """
     f = model.spec["features"]
-    outs = {k: v[0] for k, v in model.encode(item.sam[None]).items()}
+    outs = {k: v[0] for k, v in (encoded if encoded is not None else model.encode(item.sam[None])).items()}
     pca = model.pca
     red = inputs.reduce_outputs(
         outs,
