@@ -90,6 +90,14 @@ MANY_THRESHOLD = 100
 FEW_THRESHOLD = 20
 
 
+def class_group(n: float, many: int | None = None, few: int | None = None) -> str:
+    """"many" (more than ``many`` training images), "few" (fewer than ``few``) or "medium";
+    None = the default threshold. The one rule behind every group lvmlt reports."""
+    many = MANY_THRESHOLD if many is None else many
+    few = FEW_THRESHOLD if few is None else few
+    return "many" if n > many else "few" if n < few else "medium"
+
+
 @dataclass(frozen=True)
 class EvalConfig:
     # Groups by training images per class: many > many_threshold, few < few_threshold,

@@ -89,6 +89,17 @@ class LabelShiftEstimate:
 
 
 # --------------------------------------------------------------------------- helpers
+def apply_bcts(logits, temperature: float, bias: np.ndarray) -> np.ndarray:
+    """Logits calibrated by bias-corrected temperature scaling: ``logits / T + b``, float64."""
+    return np.asarray(logits, dtype=np.float64) / temperature + bias
+
+
+def bcts_source_prior(val_label_counts) -> np.ndarray:
+    """The prior a BCTS-calibrated model describes: the validation label histogram, every
+    class + 0.5 (so no class has prior 0), normalised."""
+    hist = np.asarray(val_label_counts, dtype=np.float64) + 0.5
+    return hist / hist.sum()
+
 
 
 def _safe_log(p: np.ndarray) -> np.ndarray:

@@ -22,7 +22,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lvmlt.calibration.label_shift import CALIBRATORS, LabelShiftEstimate, _normalise, _safe_log
+from lvmlt.calibration.label_shift import (  # noqa: F401  (apply_bcts: re-exported beside fit_bcts)
+    CALIBRATORS,
+    LabelShiftEstimate,
+    _normalise,
+    _safe_log,
+    apply_bcts,
+)
 from lvmlt.models.heads import ClassScale
 
 
@@ -54,10 +60,6 @@ def fit_bcts(logits, labels, iters: int = 100) -> tuple[float, np.ndarray]:
     opt.step(closure)
     bias = (b - b.mean()).detach().numpy()
     return float(torch.exp(log_t.detach())), bias
-
-
-def apply_bcts(logits, temperature: float, bias: np.ndarray) -> np.ndarray:
-    return np.asarray(logits, dtype=np.float64) / temperature + bias
 
 
 def logit_adjust(logits, class_prior, tau: float = 1.0):

@@ -18,7 +18,7 @@ import numpy as np
 
 from lvmlt import rundir
 from lvmlt.calibration import posthoc  # noqa: F401  (registers "logit_adjust")
-from lvmlt.calibration.label_shift import CALIBRATORS, resolve_source_prior
+from lvmlt.calibration.label_shift import CALIBRATORS, bcts_source_prior, resolve_source_prior
 from lvmlt.errors import UserError
 
 #: Estimators that read the model's posteriors: calibrated (BCTS) first unless asked otherwise.
@@ -93,8 +93,8 @@ def _apply_bcts(arrays: dict[str, np.ndarray], run_dir: Path) -> tuple[np.ndarra
     t, b = fit_bcts(arrays["val_logits"], val_labels)
     for split in ("val", "test"):
         arrays[f"{split}_logits"] = apply_bcts(arrays[f"{split}_logits"], t, b)
-    hist = np.bincount(val_labels.astype(np.int64), minlength=arrays["train_counts"].shape[0]) + 0.5  # no empty class
-    return hist / hist.sum(), {"temperature": t, "bias": b}
+    counts = np.bincount(val_labels.astype(np.int64), minlength=arrays["train_counts"].shape[0])
+    return bcts_source_prior(counts), {"temperature": t, "bias": b}
 
 
 def calibrate_run(

@@ -247,19 +247,17 @@ def logits_of(model, sources: Iterable[tuple[str, Callable]], batch_size: int = 
 # Probabilities, groups, adaptation
 # ---------------------------------------------------------------------------------------
 def softmax(logits: np.ndarray) -> np.ndarray:
-    z = np.asarray(logits, dtype=np.float64)
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
+    from lvmlt.calibration.label_shift import log_softmax
+
+    return np.exp(log_softmax(logits))
 
 
 def class_groups(spec: dict) -> list[str]:
     """many / medium / few of every class, by its training count and the run's thresholds."""
+    from lvmlt.config import class_group
+
     many, few = spec["thresholds"]["many"], spec["thresholds"]["few"]
-    out = []
-    for n in spec["train_counts"]:
-        out.append("many" if many is not None and n > many else "few" if few is not None and n < few else "medium")
-    return out
+    return [class_group(n, many, few) for n in spec["train_counts"]]
 
 
 @dataclass
@@ -274,7 +272,9 @@ class Adaptation:
     info: dict = field(default_factory=dict)
 
     def calibrated(self, logits: np.ndarray) -> np.ndarray:
-        return np.asarray(logits, dtype=np.float64) / self.temperature + self.bias
+        from lvmlt.calibration.label_shift import apply_bcts
+
+        return apply_bcts(logits, self.temperature, self.bias)
 
     def adapted(self, logits: np.ndarray) -> np.ndarray:
         """Logits of the adapted posterior: calibrated + log q - log p_s."""
@@ -293,7 +293,7 @@ def adapt(spec: dict, logits: np.ndarray, method: str, val_logits: np.ndarray, v
         UserError: too few images for an estimate that means anything (unless ``force``),
             or a run without validation predictions.
     """
-    from lvmlt.calibration.label_shift import CALIBRATORS
+    from lvmlt.calibration.label_shift import CALIBRATORS, apply_bcts, bcts_source_prior
 
     c = len(spec["classes"])
     need = min_adapt_images(c)
@@ -309,11 +309,9 @@ def adapt(spec: dict, logits: np.ndarray, method: str, val_logits: np.ndarray, v
         raise UserError("adaptation needs the run's validation predictions, and this run has none",
                         fix="use --adapt none")
     t, b = float(cal["temperature"]), np.asarray(cal["bias"], dtype=np.float64)
-    hist = np.asarray(cal["val_label_counts"], dtype=np.float64) + 0.5
-    ps = hist / hist.sum()
+    ps = bcts_source_prior(cal["val_label_counts"])
     keep = val_labels >= 0
-    val_cal = np.asarray(val_logits[keep], dtype=np.float64) / t + b
-    target = np.asarray(logits, dtype=np.float64) / t + b
+    val_cal, target = apply_bcts(val_logits[keep], t, b), apply_bcts(logits, t, b)
     est = CALIBRATORS.get(method)(target, ps, val_logits=val_cal, val_labels=val_labels[keep])
     return Adaptation(method, est.target_prior, ps, t, b, dict(est.info))
 
@@ -542,12 +540,10 @@ def _write_prior(path: Path, classes, est: Adaptation, n: int) -> None:
            "estimated_prior": {c: float(p) for c, p in zip(classes, est.prior, strict=True)},
            "source_prior": {c: float(p) for c, p in zip(classes, est.source_prior, strict=True)},
            "info": est.info}
-    try:
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(rec, indent=1) + "\n")
-        os.replace(tmp, path)
-    except OSError as e:
-        raise UserError(f"cannot write {path} ({e.strerror})", fix="free space, or choose another --out") from None
+    from lvmlt import rundir
+
+    with rundir.writing(path, then="free space, or choose another --out"):
+        rundir.atomic_write_json(path, rec, indent=1)
 
 
 def _progress(total: int, enabled: bool):

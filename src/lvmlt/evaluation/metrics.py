@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lvmlt.config import FEW_THRESHOLD, MANY_THRESHOLD
+from lvmlt.config import FEW_THRESHOLD, MANY_THRESHOLD, class_group
 
 GROUPS = ("many", "medium", "few")
 DEFAULT_COLUMNS = ("many", "medium", "few", "top1")
@@ -61,7 +61,7 @@ def group_classes(
     counts = _to_numpy(train_counts, np.float64)
     if counts.ndim != 1:
         raise ValueError(f"train_counts must be 1-D, got shape {counts.shape}")
-    return ["many" if n > many else "few" if n < few else "medium" for n in counts.tolist()]
+    return [class_group(n, many, few) for n in counts.tolist()]
 
 
 def compute_metrics(
