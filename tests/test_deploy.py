@@ -178,6 +178,8 @@ def test_export_bundle_runs_without_torch_and_matches(runs, tmp_path):
         f"np.save({str(tmp_path / 'b.npy')!r}, r['logits'])\n"
         "from lvmlt.cli import main\n"  # the command line too
         f"assert main(['predict', {str(bundle)!r}, {images[0]!r}, '--quiet', '--engine', 'onnxruntime']) == 0\n"
+        f"assert main(['predict', {str(bundle)!r}, *{images!r}, '--quiet', '--engine', 'onnxruntime', "
+        f"'--adapt', 'mapls', '--out', {str(tmp_path / 'a.csv')!r}]) == 0\n"  # adaptation too
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
     )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -191,6 +193,19 @@ def test_export_bundle_runs_without_torch_and_matches(runs, tmp_path):
     got = np.load(tmp_path / "b.npy")
     assert (got.argmax(1) == ref.argmax(1)).all()
     np.testing.assert_allclose(got, ref, atol=1e-3, rtol=1e-3)
+    assert (tmp_path / "a.prior.json").is_file()
+
+
+def test_the_predictor_still_names_what_its_parts_define():
+    """predict's sources, stream, rows and adaptation live in their own modules; the names
+    callers import from lvmlt.deploy.predictor are the same objects."""
+    from lvmlt.deploy import adaptation, predictor, rows, sources, stream
+
+    for module in (adaptation, rows, sources, stream):
+        for name in set(predictor.__all__) & set(vars(module)):
+            assert getattr(predictor, name) is getattr(module, name), name
+    assert {"predict", "adapt", "softmax", "class_groups", "ADAPT_METHODS", "min_adapt_images",
+            "Writer", "iter_sources", "logits_of"} <= set(predictor.__all__)
 
 
 @pytest.mark.parametrize("kind", ["probe", "synthetic", "scilt", "lws"])

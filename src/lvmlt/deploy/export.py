@@ -133,12 +133,13 @@ def check_bundle(run_model, bundle_dir: Path, n: int, log) -> dict:
     of its outputs); end to end, the top-1 of the two must agree (the stored features pass
     through the store's dtype, so an engine's last-bit differences may round apart there).
     """
-    from lvmlt.deploy import predictor as P
+    from lvmlt.deploy.rows import softmax
+    from lvmlt.deploy.stream import batch_inputs, prepare, sam_features
     from lvmlt.features.engines import _cosine
 
     bundle = BundleModel(bundle_dir, engine="onnxruntime", log=lambda s: None)
     run_model.precision = "fp32"
-    items = [P._prepare(run_model, name, opener) for name, opener in _check_sources(run_model, n, log)]
+    items = [prepare(run_model, name, opener) for name, opener in _check_sources(run_model, n, log)]
     items = [it for it in items if it.error is None]
     cosine = 1.0 if run_model.sam_keys else None  # None: the model reads no SAM features
     feats: dict = {"run": [], "bundle": []}
@@ -146,15 +147,15 @@ def check_bundle(run_model, bundle_dir: Path, n: int, log) -> dict:
         if run_model.sam_keys:
             a, b = run_model.encode(it.sam[None]), bundle.encode(it.sam[None])
             cosine = min(cosine, *(_cosine(a[k], b[k]) for k in a))
-            feats["run"].append(P._features(run_model, it, a))
-            feats["bundle"].append(P._features(bundle, it, b))
+            feats["run"].append(sam_features(run_model, it, a))
+            feats["bundle"].append(sam_features(bundle, it, b))
         else:
             feats["run"].append({})
             feats["bundle"].append({})
-    run_batch = P._batch_inputs(run_model, items, feats["run"])
-    p_run, p_bundle = (P.softmax(m.classify(run_batch)) for m in (run_model, bundle))  # identical inputs
+    run_batch = batch_inputs(run_model, items, feats["run"])
+    p_run, p_bundle = (softmax(m.classify(run_batch)) for m in (run_model, bundle))  # identical inputs
     graph_diff = float(np.abs(p_run - p_bundle).max()) if len(items) else 0.0
-    p_e2e = P.softmax(bundle.classify(P._batch_inputs(bundle, items, feats["bundle"])))  # the bundle's own features
+    p_e2e = softmax(bundle.classify(batch_inputs(bundle, items, feats["bundle"])))  # the bundle's own features
     same = bool((p_run.argmax(1) == p_e2e.argmax(1)).all())
     e2e_diff = float(np.abs(p_run - p_e2e).max()) if len(items) else 0.0
     return {"checked": len(items), "same_top1": same, "max_prob_diff": graph_diff,

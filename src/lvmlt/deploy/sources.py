@@ -1,0 +1,96 @@
+"""What ``lvmlt predict`` classifies: image files, folders and list files, named lazily.
+
+Paths are listed in order and never all held at once; a folder is walked recursively in
+sorted order, a missing or unreadable file is passed on in its place (the classifier lists
+it as an unreadable image). Imports neither torch nor anything of lvmlt that does.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+from lvmlt import inputs
+from lvmlt.errors import UserError
+
+IMAGE_EXTENSIONS = inputs.IMAGE_EXTENSIONS
+
+
+def is_image_name(name: str) -> bool:
+    return name.lower().endswith(IMAGE_EXTENSIONS) and not Path(name).name.startswith(".")
+
+
+def walk_images(folder: Path, warn: Callable[[str], None]) -> Iterator[Path]:
+    """Image files below ``folder`` in sorted order; a linked folder is walked once, a link
+    loop is skipped with one warning naming it."""
+    seen = {os.path.realpath(folder)}
+    stack = [folder]
+    while stack:
+        d = stack.pop()
+        try:
+            entries = sorted(os.scandir(d), key=lambda e: e.name)
+        except OSError as e:
+            warn(f"cannot list {d} ({e.strerror}); skipped")
+            continue
+        subdirs = []
+        for e in entries:
+            if e.is_dir():
+                real = os.path.realpath(e.path)
+                if real in seen:
+                    warn(f"{e.path} links to a folder already walked ({real}); skipped")
+                    continue
+                seen.add(real)
+                subdirs.append(Path(e.path))
+            elif is_image_name(e.name):
+                yield Path(e.path)
+        stack.extend(reversed(subdirs))
+
+
+def iter_sources(paths: Iterable[str], list_file: str | None = None, warn=None) -> Iterator[Path]:
+    """Every image named by ``paths`` (files and folders) and by the lines of ``list_file``
+    (one path per line, ``#`` comments), in order, never all held at once."""
+    warn = warn or (lambda s: print(f"lvmlt: warning: {s}", file=sys.stderr))
+
+    def named() -> Iterator[str]:
+        yield from paths
+        if list_file is not None:
+            base = Path(list_file).parent
+            try:
+                with open(list_file, encoding="utf-8") as f:
+                    for line in f:
+                        text = line.strip()
+                        if text and not text.startswith("#"):
+                            yield text if os.path.isabs(text) else str(base / text)
+            except OSError as e:
+                raise UserError(f"cannot read {list_file} ({e.strerror})", fix="pass a text file of image paths") from None
+
+    for p in named():
+        path = Path(p)
+        if path.is_dir():
+            yield from walk_images(path, warn)
+        else:
+            yield path  # a missing or unreadable file is reported as a bad image, in its place
+
+
+def count_sources(paths, list_file) -> int:
+    """How many images a job names (a listing pass: names only, for the ETA)."""
+    return sum(1 for _ in iter_sources(paths, list_file, warn=lambda s: None))
+
+
+def resolve_sources(paths, list_file, sources) -> tuple[Iterable[tuple[str, Callable]], int]:
+    """``(sources, how many)``: the given ``sources``, or the images of ``paths`` / ``list_file``
+    as ``(name, opener)`` pairs, listed lazily after one counting pass."""
+    if sources is not None:
+        sources = list(sources)
+        return sources, len(sources)
+    total = count_sources(paths, list_file)
+    if total == 0:
+        raise UserError(f"no images found in {' '.join(map(str, paths)) or list_file}",
+                        fix=f"pass image files or folders holding {', '.join(IMAGE_EXTENSIONS)} files")
+    return ((str(p), _opener(p)) for p in iter_sources(paths, list_file)), total
+
+
+def _opener(path: Path) -> Callable:
+    return lambda: inputs.open_image(path)
