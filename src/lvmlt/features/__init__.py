@@ -5,6 +5,10 @@
 >>> store.check(bundle, ExtractConfig(encoder="mobilesam", img_size=512))  # UserError if anything differs
 >>> train = store.split("train"); train.vec[i]  # (256,) float16;  train.map[i]  # (1, 32, 32)
 
+:func:`extract` (:mod:`lvmlt.features.pipeline`) decodes, encodes, reduces and hands each chunk
+to a :class:`StoreWriter` (:mod:`lvmlt.features.writer`), which alone writes the store's files;
+:class:`FeatureStore` (:mod:`lvmlt.features.store`) reads them and defines the layout.
+
 :mod:`lvmlt.features.dataset` turns a store into the datasets a model on stored features is
 trained on (``model.needs``, ``model.feature_norms``); :mod:`lvmlt.features.synthetic` tops
 the training split up with synthetic tail features (``synthetic.enabled``).
@@ -14,5 +18,6 @@ from lvmlt.features.config import ExtractConfig
 from lvmlt.features.pca import PcaBasis
 from lvmlt.features.pipeline import extract
 from lvmlt.features.store import FeatureStore, StoredSplit
+from lvmlt.features.writer import StoreWriter
 
-__all__ = ["ExtractConfig", "FeatureStore", "PcaBasis", "StoredSplit", "extract"]
+__all__ = ["ExtractConfig", "FeatureStore", "PcaBasis", "StoreWriter", "StoredSplit", "extract"]

@@ -1,6 +1,7 @@
 """The on-disk feature store: memory-mapped arrays plus a provenance manifest.
 
-Layout of a store directory::
+This module reads a store and defines its layout; :mod:`lvmlt.features.writer` writes it.
+Layout of a store directory (the names are the constants below, each defined once)::
 
     manifest.json          provenance; "complete": true only once everything is in place
     pca.npz                the global PCA basis (pca=global)
@@ -8,6 +9,19 @@ Layout of a store directory::
     <split>/map.npy        N x 1 x h x w  F_PCA, the first-principal-component map
     <split>/level_<name>.npy  N x C_l  pooled earlier stages (when requested)
     chunks/<split>/*.npz   work in progress; deleted once the store is complete
+
+The manifest (JSON)::
+
+    format, complete, lvmlt_version, torch_version, dataset
+    provenance             the settings that decide the stored values (expected_provenance)
+    encoder, config        the encoder's description; every ExtractConfig field
+    chunk_size, dtype
+    map                    pca, size; with pca=global also basis_file, basis_sha256,
+                           basis_bytes, explained_variance, fit_vectors, fit_split
+    splits.<name>          n, fingerprint; once assembled files {key: relative path},
+                           bad {index: reason}, checksums {key: {bytes, sha256}}
+    engine                 the engine that encoded (name, version, cache key, device)
+    manifest_sha256        sha256 of everything else (manifest_digest)
 
 Every file is written to a temporary name, flushed to disk and then renamed, so a reader
 never sees half a file; the manifest is marked complete last. A store that is not marked
@@ -28,12 +42,13 @@ from lvmlt import rundir
 from lvmlt.errors import UserError
 from lvmlt.features.config import PROVENANCE_FIELDS, ExtractConfig, extract_precision
 from lvmlt.features.pca import PcaBasis
-from lvmlt.rundir import atomic_write, file_sha256, fsync_dir, tmp_name  # noqa: F401 (used by the pipeline)
+from lvmlt.rundir import file_sha256
 
 FORMAT = "lvmlt-features/1"
 MANIFEST = "manifest.json"
 PCA_FILE = "pca.npz"
 CHUNKS = "chunks"
+LEVEL_PREFIX = "level_"  # the stored key of a pooled earlier stage: level_<name>
 
 
 REPAIR = "re-run the same `lvmlt extract ... --resume` to recompute it"
@@ -41,13 +56,18 @@ REEXTRACT = "restore it, or re-extract with `lvmlt extract ... --overwrite`"
 VERIFY_ENV = "LVMLT_STORE_VERIFY"  # "size" skips the sha256 check of the arrays when a store opens
 
 
-# ---------------------------------------------------------------------------------------
-# Durable, atomic writes (the one helper of lvmlt.rundir)
-# ---------------------------------------------------------------------------------------
-def atomic_save_npz(path: Path, **arrays: np.ndarray) -> None:
-    atomic_write(path, lambda f: np.savez(f, **arrays))
+def array_file(split: str, key: str) -> str:
+    """Where a split's array ``key`` (vec, map, level_<name>) lies, relative to the store."""
+    return f"{split}/{key}.npy"
 
 
+def level_key(name: str) -> str:
+    return f"{LEVEL_PREFIX}{name}"
+
+
+# ---------------------------------------------------------------------------------------
+# The manifest: written atomically with the digest of its contents
+# ---------------------------------------------------------------------------------------
 def atomic_write_json(path: Path, obj: dict) -> None:
     rundir.atomic_write_json(path, obj, indent=1)
 
@@ -71,7 +91,12 @@ def file_record(path: Path) -> dict:
 
 
 def read_manifest(root: Path) -> dict | None:
-    path = root / MANIFEST
+    """The manifest of the store in ``root``, complete or not and unchecked; None without one.
+
+    Raises:
+        UserError: it is not valid JSON, not a JSON object, or of an unknown format.
+    """
+    path = Path(root) / MANIFEST
     if not path.is_file():
         return None
     try:
@@ -210,7 +235,7 @@ class StoredSplit:
 
     @property
     def levels(self) -> dict[str, np.ndarray]:
-        return {k[len("level_") :]: self._get(k) for k in self.files if k.startswith("level_")}
+        return {k[len(LEVEL_PREFIX) :]: self._get(k) for k in self.files if k.startswith(LEVEL_PREFIX)}
 
     def __len__(self) -> int:
         return self.n
