@@ -189,6 +189,31 @@ def test_resume_after_a_crash_recomputes_nothing_written(bundle, tmp_path, monke
     assert resumed.manifest["map"]["basis_sha256"] == full.manifest["map"]["basis_sha256"]
 
 
+def test_the_store_writer_plans_the_work_and_travels_to_other_ranks(bundle, tmp_path):
+    """StoreWriter.open checks or creates the store and lists the chunks to do; under torchrun
+    rank 0 hands it to the other ranks, so it pickles as plain data."""
+    from lvmlt.features.store import expected_provenance
+    from lvmlt.features.writer import StoreWriter
+
+    enc = build_encoder("tiny_test")
+    provenance = expected_provenance(CFG, enc.weights_sha256) | {"weights_sha256": enc.weights_sha256}
+
+    def open_writer(root):
+        return StoreWriter.open(root, bundle, CFG, enc, provenance, resume=True, overwrite=False, log=lambda s: None)
+
+    writer = open_writer(tmp_path / "s")
+    assert {k: [c for c, _ in v] for k, v in writer.pending.items()} == {"train": [0, 1, 2], "val": [0, 1], "test": [0, 1]}
+    assert writer.pending["test"][1] == (1, [3, 4]) and not writer.manifest["complete"]
+    clone = pickle.loads(pickle.dumps(writer))
+    assert clone.manifest == writer.manifest and clone.pending == writer.pending and clone.root == writer.root
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("not a store")
+    with pytest.raises(UserError, match="not empty"):
+        open_writer(tmp_path / "other")
+    _run(bundle, tmp_path / "s")  # resumes what the writer created
+    assert open_writer(tmp_path / "s") is None  # complete and intact: nothing to do
+
+
 def test_a_complete_matching_store_is_reused(bundle, tmp_path):
     _run(bundle, tmp_path / "s")
     enc = build_encoder("tiny_test")
