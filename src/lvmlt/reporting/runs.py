@@ -57,8 +57,8 @@ class RunRecord:
             in [0, 1] (images with label -1, i.e. skipped, are left out).
         correct: whether each of those top-1 predictions is right, shape (N,), bool.
         manifest: the feature store's ``manifest.json`` when the run's model read stored
-            features (:attr:`uses_store`) and it could be read; its schema belongs to
-            :mod:`lvmlt.features`, so it is read defensively.
+            features (:attr:`uses_store`) and it could be read (by the store's reader,
+            :func:`lvmlt.features.store.read_manifest`); its fields are looked up defensively.
         manifest_path: where that manifest was found (or first looked for).
         classes: class names in label order (``model.json``); None for a run of an older
             lvmlt, whose classes are shown by index.
@@ -268,6 +268,8 @@ def reliability_bins(confidence: np.ndarray, correct: np.ndarray, n_bins: int) -
 
 
 def _read_manifest(run_dir: Path, config: dict, notes: list[str]) -> tuple[dict | None, Path | None]:
+    from lvmlt.features.store import MANIFEST, read_manifest  # the store's reader owns its schema
+
     store = (config.get("fusion") or {}).get("store")
     if not store:
         return None, None
@@ -275,20 +277,16 @@ def _read_manifest(run_dir: Path, config: dict, notes: list[str]) -> tuple[dict 
     # A relative store path is relative to where training ran; next to the run is a good guess too.
     candidates = [p] if p.is_absolute() else [p, run_dir.parent / p, run_dir / p]
     for c in candidates:
-        f = c / "manifest.json"
+        f = c / MANIFEST
         if not f.is_file():
             continue
         try:
-            manifest = json.loads(f.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            notes.append(f"feature-store manifest {f} is unreadable ({e})")
+            return read_manifest(c), f
+        except (OSError, UserError) as e:
+            notes.append(f"feature-store manifest {f} is unreadable ({getattr(e, 'what', e)})")
             return None, f
-        if not isinstance(manifest, dict):
-            notes.append(f"feature-store manifest {f} is not a JSON object")
-            return None, f
-        return manifest, f
     notes.append(f"feature store {store} is not on this machine: its provenance is not shown")
-    return None, candidates[0] / "manifest.json"
+    return None, candidates[0] / MANIFEST
 
 
 # ---------------------------------------------------------------------------------------
