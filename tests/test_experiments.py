@@ -7,7 +7,8 @@ import pytest
 from PIL import Image
 
 from lvmlt.config import load_config
-from lvmlt.experiments import ablate, baselines
+from lvmlt.experiments import ablate, baselines, tables
+from lvmlt.experiments.grid import slug
 
 
 @pytest.fixture(scope="module")
@@ -58,14 +59,14 @@ def test_ablation_grid_trains_each_variant_once_and_writes_tables(setup, tmp_pat
     names = ["baseline", "+SAM latent", "+SAM features+L_proto (ours)"]
     res = ablate.run_grid(cfg, names, (0, 1), tmp_path, "t", progress=False, log=lambda s: None)
     assert list(res) == names and all(len(v) == 2 for v in res.values())
-    assert sorted(fits) == sorted(f"t-{ablate._slug(n)}-seed{s}" for n in names for s in (0, 1))
+    assert sorted(fits) == sorted(f"t-{slug(n)}-seed{s}" for n in names for s in (0, 1))
     cfg_saved = (tmp_path / "t-sam_latent-seed1" / "config.yaml").read_text()
     assert "latent: true" in cfg_saved and "seed: 1" in cfg_saved
     # a second call reuses every finished run
     again = ablate.run_grid(cfg, names, (0, 1), tmp_path, "t", progress=False, log=lambda s: None)
     assert len(fits) == 6 and again == res
     assert [m["seed"] for m in res["baseline"]] == [0, 1]
-    md = ablate.write_tables(res, tmp_path / "tab", title="T")
+    md = tables.write_tables(res, tmp_path / "tab", title="T")
     assert md.startswith("# T") and "+SAM latent" in md
     rows = (tmp_path / "tab.csv").read_text().splitlines()
     assert len(rows) >= 4 and "many" in rows[0]
@@ -103,19 +104,19 @@ def test_keep_committed_completes_a_table_from_its_csv(tmp_path):
     # an earlier table: rows a (seeds 0, 1) and b (seed 0), written with its seeds
     old = {"a": [{"seed": 0, "top1": 50.0, "few": None}, {"seed": 1, "top1": 60.0, "few": None}],
            "b": [{"seed": 0, "top1": 70.0, "few": 10.0}]}
-    ablate.write_tables(old, tmp_path / "tab")
+    tables.write_tables(old, tmp_path / "tab")
     # runs here: a's seed 1 again (the committed line stays) and seed 2 (new), c (new row)
     here = {"a": [{"seed": 1, "top1": 61.0, "few": None}, {"seed": 2, "top1": 62.0, "few": None}],
             "c": [{"seed": 0, "top1": 80.0, "few": None}]}
-    merged = ablate.keep_committed(here, tmp_path / "tab.csv", ["c", "a", "b"], (0, 1, 2))
+    merged = tables.keep_committed(here, tmp_path / "tab.csv", ["c", "a", "b"], (0, 1, 2))
     assert list(merged) == ["c", "a", "b"]
     assert [(m["seed"], m["top1"]) for m in merged["a"]] == [(0, 50.0), (1, 60.0), (2, 62.0)]
     assert merged["b"] == [{"seed": 0, "top1": 70.0, "few": 10.0}]
-    md = ablate.write_tables(merged, tmp_path / "tab")
+    md = tables.write_tables(merged, tmp_path / "tab")
     assert "| a | 3 |" in md and "57.33 ± 6.43" in md and "| b | 1 |" in md
     # seeds and rows not asked for are left out; a missing CSV keeps nothing
-    assert list(ablate.keep_committed(here, tmp_path / "tab.csv", ["a"], (0,))) == ["a"]
-    assert ablate.keep_committed({}, tmp_path / "none.csv", ["a"], (0,)) == {}
+    assert list(tables.keep_committed(here, tmp_path / "tab.csv", ["a"], (0,))) == ["a"]
+    assert tables.keep_committed({}, tmp_path / "none.csv", ["a"], (0,)) == {}
 
 
 @pytest.mark.parametrize("text, message", [
@@ -127,7 +128,7 @@ def test_keep_committed_completes_a_table_from_its_csv(tmp_path):
 def test_keep_committed_refuses_a_bad_csv(tmp_path, text, message):
     (tmp_path / "bad.csv").write_text(text)
     with pytest.raises(Exception, match=message):
-        ablate.keep_committed({}, tmp_path / "bad.csv", ["a"], (0,))
+        tables.keep_committed({}, tmp_path / "bad.csv", ["a"], (0,))
 
 
 @pytest.mark.parametrize("command", ["ablate", "baselines"])

@@ -1,6 +1,8 @@
-"""The paper's baselines, each alone and with "+SAM features + L_proto" (tables I and II).
+"""``lvmlt baselines``: the paper's baselines, each alone and with "+SAM features + L_proto"
+(tables I and II).
 
-A row is one way of getting a long-tailed classifier:
+A row (:data:`lvmlt.experiments.recipes.BASELINES`) is one way of getting a long-tailed
+classifier:
 
 * trained end to end with a loss (cross-entropy, balanced softmax, ProCo);
 * a post-hoc correction of a trained run's saved test logits (Label Shift = MAPLS, MLLS,
@@ -16,63 +18,16 @@ and a finished run is never trained twice.
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from lvmlt.config import Config, replace
-from lvmlt.errors import UserError
-from lvmlt.experiments.ablate import VARIANTS, _slug, run_metrics
+from lvmlt.experiments.grid import Cell, cells, pick, run_cells, run_metrics, slug
+from lvmlt.experiments.recipes import ABLATION, BASELINES, DEFAULT_BASELINES, PLAIN, SAM_TWIN, Baseline
 
-SAM = "+SAM features+L_proto (ours)"
-
-
-@dataclass(frozen=True)
-class Row:
-    """How one table row is obtained.
-
-    Attributes:
-        loss: name of the first-stage run family (``ce`` -> runs ``TAG-ce-...``).
-        train: overrides of that family's first-stage training.
-        posthoc: a calibrator (``lvmlt calibrate --method``) applied to the run's logits.
-        stage: overrides of a second stage trained on the first-stage run.
-        source_prior: what the post-hoc method assumes the model was trained for.
-        bcts: calibrate the logits on the validation split first (bias-corrected
-            temperature scaling), as EM-based estimators assume calibrated probabilities.
-    """
-
-    loss: str
-    train: dict = field(default_factory=dict)
-    posthoc: str | None = None
-    stage: dict | None = None
-    source_prior: str = "train"
-    bcts: bool = False
-
-
-_CE = {"loss.name": "ce"}
-_DECOUPLED = {"stage.freeze_backbone": True, "data.sampler": "class_balanced"}
-
-ROWS: dict[str, Row] = {
-    "CE": Row("ce", _CE),
-    "Label Shift (MAPLS)": Row("ce", _CE, posthoc="mapls"),
-    "Label Shift (MLLS)": Row("ce", _CE, posthoc="mlls"),
-    "Label Shift (BBSE)": Row("ce", _CE, posthoc="bbse"),
-    "Label Shift (MAPLS + BCTS)": Row("ce", _CE, posthoc="mapls", bcts=True),
-    "Label Shift (MLLS + BCTS)": Row("ce", _CE, posthoc="mlls", bcts=True),
-    "logit adjustment (post-hoc)": Row("ce", _CE, posthoc="logit_adjust"),
-    "cRT": Row("ce", _CE, stage={**_DECOUPLED, "stage.reset_head": True}),
-    "LWS": Row("ce", _CE, stage={**_DECOUPLED, "stage.lws": True}),
-    "balanced softmax": Row("bs", {"loss.name": "balanced_softmax"}),
-    "ProCo": Row("proco", {"loss.name": "logit_adjusted", "proco.enabled": True}),
-}
-DEFAULT_ROWS = (
-    "CE",
-    "Label Shift (MAPLS)",
-    "logit adjustment (post-hoc)",
-    "cRT",
-    "balanced softmax",
-    "ProCo",
-)
+SAM = SAM_TWIN
+#: The row labels, in table order.
+ROWS: tuple[str, ...] = tuple(r.label for r in BASELINES)
+DEFAULT_ROWS = DEFAULT_BASELINES
 
 
 def table_keys(names: list[str]) -> list[str]:
@@ -84,16 +39,10 @@ def _key(name: str, sam: bool) -> str:
     return f"{name} {SAM}" if sam else name
 
 
-def _variants(sam: bool) -> tuple[str, dict]:
-    name = SAM if sam else "baseline"
-    return name, VARIANTS[name]
-
-
-def _first_stage(base: Config, row: Row, sam: bool, seed: int, tag: str) -> Config:
-    variant, overrides = _variants(sam)
-    return replace(
-        base, **row.train, **overrides, seed=seed, run_name=f"{tag}-{row.loss}-{_slug(variant)}-seed{seed}"
-    )
+def _twins(row: Baseline) -> list[tuple[str, str, dict]]:
+    """(table key, ablation row, first-stage overrides) of a row's plain and "+SAM" versions."""
+    variants = {r.label: r.overrides for r in ABLATION}
+    return [(_key(row.label, sam), v, {**row.train, **variants[v]}) for sam, v in ((False, PLAIN), (True, SAM))]
 
 
 def run_rows(
@@ -112,48 +61,42 @@ def run_rows(
 
     Args:
         base: the base config (data, model, optimiser; a ``fusion.store`` for the +SAM rows).
-        rows: names in :data:`ROWS` (default :data:`DEFAULT_ROWS`).
+        rows: labels in :data:`ROWS` (default :data:`DEFAULT_ROWS`).
         stage_epochs: epochs of second stages (default half the first stage's, at least 1).
         train_missing: False = tabulate finished runs only (post-hoc rows are still computed).
     """
+    chosen = pick(BASELINES, rows, DEFAULT_ROWS, "baseline row")
+    tag = tag or base.data.name
+    stage_epochs = stage_epochs or max(1, base.optim.epochs // 2)
+    grid = []
+    for row in chosen:
+        for key, variant, overrides in _twins(row):
+            # the first stage is the ablation grid's run of the same family and variant
+            first = cells(base, [(variant, overrides, row)], seeds, out_dir, f"{tag}-{row.family}")
+            grid += [Cell(key, c.seed, c.cfg, row) for c in first]
+
+    def obtain(cell: Cell) -> dict | None:
+        return _obtain(cell, stage_epochs, progress, train_missing)
+
+    return run_cells(grid, obtain, log)
+
+
+def _obtain(cell: Cell, stage_epochs: int, progress: bool, train_missing: bool) -> dict | None:
+    """A cell's test metrics: its first-stage run's, corrected post hoc or after a second stage."""
     from lvmlt.calibration.run import calibrate_run
     from lvmlt.training.trainer import run_dir_for
 
-    names = list(rows or DEFAULT_ROWS)
-    for n in names:
-        if n not in ROWS:
-            raise UserError(f"unknown baseline row {n!r}", fix=f"choose from: {', '.join(ROWS)}")
-    base = replace(base, out_dir=str(out_dir))
-    tag = tag or base.data.name
-    stage_epochs = stage_epochs or max(1, base.optim.epochs // 2)
-    results: dict[str, list[dict]] = {}
-    t0 = time.time()
-    for n in names:
-        row = ROWS[n]
-        for sam in (False, True):
-            key = _key(n, sam)
-            results[key] = []
-            for s in seeds:
-                first = _first_stage(base, row, sam, s, tag)
-                m = run_metrics(first, progress, train_missing)
-                if m is None:
-                    continue
-                if row.posthoc:
-                    entry = calibrate_run(
-                        run_dir_for(first), row.posthoc, source_prior=row.source_prior, bcts=row.bcts
-                    )
-                    m = entry["test"]
-                elif row.stage:
-                    stage = replace(
-                        first,
-                        **row.stage,
-                        **{"stage.init_from": str(run_dir_for(first)), "optim.epochs": stage_epochs},
-                        **{"optim.warmup_epochs": 0},
-                        run_name=f"{first.run_name}-{_slug(n)}",
-                    )
-                    m = run_metrics(stage, progress, train_missing)
-                    if m is None:
-                        continue
-                results[key].append({"seed": s, **m})
-                log(f"{key} seed {s}: test top1 {m['top1']:.2f}  (elapsed {time.time() - t0:.0f}s)")
-    return {k: v for k, v in results.items() if v}
+    row: Baseline = cell.recipe
+    first = cell.cfg
+    m = run_metrics(first, progress, train_missing)
+    if m is None or not (row.posthoc or row.stage):
+        return m
+    if row.posthoc:
+        return calibrate_run(run_dir_for(first), row.posthoc, source_prior=row.source_prior, bcts=row.bcts)["test"]
+    stage = replace(
+        first,
+        **row.stage,
+        **{"stage.init_from": str(run_dir_for(first)), "optim.epochs": stage_epochs, "optim.warmup_epochs": 0},
+        run_name=f"{first.run_name}-{slug(row.label)}",
+    )
+    return run_metrics(stage, progress, train_missing)

@@ -1,12 +1,17 @@
-"""``lvmlt ablate`` (the paper's ablation grid for one baseline) and ``lvmlt baselines``
-(each baseline alone and with the SAM features and prototype loss)."""
+"""The experiment commands: ``lvmlt ablate`` (the paper's ablation grid for one baseline),
+``lvmlt baselines`` (each baseline alone and with the SAM features and prototype loss) and
+``lvmlt compare`` (the other systems side by side). Their rows are the tables of
+:mod:`lvmlt.experiments.recipes`, run by :mod:`lvmlt.experiments.grid`."""
 
 from __future__ import annotations
+
+import shlex
 
 
 def cmd_ablate(args) -> int:
     from lvmlt.config import load_config
-    from lvmlt.experiments.ablate import VARIANTS, run_grid, write_tables
+    from lvmlt.experiments.ablate import VARIANTS, run_grid
+    from lvmlt.experiments.tables import write_tables
 
     base = load_config(args.config, args.overrides)
     variants = args.variants.split(",") if args.variants else list(VARIANTS)
@@ -78,8 +83,8 @@ def _table_options(p) -> None:
 
 def cmd_baselines(args) -> int:
     from lvmlt.config import load_config
-    from lvmlt.experiments.ablate import write_tables
     from lvmlt.experiments.baselines import DEFAULT_ROWS, run_rows, table_keys
+    from lvmlt.experiments.tables import write_tables
 
     base = load_config(args.config, args.overrides)
     rows = args.rows.split(",") if args.rows else None
@@ -108,18 +113,104 @@ def _kept(args, results: dict, prefix: str, order: list[str], seeds: tuple[int, 
         return results
     from pathlib import Path
 
-    from lvmlt.experiments.ablate import keep_committed
+    from lvmlt.experiments.tables import keep_committed
 
     return keep_committed(results, Path(prefix).with_suffix(".csv"), order, seeds)
 
 
 def _row_names():
-    from lvmlt.experiments.baselines import ROWS
+    from lvmlt.experiments.recipes import BASELINES
 
-    return list(ROWS)
+    return [r.label for r in BASELINES]
 
 
 def _variant_names():
-    from lvmlt.experiments.ablate import VARIANTS
+    from lvmlt.experiments.recipes import ABLATION
 
-    return list(VARIANTS)
+    return [r.label for r in ABLATION]
+
+
+# ----------------------------------------------------------------------------- lvmlt compare
+
+
+def add_compare_parser(sub) -> None:
+    """The ``compare`` subcommand's options (added by :func:`lvmlt.experiments.compare.add_parsers`)."""
+    from lvmlt.experiments.compare import DEFAULT_OUT, DEFAULT_RUNS, GROUPS, IFL_EPOCHS
+
+    p = sub.add_parser(
+        "compare",
+        help="the other systems side by side over seeds (probe, synthetic features, SciLT, IFL)",
+        description="Compare the other systems (linear probe, synthetic latent features, SciLT fusion, IFL) "
+        "on one dataset over seeds, each an ordinary run; writes markdown + CSV tables.",
+    )
+    p.add_argument("--dataset", required=True, help="a built-in dataset (elpv, fashion-mnist-lt, mnist-lt, ...)")
+    p.add_argument("--store", help="feature store made by `lvmlt extract` for this dataset (levels for SciLT)")
+    p.add_argument(
+        "--systems",
+        help=f"comma-separated groups from {', '.join(GROUPS)} (default: every group the data allows: "
+        "probe,synthetic; scilt when the store holds its levels; ifl when the dataset has a GLT protocol)",
+    )
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds; one run per system and seed (default 0,1,2)")
+    p.add_argument("--config", help="base YAML config (data, model and optim sections for the IFL CNN runs)")
+    p.add_argument(
+        "--out", default=DEFAULT_OUT,
+        help=f"folder for <dataset>.md and .csv (default {DEFAULT_OUT}; the committed tables are in "
+        "benchmarks/results/other-systems, written there only when you pass it)",
+    )  # fmt: skip
+    p.add_argument("--runs-dir", default=DEFAULT_RUNS, help="folder for the runs (finished ones are reused)")
+    p.add_argument(
+        "--ifl-epochs", type=int, default=IFL_EPOCHS,
+        help=f"epochs of the GLT CNN runs (default {IFL_EPOCHS}; an optim.epochs=N override sets them too)",
+    )  # fmt: skip
+    p.add_argument("--note", default="", help="a sentence added after the store's provenance (e.g. its extraction time)")
+    p.add_argument(
+        "--threads", type=int, default=1,
+        help="torch intra-op threads of every run (default 1: the tiny heads gain nothing from more)",
+    )  # fmt: skip
+    p.add_argument("--progress", action="store_true", help="show each run's progress bars (default: one line per run)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides of every run (win over the recipes)")
+    p.set_defaults(func=cmd_compare)
+
+
+def command_line(args) -> str:
+    """The command that reproduces ``args``, written into the report."""
+    from lvmlt.experiments.compare import DEFAULT_OUT, DEFAULT_RUNS, IFL_EPOCHS
+
+    parts = ["lvmlt", "compare", "--dataset", args.dataset]
+    for flag, value, default in (
+        ("--store", args.store, None),
+        ("--systems", args.systems, None),
+        ("--seeds", args.seeds, "0,1,2"),
+        ("--config", args.config, None),
+        ("--out", args.out, DEFAULT_OUT),
+        ("--runs-dir", args.runs_dir, DEFAULT_RUNS),
+        ("--ifl-epochs", args.ifl_epochs, IFL_EPOCHS),
+        ("--note", args.note, ""),
+    ):
+        if value != default:
+            parts += [flag, str(value)]
+    return " ".join(shlex.quote(a) for a in [*parts, *(args.overrides or [])])
+
+
+def cmd_compare(args) -> int:
+    import torch
+
+    from lvmlt.experiments.compare import run_comparison
+
+    torch.set_num_threads(args.threads)
+    md = run_comparison(
+        args.dataset,
+        args.store,
+        seeds=parse_seeds(args.seeds),
+        systems=args.systems.split(",") if args.systems else None,
+        config=args.config,
+        overrides=args.overrides,
+        out=args.out,
+        runs_dir=args.runs_dir,
+        ifl_epochs=args.ifl_epochs,
+        command=command_line(args),
+        extraction_note=args.note,
+        progress=args.progress,
+    )
+    print(md)
+    return 0
