@@ -47,9 +47,6 @@ def npy_name(key: str) -> str:
     return f"{key}.npy"
 
 
-sha256_file = file_sha256  # the name export and older callers use
-
-
 def verify(root: Path) -> dict:
     """The manifest, after checking that every file it lists is present and unchanged."""
     path = root / MANIFEST
@@ -66,7 +63,7 @@ def verify(root: Path) -> dict:
             raise UserError(f"{path} lists a file outside the bundle ({name})", fix="export the bundle again")
         if not f.is_file():
             raise UserError(f"bundle {root} lacks {name}", fix="copy the whole bundle directory, or export it again")
-        if f.stat().st_size != rec["bytes"] or sha256_file(f) != rec["sha256"]:
+        if f.stat().st_size != rec["bytes"] or file_sha256(f) != rec["sha256"]:
             raise UserError(f"bundle file {f} is damaged (its sha256 differs from the manifest)",
                             fix="copy the bundle again, or export it again")
     return manifest

@@ -93,9 +93,7 @@ def _write_data(model, tmp: Path, arrays: dict) -> None:
 
 
 def _write_manifest(tmp: Path, spec: dict) -> dict:
-    from lvmlt.deploy.bundle import sha256_file
-
-    files = {p.name: {"bytes": p.stat().st_size, "sha256": sha256_file(p)} for p in sorted(tmp.iterdir())}
+    files = {p.name: {"bytes": p.stat().st_size, "sha256": rundir.file_sha256(p)} for p in sorted(tmp.iterdir())}
     manifest = {
         "format": BUNDLE_FORMAT,
         "lvmlt_version": __version__,
