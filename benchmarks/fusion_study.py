@@ -67,7 +67,7 @@ def _branches(run_dir: Path) -> dict:
 def row_result(run_dir: Path, alpha) -> dict | None:
     """Val and test metrics of one run at the row's alpha; None if the run has not finished."""
     from lvmlt.evaluation.metrics import choose_alpha, compute_metrics
-    from lvmlt.models.classifier import mix_branches
+    from lvmlt.outputs import mix_branches
 
     try:
         m = json.loads((run_dir / "metrics.json").read_text())

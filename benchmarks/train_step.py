@@ -31,10 +31,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine_header  # noqa: E402
 
-from lvmlt import hardware  # noqa: E402
+from lvmlt import (
+    hardware,  # noqa: E402
+    systems,  # noqa: E402
+)
 from lvmlt.config import load_config  # noqa: E402
-from lvmlt.losses.terms import build_terms  # noqa: E402
-from lvmlt.models.classifier import build_model  # noqa: E402
+from lvmlt.losses.terms import TermParts, build_terms  # noqa: E402
+from lvmlt.systems import build_model  # noqa: E402
 from lvmlt.training.runtime import autocast  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,7 +67,8 @@ class Step:
         self.model = build_model(cfg, classes)
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.terms = build_terms(cfg, counts, self.model)
+        outputs = systems.of(cfg).outputs(cfg)
+        self.terms = build_terms(cfg, TermParts.of(cfg, counts, self.model.embedding_dim, outputs))
         params = [p for p in list(self.model.parameters()) + list(self.terms.parameters()) if p.requires_grad]
         self.opt = torch.optim.SGD(params, lr=0.01, momentum=0.9)
         self.model.train()

@@ -2,8 +2,8 @@ import torch
 
 from lvmlt.config import load_config
 from lvmlt.models.backbones import BACKBONES, build_backbone
-from lvmlt.models.classifier import build_model
 from lvmlt.models.fusion import LatentFusion, MapFusion, normalise_map
+from lvmlt.systems import build_model
 
 
 def _batch(b=3, size=32, seed=0):
@@ -73,7 +73,7 @@ def test_alpha_one_reproduces_plain_backbone_logits():
     assert not torch.allclose(fused(b)["logits"], plain(b)["logits"])
 
 
-def test_full_model_all_options_and_sam_only():
+def test_full_model_all_options_and_the_probe():
     cfg = load_config(None, ["model.backbone=resnet8", "fusion.latent=true", "fusion.map=true", "fusion.map_stage=1", "model.dropout=0.5"])
     m = build_model(cfg, 7)
     assert m.needs == {"image", "sam_map", "sam_vec"}
@@ -81,8 +81,8 @@ def test_full_model_all_options_and_sam_only():
     assert out["logits"].shape == (3, 7)
     out["logits"].sum().backward()
     assert m.map_fusion.conv.weight.grad is not None
-    only = build_model(load_config(None, ["fusion.sam_only=true"]), 7)
-    assert only.backbone is None and only.needs == {"sam_vec"}
+    only = build_model(load_config(None, ["system=sam_probe"]), 7)
+    assert not hasattr(only, "backbone") and only.needs == {"sam_vec"}
     assert only(_batch())["logits"].shape == (3, 7)
     # the probe standardises each dimension: a shared offset and scale change nothing
     only.eval()
@@ -95,8 +95,10 @@ def test_full_model_all_options_and_sam_only():
 
 
 def test_one_cosine_head_one_lws_and_the_probe_without_batchnorm():
-    from lvmlt.models.classifier import LTClassifier, apply_stage
+    from lvmlt import systems
     from lvmlt.models.heads import ClassScale, CosineClassifier
+    from lvmlt.models.probe import LinearProbe
+    from lvmlt.models.stage import apply_stage
 
     torch.manual_seed(0)
     x = torch.randn(4, 8)
@@ -112,12 +114,15 @@ def test_one_cosine_head_one_lws_and_the_probe_without_batchnorm():
     torch.testing.assert_close(lws(z), z * torch.tensor([1.0, 2.0, 0.5]))
     # Without its BatchNorm the linear probe is FC(v), the feature dataset normalising v (cl2n):
     # the head of the synthetic-feature system.
-    probe = LTClassifier(None, 3, sam_dim=8, sam_norm="cl2n")
+    probe = LinearProbe(8, 3, norm="cl2n")
     torch.testing.assert_close(probe({"sam_vec": x})["logits"], probe.head(x))
-    assert sum(p.numel() for p in probe.parameters()) == 8 * 3 + 3 and probe.feature_norms == {"sam_vec": "cl2n"}
-    assert LTClassifier(None, 3, sam_dim=8).feature_norms == {}  # the paper's probe: BatchNorm in the model
+    cl2n = load_config(None, ["system=synthetic_probe", "fusion.sam_norm=cl2n"])
+    assert sum(p.numel() for p in probe.parameters()) == 8 * 3 + 3
+    assert systems.of(cl2n).spec(cl2n, 3, {}).norms == {"sam_vec": "cl2n"}
+    paper = load_config(None, ["system=sam_probe"])
+    assert systems.of(paper).spec(paper, 3, {}).norms == {}  # the paper's probe: BatchNorm in the model
     # An LWS checkpoint from before ClassScale (the scales under "class_scale") still loads.
-    cfg = load_config(None, ["fusion.sam_only=true", "stage.lws=true"])
+    cfg = load_config(None, ["system=sam_probe", "stage.lws=true"])
     m = build_model(cfg, 3)
     apply_stage(m, cfg.stage)
     state = {k: v for k, v in m.state_dict().items() if not k.startswith("class_scale")}

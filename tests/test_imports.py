@@ -23,7 +23,8 @@ import lvmlt
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     # errors, the registry, the config and low-level helpers used by training and extraction alike
     ("base", ("lvmlt", "lvmlt.errors", "lvmlt.registry", "lvmlt.config",
-              "lvmlt.distributed", "lvmlt.hardware", "lvmlt.rundir", "lvmlt.inputs", "lvmlt.safepickle", "lvmlt.locks")),
+              "lvmlt.distributed", "lvmlt.hardware", "lvmlt.rundir", "lvmlt.inputs", "lvmlt.safepickle", "lvmlt.locks",
+              "lvmlt.outputs", "lvmlt.systems")),
     # images in, encoders
     ("inputs", ("lvmlt.data", "lvmlt.encoders")),
     # the pieces a run is made of and what reads its outputs
@@ -31,7 +32,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     # the one trainer
     ("training", ("lvmlt.training",)),
     # systems built on the trainer, grids of runs and their reports
-    ("systems", ("lvmlt.methods", "lvmlt.experiments", "lvmlt.reporting", "lvmlt.deploy")),
+    ("applications", ("lvmlt.methods", "lvmlt.experiments", "lvmlt.reporting", "lvmlt.deploy")),
     # the command line
     ("cli", ("lvmlt.cli", "lvmlt.__main__")),
 ]

@@ -232,7 +232,8 @@ def test_a_checkpoint_with_a_pickled_object_is_refused(run, tmp_path, capsys):
     assert "pickled Python object" in line and str(rd / rundir.BEST) in line
     assert "unpickled" not in capsys.readouterr().out
     from lvmlt.config import load_config
-    from lvmlt.models.classifier import apply_stage, build_model
+    from lvmlt.models.stage import apply_stage
+    from lvmlt.systems import build_model
 
     cfg = load_config(None, ["model.backbone=resnet8", f"stage.init_from={rd}"])
     with pytest.raises(UserError, match="pickled Python object"):

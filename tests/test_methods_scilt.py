@@ -10,9 +10,10 @@ import torch
 from torch import nn
 
 from helpers import feature_bundle, write_store
+from lvmlt import systems
 from lvmlt.config import SciLTConfig, load_config
 from lvmlt.errors import UserError
-from lvmlt.losses.terms import build_terms
+from lvmlt.losses.terms import TermParts, build_terms
 from lvmlt.methods.scilt import LoRALinear, apply_lora, build_encoder_scilt
 from lvmlt.models.heads import count_trainable
 from lvmlt.models.scilt import AdaptiveFusion, SciLTHead, inference_logits
@@ -50,9 +51,9 @@ def test_dual_supervision_is_the_weighted_sum_of_per_head_cross_entropies():
         "level_logits": [torch.tensor([[1.0, 1.0], [3.0, 0.0]]), torch.tensor([[0.0, 0.0], [0.0, 2.0]])],
     }
     batch = {"label": torch.tensor([0, 1])}
-    base = load_config(None)
-    cfg = dataclasses.replace(base, scilt=dataclasses.replace(base.scilt, enabled=True, aux_weight=0.5))
-    terms = build_terms(cfg, np.array([5, 5]), None)  # the trainer's objective: value x weight, summed
+    cfg = load_config(None, ["system=scilt", "scilt.aux_weight=0.5"])
+    parts = TermParts.of(cfg, np.array([5, 5]), 8, systems.of(cfg).outputs(cfg))
+    terms = build_terms(cfg, parts)  # the trainer's objective: value x weight, summed
     values = {name: (v, t.weight) for name, t in terms.items() for name, v in t(out, batch).items()}
 
     def ce_hand(z, k):  # -log softmax(z)[k]

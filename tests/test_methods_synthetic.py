@@ -10,7 +10,7 @@ import torch
 from helpers import feature_bundle, write_store
 from lvmlt.config import SyntheticConfig, load_config
 from lvmlt.errors import UserError
-from lvmlt.features.dataset import FeatureNorm, build_splits
+from lvmlt.features.dataset import FeatureNorm
 from lvmlt.features.synthetic import (
     estimate_kappa,
     fit_class_distributions,
@@ -19,7 +19,7 @@ from lvmlt.features.synthetic import (
     sample_vmf,
     synthesize,
 )
-from lvmlt.training.trainer import build_run, open_store, train
+from lvmlt.training.trainer import build_run, train
 
 torch.set_num_threads(1)
 
@@ -163,7 +163,7 @@ def test_probe_and_synthetic_report_params_and_borrowing(tmp_path):
     bundle, store = _store(tmp_path, feats, labels)
     th = ["eval.many_threshold=50", "eval.few_threshold=10", "optim.epochs=20"]
     probe = train(_probe_cfg(tmp_path, store, *th, "run_name=probe"), bundle=bundle, progress=False)
-    cfg = _probe_cfg(tmp_path, store, *th, "synthetic.enabled=true", "run_name=syn")
+    cfg = _probe_cfg(tmp_path, store, *th, "system=synthetic_probe", "run_name=syn")
     syn = train(cfg, bundle=bundle, progress=False)
     assert probe["trainable_params"] == syn["trainable_params"] == 16 * 3 + 3
     assert syn["test"]["group_sizes"] == {"many": 1, "medium": 1, "few": 1}  # by the real counts
@@ -177,12 +177,9 @@ def test_probe_and_synthetic_report_params_and_borrowing(tmp_path):
     np.testing.assert_allclose(np.linalg.norm(run.splits["train"].x_syn, axis=1), 1.0, atol=1e-5)  # cl2n sphere
 
 
-def test_synthetic_features_need_the_probe_on_stored_vectors(tmp_path):
-    from lvmlt.models.classifier import build_model
-
-    y = np.repeat(np.arange(2), 4)
-    x = np.random.default_rng(0).normal(size=(8, 4)).astype(np.float32)
-    bundle, store = _store(tmp_path, {"train": x, "val": x, "test": x}, {"train": y, "val": y, "test": y})
-    cfg = load_config(None, ["synthetic.enabled=true", f"fusion.store={store}", "fusion.latent=true"])
-    with pytest.raises(UserError, match="synthetic.enabled needs a model on stored v_SAM"):
-        build_splits(cfg, bundle, open_store(cfg), build_model(cfg, 2, feature_dims={"sam_vec": 4}))
+def test_synthetic_features_need_the_probe_on_stored_vectors():
+    # Checked once, when the config loads: the top-up belongs to the probe, not to a fused CNN.
+    with pytest.raises(UserError, match="system=synthetic_probe: .*a probe has no CNN"):
+        load_config(None, ["system=synthetic_probe", "fusion.store=S", "fusion.latent=true"])
+    with pytest.raises(UserError, match="vmf needs unit-norm features"):
+        load_config(None, ["system=synthetic_probe", "synthetic.distribution=vmf"])

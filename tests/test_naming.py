@@ -15,7 +15,8 @@ from lvmlt.training.naming import default_run_name
          "elpv-cnn+sam_map+sam_latent-ce+l_proto-seed0"),
         (["loss.name=balanced_softmax", "ifl.enabled=true", "seed=2"], "elpv-cnn-balanced_softmax+ifl-seed2"),
         (["fusion.store=S", "fusion.sam_only=true", "synthetic.enabled=true"], "elpv-synthetic_probe-ce-seed0"),
-        (["fusion.store=S", "scilt.enabled=true", "loss.name=logit_adjusted"], "elpv-scilt-logit_adjusted-seed0"),
+        (["fusion.store=S", "system=scilt", "loss.name=logit_adjusted"], "elpv-scilt-logit_adjusted-seed0"),
+        (["fusion.store=S", "system=sam_probe", "stage.lws=true"], "elpv-sam_probe-lws-ce-seed0"),
         (["loss.name=logit_adjusted", "proco.enabled=true"], "elpv-cnn-logit_adjusted+proco-seed0"),
         (["stage.init_from=runs/x", "stage.lws=true", "data.sampler=class_balanced"],
          "elpv-cnn-lws-ce-sampler_class_balanced-seed0"),
@@ -35,7 +36,7 @@ def test_the_documented_collisions_are_gone():
         [],
         ["loss.name=balanced_softmax", "ifl.enabled=true"],
         ["fusion.store=S", "fusion.map=true", "fusion.latent=true", "proto.enabled=true"],
-        ["fusion.store=S", "fusion.sam_only=true", "fusion.sam_norm=cl2n", "synthetic.enabled=true"],
+        ["fusion.store=S", "system=synthetic_probe", "fusion.sam_norm=cl2n"],
     ]
     names = [default_run_name(load_config("configs/elpv.yaml", c)) for c in cfgs]
     assert len(set(names)) == len(names)

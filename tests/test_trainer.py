@@ -72,10 +72,10 @@ def test_resume_compares_only_the_sections_the_run_uses():
     assert used_sections(proto_a)["proto"] != used_sections(proto_b)["proto"]
     assert "proto" not in used_sections(plain) and "data" in used_sections(plain)
     # Each method owns its section: compared once the run uses the method.
-    scilt_a = to_dict(load_config(None, ["scilt.enabled=true"]))
-    scilt_b = to_dict(load_config(None, ["scilt.enabled=true", "scilt.dim=3"]))
+    scilt_a = to_dict(load_config(None, ["system=scilt"]))
+    scilt_b = to_dict(load_config(None, ["system=scilt", "scilt.dim=3"]))
     assert used_sections(scilt_a)["scilt"] != used_sections(scilt_b)["scilt"]
-    assert "synthetic" in used_sections(to_dict(load_config(None, ["synthetic.enabled=true"])))
+    assert "synthetic" in used_sections(to_dict(load_config(None, ["system=synthetic_probe"])))
     assert not {"scilt", "synthetic"} & set(used_sections(plain))
     old = {k: v for k, v in plain.items() if k != "ifl"}  # a run saved before a section existed
     assert used_sections(old) == {k: v for k, v in used_sections(plain).items()}
@@ -163,7 +163,7 @@ def test_fusion_training_reads_the_feature_store_and_checks_it(tmp_path):
     other.train.labels[0] = 2
     with pytest.raises(UserError, match="feature store .* does not match"):
         Trainer(_cfg(tmp_path / "o", f"fusion.store={store}", "fusion.latent=true"), bundle=other, progress=False)
-    with pytest.raises(UserError, match="need a feature store"):
+    with pytest.raises(UserError, match="needs a feature store"):
         Trainer(_cfg(tmp_path / "n", "fusion.latent=true"), bundle=toy_bundle(), progress=False)
 
 
@@ -200,7 +200,7 @@ def test_dual_supervision_and_alpha_chosen_on_validation(tmp_path):
     np.testing.assert_allclose(p["test_logits"], 0.5 * p["test_z_sam"] + 0.5 * p["test_z_cnn"], rtol=1e-5, atol=1e-5)
     with pytest.raises(UserError, match="latent fusion's two branches"):
         Trainer(_cfg(tmp_path / "x", f"fusion.store={store}", "fusion.alpha_select=val"), bundle=bundle, progress=False)
-    with pytest.raises(UserError, match="unknown fusion.alpha_select"):
+    with pytest.raises(UserError, match="fusion.alpha_select='test' must be one of fixed, val"):
         Trainer(_cfg(tmp_path / "y", *fused, "fusion.alpha_select=test"), bundle=bundle, progress=False)
 
 
@@ -227,7 +227,8 @@ def test_a_run_saved_before_the_trainer_took_over_the_other_systems_still_loads(
     path = tmp_path / "r" / "config.yaml"
     saved = yaml.safe_load(path.read_text())
     c = saved["config"]
-    del c["optim"]["name"], c["synthetic"]["enabled"], c["scilt"]["enabled"]  # keys added since
+    del c["optim"]["name"], c["system"]  # keys added since
+    c["fusion"]["sam_only"] = c["synthetic"]["enabled"] = c["scilt"]["enabled"] = False  # mode flags of then
     c["synthetic"] |= {"features": "cl2n", "loss": "auto", "epochs": 100}  # keys retired since
     c["scilt"] |= {"loss": "logit_adjusted", "lr": 0.01}
     path.write_text(yaml.safe_dump(saved, sort_keys=False))

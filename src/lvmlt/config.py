@@ -19,6 +19,7 @@ from pathlib import Path
 import yaml
 
 from lvmlt.errors import UserError
+from lvmlt.inputs import SAM_NORMS
 
 
 @dataclass(frozen=True)
@@ -110,7 +111,8 @@ class EvalConfig:
 
 @dataclass(frozen=True)
 class FusionConfig:
-    """Which frozen SAM features enter the model (section III.A of the paper)."""
+    """Which frozen SAM features enter the model (section III.A of the paper): the settings of
+    ``system=cnn``'s fusion and of the probes (``sam_norm``); ``store`` serves every system."""
 
     store: str | None = None  # feature store directory made by `lvmlt extract`
     map: bool = False  # SAM map feature fused into a backbone stage (eq. 1-2)
@@ -119,9 +121,8 @@ class FusionConfig:
     alpha: float = 0.5  # logits = (1 - alpha) z_SAM + alpha z_CNN
     latent_dim: int = 256  # token width of the self-attention block
     heads: int = 4
-    sam_only: bool = False  # no CNN: a linear classifier on the SAM vector (table III)
-    # sam_only: what v_SAM passes before the FC: batchnorm (parameter-free, the paper's probe), or a
-    # fixed map fitted on the training split (features/dataset.py): cl2n (centre, then L2) | l2 | standardize | raw
+    # system=sam_probe / synthetic_probe: what v_SAM passes before the FC: batchnorm (parameter-free,
+    # the paper's probe), or a fixed map fitted on the training split: cl2n (centre, then L2) | l2 | standardize | raw
     sam_norm: str = "batchnorm"
     # Beyond the paper (docs/methods.md, "A fused model never worse than its parts"). With latent:
     # aux_weight > 0 adds the run's loss on z_CNN and on z_SAM alone (dual supervision), times this;
@@ -182,13 +183,12 @@ class SyntheticConfig:
 
     Sharma 2025 gives no sampling recipe; every default here is [ours]
     (docs/methods-other.md, "Synthetic tail features in the latent space").
-    On: the training split of a linear probe on stored v_SAM (``fusion.sam_only=true``)
+    ``system=synthetic_probe``: the training split of a linear probe on stored v_SAM
     gets the synthetic features, sampled after the probe's normalisation
     (``fusion.sam_norm``, cl2n in the recipe); the head is trained by the trainer
     (``optim.*``, ``loss.*`` on the real + synthetic counts).
     """
 
-    enabled: bool = False
     distribution: str = "gaussian"  # gaussian (shrunk covariance) | vmf (needs cl2n or l2)
     shrinkage: float = -1.0  # covariance shrinkage towards (tr S / d) I in [0, 1]; -1 = Ledoit-Wolf
     n_min: int = 50  # classes with fewer real samples borrow head-class statistics
@@ -205,11 +205,10 @@ class SciLTConfig:
 
     Only the abstract is public: the fusion form, heads, loss weights and schedule are
     [ours] (docs/methods-other.md, "SciLT"). Levels are pooled encoder stages from the
-    feature store (``fusion.store``). On: the model is the fusion head (models/scilt.py), its per-level
+    feature store (``fusion.store``). ``system=scilt``: the model is the fusion head (models/scilt.py), its per-level
     heads trained with ``loss.*`` times ``aux_weight`` (losses/scilt.py), by the trainer.
     """
 
-    enabled: bool = False
     levels: tuple[str, ...] = ("stage3", "stage4")  # penultimate first; "vec" = v_SAM (the neck)
     gate: str = "sample"  # sample (one weight per level and image) | channel | fixed (uniform average)
     dim: int = 0  # common width the levels are projected to; 0 = none (the levels' widths must match)
@@ -242,6 +241,7 @@ class IFLConfig:
 
 @dataclass(frozen=True)
 class Config:
+    system: str = "cnn"  # what is trained: cnn | sam_probe | synthetic_probe | scilt (lvmlt/systems.py)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
@@ -268,14 +268,18 @@ def _any(section: str, *keys: str):
     return lambda c: any(bool((c.get(section) or {}).get(k)) for k in keys)
 
 
+def _system(*names: str):
+    return lambda c: c.get("system", "cnn") in names
+
+
 SECTION_USED = {
-    "fusion": _any("fusion", "store", "map", "latent", "sam_only"),
+    "fusion": lambda c: _any("fusion", "store", "map", "latent")(c) or _system("sam_probe", "synthetic_probe")(c),
     "proto": _any("proto", "enabled"),
     "proco": _any("proco", "enabled"),
     "ifl": _any("ifl", "enabled"),
     "stage": _any("stage", "init_from", "freeze_backbone", "lws", "reset_head"),
-    "synthetic": _any("synthetic", "enabled"),
-    "scilt": _any("scilt", "enabled"),
+    "synthetic": _system("synthetic_probe"),
+    "scilt": _system("scilt"),
 }
 
 
@@ -290,11 +294,47 @@ RETIRED_KEYS = {
 
 
 def without_retired(d: dict) -> dict:
-    """A config dict (``to_dict`` form) without the :data:`RETIRED_KEYS` of older versions."""
+    """A config dict (``to_dict`` form) without the :data:`RETIRED_KEYS` of older versions,
+    its mode flags read as the ``system`` they chose (:func:`with_system`)."""
     out = dict(d)
     for section, keys in RETIRED_KEYS.items():
         if isinstance(out.get(section), dict):
             out[section] = {k: v for k, v in out[section].items() if k not in keys}
+    return with_system(out)
+
+
+# The mode flags of older lvmlt, each read as the systems it allows (the first unless the
+# ``system`` key names another of them), in a config file, an override or a run directory's
+# config.yaml: section, key, systems.
+LEGACY_FLAGS = (
+    ("fusion", "sam_only", ("sam_probe", "synthetic_probe")),
+    ("synthetic", "enabled", ("synthetic_probe",)),
+    ("scilt", "enabled", ("scilt",)),
+)
+
+
+def with_system(d: dict) -> dict:
+    """``d`` (a config dict) with the :data:`LEGACY_FLAGS` removed and ``system`` set from them.
+
+    Raises:
+        UserError: the flags, or a flag and the ``system`` key, ask for different systems.
+    """
+    out, allowed, flags = dict(d), None, []
+    for section, key, names in LEGACY_FLAGS:
+        if isinstance(out.get(section), dict) and key in out[section]:
+            out[section] = {k: v for k, v in out[section].items() if k != key}
+            if d[section][key]:
+                flags.append(f"{section}.{key}")
+                allowed = list(names) if allowed is None else [n for n in names if n in allowed]
+    if allowed is None:
+        return out
+    asked = out.get("system", allowed[0] if allowed else None)
+    if asked not in allowed:
+        raise UserError(
+            f"{' and '.join(flags)} (mode flags of older lvmlt) do not fit system={asked}",
+            fix=f"name the system alone: system={allowed[0] if allowed else 'cnn|sam_probe|synthetic_probe|scilt'}",
+        )
+    out["system"] = asked
     return out
 
 
@@ -315,6 +355,14 @@ _BELOW_ONE: _Check = (lambda v, c: 0 <= v < 1, "in [0, 1)")
 
 def _at_least(n: int) -> _Check:
     return (lambda v, c: v >= n, f"at least {n}")
+
+
+def _one_of(choices: tuple[str, ...]) -> _Check:
+    return (lambda v, c: v in choices, "one of " + ", ".join(choices))
+
+
+#: ``fusion.alpha_select``: keep the configured alpha, or choose it on validation after training.
+ALPHA_SELECT = ("fixed", "val")
 
 
 def _one_folder(name: str) -> bool:
@@ -358,6 +406,8 @@ CHECKS: dict[str, _Check] = {
         "at least 1 and divide fusion.latent_dim",
     ),
     "fusion.aux_weight": _NON_NEGATIVE,
+    "fusion.alpha_select": _one_of(ALPHA_SELECT),
+    "fusion.sam_norm": _one_of(SAM_NORMS),
     "proto.beta": _NON_NEGATIVE,
     "proto.bank_size": _at_least(1),
     "proto.eps": _POSITIVE,
@@ -523,7 +573,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     for o in overrides or []:
         keys, value = _parse_override(o)
         _merge(values, keys, value)
-    return _checked(_build(cls, values))
+    return _checked(_build(cls, with_system(values) if cls is Config else values))
 
 
 def to_dict(cfg) -> dict:
@@ -544,8 +594,13 @@ def replace(cfg, **dotted):
     d = to_dict(cfg)
     for k, v in dotted.items():
         _merge(d, k.split("."), v)
-    return _checked(_build(type(cfg), d))
+    return _checked(_build(type(cfg), with_system(d) if isinstance(cfg, Config) else d))
 
 
 def _checked(cfg):
-    return check_values(cfg) if isinstance(cfg, Config) else cfg
+    """``cfg`` with its values (:func:`check_values`) and its system's settings checked."""
+    if isinstance(cfg, Config):
+        from lvmlt import systems
+
+        systems.check(check_values(cfg))
+    return cfg

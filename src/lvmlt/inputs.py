@@ -41,6 +41,11 @@ def sam_keys(needs) -> list[str]:
     return sorted(k for k in needs if k != IMAGE)
 
 
+def level_key(level: str) -> str:
+    """The batch key of a stored level: ``vec`` -> ``sam_vec``, ``stage3`` -> ``level/stage3``."""
+    return SAM_VEC if level == "vec" else LEVEL + level
+
+
 def level_name(key: str) -> str:
     """``level/stage3`` -> ``stage3``."""
     return key[len(LEVEL) :]
@@ -238,6 +243,9 @@ def per_image_pca_map(f: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------------------------
 NORMS = ("cl2n", "l2", "standardize", "raw")
 SPHERE_NORMS = ("cl2n", "l2")  # the norms whose outputs are unit vectors
+#: What a probe on the SAM vector puts in front of its FC (``fusion.sam_norm``): a
+#: parameter-free BatchNorm inside the model, or one of the fitted maps above.
+SAM_NORMS = ("batchnorm", *NORMS)
 
 
 class FeatureNorm:

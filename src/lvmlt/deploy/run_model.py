@@ -34,7 +34,8 @@ class RunModel:
     def __init__(self, run_dir, device: str = "auto", engine: str = "auto", precision: str = "auto",
                  threads: int = 0, log=None):
         from lvmlt.config import replace
-        from lvmlt.models.classifier import apply_stage, build_model
+        from lvmlt.models.stage import apply_stage
+        from lvmlt.systems import build_model
         from lvmlt.training.describe import feature_norms
         from lvmlt.training.trainer import load_run
 
@@ -46,7 +47,7 @@ class RunModel:
         self.device = hardware.pick_device(device if device != "auto" else cfg.device)
         self.precision = hardware.resolve_precision(cfg.optim.precision, self.device, "optim.precision")
         self.channels_last = cfg.optim.channels_last
-        model = build_model(cfg, len(self.spec["classes"]), feature_dims=self.spec["feature_dims"])
+        model = build_model(cfg, len(self.spec["classes"]), self.spec["feature_dims"])
         apply_stage(model, replace(cfg.stage, init_from=None), self.device)  # LWS adds its scales
         state = rundir.load_checkpoint(self.run_dir / rundir.BEST, map_location="cpu")
         model.load_state_dict(state["model"])

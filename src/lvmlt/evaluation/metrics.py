@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from lvmlt.config import FEW_THRESHOLD, MANY_THRESHOLD, class_group
+from lvmlt.outputs import Z_CNN, Z_SAM, mix_branches
 
 GROUPS = ("many", "medium", "few")
 DEFAULT_COLUMNS = ("many", "medium", "few", "top1")
@@ -252,12 +253,26 @@ def choose_alpha(z_cnn, z_sam, labels, train_counts, meta: Mapping, ev=None, pre
     Returns:
         ``(alpha, {alpha: mean class accuracy})`` over :data:`ALPHA_GRID`.
     """
-    from lvmlt.models.classifier import mix_branches
-
     z_cnn, z_sam = _to_numpy(z_cnn, np.float32), _to_numpy(z_sam, np.float32)
     curve = {a: score(mix_branches(z_cnn, z_sam, a), labels, train_counts, meta, ev)["mean_class_acc"] for a in ALPHA_GRID}
     best = max(curve.values())
     return min((a for a, v in curve.items() if v == best), key=lambda a: abs(a - prefer)), curve
+
+
+def alpha_on_val(cfg, model, scored: dict, bundle) -> dict | None:
+    """The ``cnn`` system's hook after training (:mod:`lvmlt.systems`): with
+    ``fusion.alpha_select=val``, alpha is chosen on the validation branch logits and every
+    split's logits (``scored[split][0]``) are mixed again with it; the model predicts with it
+    from now on (the config keeps the trained one). Returns the record for metrics.json."""
+    if not (cfg.fusion.latent and cfg.fusion.alpha_select == "val"):
+        return None
+    _, labels, z = scored["val"]
+    trained = model.alpha
+    alpha, curve = choose_alpha(z[Z_CNN], z[Z_SAM], labels, bundle.train_counts, bundle.meta, cfg.eval, trained)
+    model.alpha = alpha
+    for s in scored.values():
+        s[0] = mix_branches(s[2][Z_CNN], s[2][Z_SAM], alpha)
+    return {"alpha": {"trained": trained, "chosen": alpha, "val_mean_class_acc": {str(a): v for a, v in curve.items()}}}
 
 
 def _fmt(value) -> str:

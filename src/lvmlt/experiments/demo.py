@@ -116,7 +116,7 @@ def expected_seconds(cfgs: dict, bundle, store_dir: Path, extract_cfg, bundle_di
         decode = estimate.decode_seconds(bundle.train)
         steps: dict = {}
         for c in todo:
-            key = (c.fusion.map, c.fusion.latent, c.fusion.sam_only)
+            key = (c.system, c.fusion.map, c.fusion.latent)
             if key not in steps:
                 steps[key] = estimate.step_seconds(c, bundle.num_classes, {"sam_vec": 256})
             parts["training"] += estimate.run_seconds(c, bundle, steps[key], decode)

@@ -31,13 +31,14 @@ def _timed(fn, repeat: int, warmup: int = 1) -> float:
 
 def step_seconds(cfg, num_classes: int, feature_dims: dict, repeat: int = 3) -> float:
     """Seconds of one training step of ``cfg``'s model on a random batch of its shapes."""
-    from lvmlt import hardware, inputs
-    from lvmlt.models.classifier import build_model
+    from lvmlt import hardware, inputs, systems
     from lvmlt.training import runtime
 
     device = torch.device("cpu")
     precision = hardware.resolve_precision(cfg.optim.precision, device, "optim.precision")
-    model = build_model(cfg, num_classes, feature_dims=feature_dims)
+    system = systems.of(cfg)
+    spec = system.spec(cfg, num_classes, feature_dims)
+    model = system.model(cfg, spec)
     if cfg.optim.channels_last:
         model.to(memory_format=torch.channels_last)
     model.train()
@@ -45,10 +46,10 @@ def step_seconds(cfg, num_classes: int, feature_dims: dict, repeat: int = 3) -> 
     b, s = cfg.data.batch_size, cfg.data.image_size
     g = torch.Generator().manual_seed(0)
     batch = {"label": torch.randint(0, num_classes, (b,), generator=g)}
-    if inputs.IMAGE in model.needs:
+    if inputs.IMAGE in spec.inputs:
         x = torch.randn(b, 3, s, s, generator=g)
         batch[inputs.IMAGE] = x.contiguous(memory_format=torch.channels_last) if cfg.optim.channels_last else x
-    for key in inputs.sam_keys(model.needs):
+    for key in inputs.sam_keys(spec.inputs):
         if key == inputs.SAM_MAP:
             batch[key] = torch.randn(b, 1, 16, 16, generator=g)
         else:

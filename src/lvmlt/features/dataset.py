@@ -1,14 +1,14 @@
 """Datasets over the feature store: what a model on stored features is trained on.
 
-A model says what it reads in ``model.needs`` (``image``, ``sam_vec``, ``sam_map``,
-``level/<name>`` for a pooled earlier stage stored with ``levels=[...]``) and, optionally,
-how a stored vector is normalised in ``model.feature_norms`` (``{key: cl2n | l2 |
-standardize | raw}``, the map fitted on the training split). :func:`attach_features`
-wraps the bundle's three splits into :class:`FeatureDataset` s that add those keys to
-each item; a model without ``image`` never decodes an image.
+A run's :class:`~lvmlt.systems.Spec` says what its model reads (``image``, ``sam_vec``,
+``sam_map``, ``level/<name>`` for a pooled earlier stage stored with ``levels=[...]``) and
+how a stored vector is normalised (``{key: cl2n | l2 | standardize | raw}``, the map fitted
+on the training split). :func:`attach_features` wraps the bundle's three splits into
+:class:`FeatureDataset` s that add those keys to each item; a model without ``image``
+never decodes an image.
 
-The synthetic tail features (:mod:`lvmlt.features.synthetic`) are one more wrapper of the
-training split.
+A system may top up the training split (the synthetic tail features of
+:mod:`lvmlt.features.synthetic`): one more wrapper of it.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from lvmlt.errors import UserError
-from lvmlt.inputs import LEVEL, NORMS, SPHERE_NORMS, FeatureNorm  # noqa: F401  (re-exported: the one definition)
+from lvmlt.inputs import IMAGE, LEVEL, NORMS, SAM_MAP, SPHERE_NORMS, FeatureNorm  # noqa: F401  (re-exported: the one definition)
 
 
 def level_hint(store_root, levels: Sequence[str]) -> str:
@@ -67,25 +67,31 @@ class FeatureDataset(torch.utils.data.Dataset):
     """One split with its stored features: item i is the split's item (or, without
     ``image``, only its label) plus a float32 tensor per feature key.
 
+    ``labels`` (what the sampler draws from) and ``class_counts`` (what the loss terms are
+    built on) are those of the split; a top-up of the training split
+    (:class:`~lvmlt.features.synthetic.SyntheticTopUp`) exposes the same two.
+
     Args:
         split: the :class:`~lvmlt.data.ImageSplit`.
         arrays: ``{key: N x ...}``; normalised vectors are held in memory, maps stay
             memory-mapped.
         needs: what the model reads (``image`` decodes the image).
+        num_classes: C.
         bad: rows the extraction skipped (their features are zeros): scored as skipped
             images (label -1) when the image is not decoded.
     """
 
-    def __init__(self, split, arrays: dict[str, np.ndarray], needs: set[str], bad: Sequence[int] = ()):
+    def __init__(self, split, arrays: dict[str, np.ndarray], needs, num_classes: int, bad: Sequence[int] = ()):
         self.split, self.arrays, self.needs = split, arrays, set(needs)
         self.bad = frozenset(int(i) for i in bad)
         self.labels = np.asarray(split.labels)
+        self.class_counts = np.bincount(self.labels[self.labels >= 0], minlength=num_classes)
 
     def __len__(self):
         return len(self.split)
 
     def __getitem__(self, i):
-        if "image" in self.needs:
+        if IMAGE in self.needs:
             item = self.split[i]
         else:  # a model on stored features only: don't decode the image at all
             item = {"label": int(self.labels[i]), "index": i, "valid": i not in self.bad}
@@ -94,57 +100,43 @@ class FeatureDataset(torch.utils.data.Dataset):
         return item
 
 
-def attach_features(bundle, store, model) -> dict:
-    """The three splits of ``bundle``, wrapped with the stored features ``model.needs``.
+def attach_features(bundle, store, spec) -> dict:
+    """The three splits of ``bundle``, each a :class:`FeatureDataset` with the stored
+    features ``spec.inputs`` names.
 
-    Vectors named in ``model.feature_norms`` are normalised by a map fitted on the
-    training split. ``store`` is an open :class:`~lvmlt.features.FeatureStore` (checked
-    against the bundle here); it may be None when the model needs images only.
+    Vectors named in ``spec.norms`` are normalised by a map fitted on the training split.
+    ``store`` is an open :class:`~lvmlt.features.FeatureStore` (checked against the bundle
+    here); it may be None when the model reads images only.
 
     Raises:
         UserError: features are needed but there is no store, or it does not match.
     """
-    splits = bundle.splits()
-    keys = sorted(model.needs - {"image"})
+    splits, c = bundle.splits(), bundle.num_classes
+    keys = sorted(spec.inputs - {IMAGE})
     if not keys:
-        return splits
+        return {name: FeatureDataset(split, {}, spec.inputs, c) for name, split in splits.items()}
     if store is None:
         raise UserError(
-            "the SAM fusion, sam_only and stored-feature options need a feature store",
+            "this system reads stored SAM features and needs a feature store",
             fix="run `lvmlt extract` and set fusion.store=DIR",
         )
     store.check(bundle)
-    norms = dict(getattr(model, "feature_norms", {}) or {})
     raw = {name: {k: stored(store.split(name), k, store.root, keys) for k in keys} for name in splits}
-    fitted = {k: FeatureNorm(kind).fit(raw["train"][k]) for k, kind in norms.items() if k in keys}
+    fitted = {k: FeatureNorm(kind).fit(raw["train"][k]) for k, kind in spec.norms.items() if k in keys}
     out = {}
     for name, split in splits.items():
         arrays = {}
         for k in keys:
             a = raw[name][k]
-            arrays[k] = fitted[k](a) if k in fitted else (a if k == "sam_map" else np.asarray(a, dtype=np.float32))
-        out[name] = FeatureDataset(split, arrays, model.needs, sorted(store.split(name).bad))
+            arrays[k] = fitted[k](a) if k in fitted else (a if k == SAM_MAP else np.asarray(a, dtype=np.float32))
+        out[name] = FeatureDataset(split, arrays, spec.inputs, c, sorted(store.split(name).bad))
     return out
 
 
-def build_splits(cfg, bundle, store, model) -> dict:
-    """The run's three datasets: :func:`attach_features`, and with ``synthetic.enabled``
-    the training split topped up with synthetic features (:class:`~lvmlt.features.synthetic.SyntheticTopUp`).
-
-    Raises:
-        UserError: synthetic features asked for without stored vectors to sample from.
-    """
-    splits = attach_features(bundle, store, model)
-    syn = cfg.synthetic
-    if syn.enabled:
-        from lvmlt.features.synthetic import SyntheticTopUp
-
-        train = splits["train"]
-        if not isinstance(train, FeatureDataset) or "image" in train.needs or "sam_vec" not in train.arrays:
-            raise UserError(
-                "synthetic.enabled needs a model on stored v_SAM vectors",
-                fix="set fusion.sam_only=true and fusion.store=DIR (the linear probe)",
-            )
-        on_sphere = model.feature_norms.get("sam_vec") in SPHERE_NORMS
-        splits["train"] = SyntheticTopUp(splits["train"], bundle.num_classes, syn, cfg.seed, on_sphere)
+def build_splits(bundle, store, spec, top_up=None) -> dict:
+    """The run's three datasets (:func:`attach_features`); ``top_up(train) -> dataset``, a
+    system's hook (:mod:`lvmlt.systems`), replaces the training split when given."""
+    splits = attach_features(bundle, store, spec)
+    if top_up is not None:
+        splits["train"] = top_up(splits["train"])
     return splits

@@ -15,7 +15,7 @@ latent space"):
    borrowing; a class with one image needs it most);
 4. M_c = max(0, n_target - n_c) samples per class, n_target = the largest class's count,
    re-normalised onto the sphere;
-5. the linear probe (``fusion.sam_only``) on real + synthetic, trained by the trainer
+5. the linear probe (``system=synthetic_probe``) on real + synthetic, trained by the trainer
    (AdamW, cosine schedule in the comparison's recipe); plain CE because the mix is
    balanced (``loss.*`` sees the mix's counts, so logit adjustment corrects the mix's prior).
 
@@ -24,7 +24,7 @@ kappa per class instead (kappa borrowed from the nearest head classes for tail c
 samples with Wood's (1994) rejection sampler.
 
 :class:`SyntheticTopUp` is the training split with the synthetic samples appended (built
-by :func:`lvmlt.features.dataset.attach_features` when ``synthetic.enabled``).
+as the ``synthetic_probe`` system's top-up of its training split, :mod:`lvmlt.systems`).
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ import torch
 
 from lvmlt.config import SyntheticConfig
 from lvmlt.errors import UserError
+from lvmlt.inputs import SAM_VEC, SPHERE_NORMS
 
 DISTRIBUTIONS = ("gaussian", "vmf")
 
@@ -337,3 +338,10 @@ class SyntheticTopUp(torch.utils.data.Dataset):
             "shrinkage": {c: v.shrinkage for c, v in enumerate(d) if v is not None and v.shrinkage is not None},
             "kappa": {c: v.kappa for c, v in enumerate(d) if v is not None and v.kappa is not None},
         }
+
+
+def top_up(cfg, spec, train) -> SyntheticTopUp:
+    """The ``synthetic_probe`` system's top-up of its training split (:mod:`lvmlt.systems`):
+    ``cfg.synthetic`` sampled in the probe's normalised space (``spec.norms``)."""
+    on_sphere = spec.norms.get(SAM_VEC) in SPHERE_NORMS
+    return SyntheticTopUp(train, spec.num_classes, cfg.synthetic, cfg.seed, on_sphere)

@@ -16,7 +16,7 @@ The training objective is a sum of *terms* (:mod:`lvmlt.losses.terms`): the base
 above, and the optional prototype (:mod:`~lvmlt.losses.proto`), ProCo
 (:mod:`~lvmlt.losses.proco`), IFL (:mod:`~lvmlt.losses.ifl`) and SciLT's per-level heads
 (:mod:`~lvmlt.losses.scilt`) terms, each registered in
-``TERMS`` by its own module.
+``TERMS`` by its own module with the config section it reads.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from lvmlt.losses.baseline import (
     ldam_margins,
     log_prior,
 )
-from lvmlt.losses.terms import TERMS, Term, build_terms
+from lvmlt.losses.terms import TERMS, Term, TermParts, build_terms
 
 __all__ = [
     "IGNORE_INDEX",
@@ -53,6 +53,7 @@ __all__ = [
     "LDAMDRWLoss",
     "LogitAdjustedLoss",
     "Term",
+    "TermParts",
     "build_loss",
     "build_terms",
     "check_class_counts",

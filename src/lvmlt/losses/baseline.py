@@ -22,9 +22,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lvmlt import outputs as o
 from lvmlt.config import LossConfig
 from lvmlt.errors import UserError
-from lvmlt.losses.terms import TERMS, Term
+from lvmlt.losses.terms import Term, register
 from lvmlt.registry import Registry
 
 LossBuilder = Callable[[LossConfig, np.ndarray, int], nn.Module]
@@ -429,13 +430,13 @@ class BaselineTerm(Term):
             self.loss.set_epoch(epoch)
 
     def forward(self, out: dict, batch: dict) -> dict:
-        return {"baseline": self.loss(out["logits"].float(), batch["label"])}
+        return {"baseline": self.loss(out[o.LOGITS].float(), batch["label"])}
 
 
-@TERMS.register("baseline")
-def build_baseline_term(cfg, class_counts, model) -> Term:
-    """The baseline term, always on: ``cfg.loss`` with ``cfg.optim.epochs``."""
-    return BaselineTerm(build_loss(cfg.loss, class_counts, cfg.optim.epochs))
+@register("baseline", "loss")
+def build_baseline_term(loss: LossConfig, parts) -> Term:
+    """The baseline term, always on: the ``loss`` section over ``parts.epochs``."""
+    return BaselineTerm(build_loss(loss, parts.counts, parts.epochs))
 
 
 class AuxHeadsTerm(BaselineTerm):
@@ -455,12 +456,10 @@ class AuxHeadsTerm(BaselineTerm):
         return {self.name: sum(self.loss(z.float(), batch["label"]) for z in zs)}
 
 
-@TERMS.register("fusion_branches")
-def build_branch_term(cfg, class_counts, model) -> Term | None:
-    """On with ``fusion.latent`` and ``fusion.aux_weight`` > 0: ``cfg.loss`` on z_CNN and on z_SAM."""
-    from lvmlt.models.classifier import BRANCHES
-
-    fu = cfg.fusion
-    if not fu.latent or fu.sam_only or cfg.scilt.enabled or fu.aux_weight <= 0:
+@register("fusion_branches", "fusion")
+def build_branch_term(fusion, parts) -> Term | None:
+    """On when the model returns the two branch logits and ``fusion.aux_weight`` > 0: the run's
+    loss on z_CNN and on z_SAM."""
+    if not set(o.BRANCHES) <= parts.outputs or fusion.aux_weight <= 0:
         return None
-    return AuxHeadsTerm(build_loss(cfg.loss, class_counts, cfg.optim.epochs), fu.aux_weight, "fusion_branches", BRANCHES)
+    return AuxHeadsTerm(build_loss(parts.loss, parts.counts, parts.epochs), fusion.aux_weight, "fusion_branches", o.BRANCHES)

@@ -51,7 +51,7 @@ from lvmlt.config import IFLConfig
 from lvmlt.data.samplers import build_sampler
 from lvmlt.errors import UserError
 from lvmlt.losses.baseline import build_loss
-from lvmlt.losses.terms import TERMS, Term
+from lvmlt.losses.terms import Term, register
 
 CENTER_INITS = ("class_mean", "random")
 
@@ -268,21 +268,19 @@ def irm_penalty(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tens
     return (g**2).sum()
 
 
-@TERMS.register("ifl")
-def build_ifl(cfg, class_counts, model) -> Term | None:
-    """The IFL term when ``cfg.ifl.enabled``; it reads the sampler and loss sections too."""
-    if not cfg.ifl.enabled:
+@register("ifl", "ifl")
+def build_ifl(ifl: IFLConfig, parts) -> Term | None:
+    """The IFL term when ``ifl.enabled``; the sampler's class probabilities weight its environments."""
+    if not ifl.enabled:
         return None
-    counts = np.asarray(class_counts, dtype=np.int64)
+    counts = np.asarray(parts.counts, dtype=np.int64)
     labels = np.repeat(np.arange(len(counts)), counts)
     probs = np.zeros(len(counts))
-    probs[: len(np.bincount(labels))] = build_sampler(
-        cfg.data.sampler, labels, seed=cfg.seed
-    ).class_probabilities()
-    baseline = build_loss(cfg.loss, counts, cfg.optim.epochs) if cfg.ifl.env2_cls else None
+    probs[: len(np.bincount(labels))] = build_sampler(parts.sampler, labels, seed=parts.seed).class_probabilities()
+    baseline = build_loss(parts.loss, counts, parts.epochs) if ifl.env2_cls else None
     if baseline is not None and not hasattr(baseline, "per_sample"):
         raise UserError(
-            f"loss {cfg.loss.name!r} has no per-sample form for IFL's environment 2",
+            f"loss {parts.loss.name!r} has no per-sample form for IFL's environment 2",
             fix="set ifl.env2_cls=false",
         )
-    return IFLTerm(counts, model.embedding_dim, cfg.ifl, cfg.optim.epochs, probs, baseline, seed=cfg.seed)
+    return IFLTerm(counts, parts.embedding_dim, ifl, parts.epochs, probs, baseline, seed=parts.seed)

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lvmlt.losses.terms import TERMS, Term
+from lvmlt.losses.terms import Term, register
 
 KAPPA_MAX = 1e5  # the authors' clamp on the concentration
 
@@ -380,9 +380,9 @@ class ProCoTerm(Term):
         return {"proco": self.loss(z, out["logits"], targets)["proco"]}
 
 
-@TERMS.register("proco")
-def build_proco_term(cfg, class_counts, model) -> Term | None:
-    """The ProCo term when ``cfg.proco.enabled``."""
-    if not cfg.proco.enabled:
+@register("proco", "proco")
+def build_proco_term(proco, parts) -> Term | None:
+    """The ProCo term when ``proco.enabled``."""
+    if not proco.enabled:
         return None
-    return ProCoTerm(model.embedding_dim, class_counts, cfg.proco)
+    return ProCoTerm(parts.embedding_dim, parts.counts, proco)

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from lvmlt.errors import UserError
-from lvmlt.losses.terms import TERMS, Term
+from lvmlt.losses.terms import Term, register
 
 
 def imbalance_weights(class_counts, scheme: str = "inverse_frequency") -> torch.Tensor:
@@ -150,15 +150,14 @@ class PrototypeLoss(Term):
         self.bank.push(out["embedding"], batch["label"])
 
 
-@TERMS.register("proto")
-def build_proto_term(cfg, class_counts, model) -> Term | None:
-    """The prototype loss when ``cfg.proto.enabled``, on the model's embedding."""
-    if not cfg.proto.enabled:
+@register("proto", "proto")
+def build_proto_term(p, parts) -> Term | None:
+    """The prototype loss when ``proto.enabled``, on the model's embedding."""
+    if not p.enabled:
         return None
-    p = cfg.proto
     return PrototypeLoss(
-        class_counts,
-        model.embedding_dim,
+        parts.counts,
+        parts.embedding_dim,
         bank_size=p.bank_size,
         use_head=p.head,
         use_tail_std=p.tail_std,

@@ -8,14 +8,15 @@ run's ``loss.*`` (built once more here, on the same class counts), beta =
 
 from __future__ import annotations
 
+from lvmlt import outputs as o
 from lvmlt.losses.baseline import AuxHeadsTerm, build_loss
-from lvmlt.losses.terms import TERMS, Term
+from lvmlt.losses.terms import Term, register
 
 
-@TERMS.register("scilt_levels")
-def build_level_heads_term(cfg, class_counts, model) -> Term | None:
-    """On with ``scilt.enabled`` and ``scilt.aux_weight`` > 0: ``sum_l L(h_l)`` over ``out["level_logits"]``."""
-    if not cfg.scilt.enabled or cfg.scilt.aux_weight <= 0:
+@register("scilt_levels", "scilt")
+def build_level_heads_term(scilt, parts) -> Term | None:
+    """On when the model returns per-level logits and ``scilt.aux_weight`` > 0: ``sum_l L(h_l)``."""
+    if o.LEVEL_LOGITS not in parts.outputs or scilt.aux_weight <= 0:
         return None
-    loss = build_loss(cfg.loss, class_counts, cfg.optim.epochs)
-    return AuxHeadsTerm(loss, cfg.scilt.aux_weight, "scilt_levels", ("level_logits",))
+    loss = build_loss(parts.loss, parts.counts, parts.epochs)
+    return AuxHeadsTerm(loss, scilt.aux_weight, "scilt_levels", (o.LEVEL_LOGITS,))

@@ -34,6 +34,7 @@ from torch import nn
 
 from lvmlt.config import SciLTConfig
 from lvmlt.errors import UserError
+from lvmlt.inputs import level_key
 from lvmlt.models.heads import CosineClassifier
 
 GATES = ("sample", "channel", "fixed")
@@ -165,11 +166,6 @@ def build_scilt_head(cfg: SciLTConfig, level_dims: Sequence[int], num_classes: i
     return SciLTHead(level_dims, num_classes, cfg.dim, cfg.gate, cfg.head, cfg.temperature)
 
 
-def level_key(level: str) -> str:
-    """The batch key of a level: ``vec`` -> ``sam_vec``, ``stage3`` -> ``level/stage3``."""
-    return "sam_vec" if level == "vec" else f"level/{level}"
-
-
 class SciLTModel(nn.Module):
     """The fusion head as a model of the trainer: ``forward(batch)`` reads the levels' keys.
 
@@ -185,7 +181,6 @@ class SciLTModel(nn.Module):
         self.levels, self.head, self.inference = list(levels), head, inference
         self.keys = [level_key(lv) for lv in self.levels]
         self.needs = set(self.keys)
-        self.feature_norms = {k: "standardize" for k in self.keys}
         self.embedding_dim = head.fusion.dim
 
     def forward(self, batch: dict) -> dict:
@@ -214,3 +209,8 @@ def build_scilt(cfg: SciLTConfig, num_classes: int, feature_dims: dict[str, int]
         )
     head = build_scilt_head(cfg, [feature_dims[k] for k in keys], num_classes)
     return SciLTModel(cfg.levels, head, cfg.inference)
+
+
+def build_scilt_system(cfg, spec) -> SciLTModel:
+    """The ``scilt`` system's builder (:mod:`lvmlt.systems`): ``cfg.scilt`` over ``spec``."""
+    return build_scilt(cfg.scilt, spec.num_classes, spec.dims)

@@ -19,15 +19,12 @@ from lvmlt.config import Config
 
 
 def system_name(cfg: Config) -> str:
-    """A short name of what a config trains: ``cnn``, ``cnn+sam_map+sam_latent``,
-    ``sam_probe``, ``synthetic_probe``, ``scilt``, with ``/crt`` or ``/lws`` for a second stage."""
-    fu = cfg.fusion
-    if cfg.scilt.enabled:
-        name = "scilt"
-    elif fu.sam_only:
-        name = "synthetic_probe" if cfg.synthetic.enabled else "sam_probe"
-    else:
-        name = "cnn" + ("+sam_map" if fu.map else "") + ("+sam_latent" if fu.latent else "")
+    """A short name of what a config trains: its system's label (``cnn``,
+    ``cnn+sam_map+sam_latent``, ``sam_probe``, ``synthetic_probe``, ``scilt``), with ``/crt``
+    or ``/lws`` for a second stage."""
+    from lvmlt import systems
+
+    name = systems.of(cfg).run_label(cfg)
     st = cfg.stage
     if st.lws:
         name += "/lws"
@@ -67,14 +64,14 @@ def describe_run(run, store, alpha: float | None, val_logits, val_labels, thresh
     """(spec, arrays) of a finished run, for :func:`lvmlt.rundir.write_description`.
 
     Args:
-        run: what :func:`lvmlt.training.trainer.build_run` built (its model holds the weights).
+        run: what :func:`lvmlt.training.trainer.build_run` built (its spec: inputs and norms).
         store: the open feature store the run was trained on (None without one).
         alpha: the alpha the latent-fused model predicts with (None for other models).
         val_logits, val_labels: the validation predictions (for the calibration).
         thresholds: the many / few thresholds the run was scored with.
     """
-    cfg, bundle, model = run.cfg, run.bundle, run.model
-    needs = sorted(model.needs)
+    cfg, bundle = run.cfg, run.bundle
+    needs = sorted(run.spec.inputs)
     spec = {
         "lvmlt_version": __version__,
         "system": system_name(cfg),
@@ -102,7 +99,7 @@ def describe_run(run, store, alpha: float | None, val_logits, val_labels, thresh
         m = store.manifest
         prov = m.get("provenance") or {}
         spec["feature_dims"] = feature_dims(store)
-        norms = {k: v for k, v in (getattr(model, "feature_norms", {}) or {}).items() if k in keys}
+        norms = {k: v for k, v in run.spec.norms.items() if k in keys}
         spec["features"] = {
             "encoder": prov.get("encoder"),
             "checkpoint": (m.get("encoder") or {}).get("checkpoint"),

@@ -1,5 +1,6 @@
-"""One trainer for every method: data, model and loss terms are built from the config;
-the loop below never looks at a method's name.
+"""One trainer for every system: data, model and loss terms are built from the config
+through the registry of systems (:mod:`lvmlt.systems`); the loop below never looks at a
+system's or a method's name.
 
 A run directory holds ``config.yaml`` (resolved, with git commit and seed), ``train.log``,
 TensorBoard events under ``tb/``, ``history.jsonl`` (one line per epoch),
@@ -25,8 +26,9 @@ from tqdm import tqdm
 from lvmlt import distributed, hardware, locks, rundir
 from lvmlt.config import Config, replace, to_dict, used_sections
 from lvmlt.errors import UserError
-from lvmlt.evaluation.metrics import choose_alpha, score
+from lvmlt.evaluation.metrics import score
 from lvmlt.losses import build_terms
+from lvmlt.outputs import BRANCHES
 from lvmlt.training import runtime
 from lvmlt.training.optim import build_optimizer
 
@@ -140,6 +142,7 @@ class Run:
     loaders: dict  # train / val / test DataLoaders (val / test sharded under torchrun)
     sampler: object  # the training sampler (set_epoch each epoch)
     store: object = None  # the open FeatureStore (None when the model reads images only)
+    spec: object = None  # the systems.Spec the model and datasets were built from
 
     def record(self) -> dict:
         """What ``auto`` settings became on this machine (written into config.yaml)."""
@@ -162,8 +165,10 @@ def build_run(cfg: Config, bundle=None, load_init: bool = True) -> Run:
         load_init: load ``stage.init_from``'s weights (False when a checkpoint of this run
             will be loaded next, as in re-evaluation).
     """
+    from lvmlt import systems
     from lvmlt.features.dataset import build_splits, feature_dims
-    from lvmlt.models.classifier import apply_stage, build_model
+    from lvmlt.losses import TermParts
+    from lvmlt.models.stage import apply_stage
 
     runtime.seed_everything(cfg.seed)
     device = distributed.init_from_env(cfg.device) or hardware.pick_device(cfg.device)
@@ -180,19 +185,21 @@ def build_run(cfg: Config, bundle=None, load_init: bool = True) -> Run:
         bundle = build_data(cfg.data)
     for s in bundle.splits().values():
         s.skip_bad_images = cfg.data.skip_bad_images
+    # First what is needed (the system, its inputs and their widths), then each part from that.
+    system = systems.of(cfg)
     store = open_store(cfg)
-    model = build_model(cfg, bundle.num_classes, feature_dims=feature_dims(store)).to(device)
+    spec = system.spec(cfg, bundle.num_classes, feature_dims(store))
+    model = system.model(cfg, spec).to(device)
     if cfg.optim.channels_last:
         model.to(memory_format=torch.channels_last)
-    stage = cfg.stage if load_init else replace(cfg.stage, init_from=None)
-    apply_stage(model, stage, device)
-    splits = build_splits(cfg, bundle, store, model)
-    # The loss terms see the counts trained on (with synthetic features: real + synthetic);
-    # the metric groups stay those of the real training split.
-    counts = getattr(splits["train"], "class_counts", bundle.train_counts)
-    terms = build_terms(cfg, counts, model).to(device)
-    loaders, sampler = build_loaders(cfg, bundle, splits, device)
-    return Run(cfg, bundle, device, precision, model, terms, splits, loaders, sampler, store)
+    apply_stage(model, cfg.stage if load_init else replace(cfg.stage, init_from=None), device)
+    splits = build_splits(bundle, store, spec, system.topped_up(cfg, spec))
+    # The loss terms see the counts trained on (with a top-up: real + synthetic); the metric
+    # groups stay those of the real training split.
+    parts = TermParts.of(cfg, splits["train"].class_counts, model.embedding_dim, system.outputs(cfg))
+    terms = build_terms(cfg, parts).to(device)
+    loaders, sampler = build_loaders(cfg, splits, device)
+    return Run(cfg, bundle, device, precision, model, terms, splits, loaders, sampler, store, spec)
 
 
 def open_store(cfg: Config):
@@ -204,7 +211,7 @@ def open_store(cfg: Config):
     return FeatureStore.open(cfg.fusion.store)
 
 
-def build_loaders(cfg: Config, bundle, splits: dict, device: torch.device) -> tuple[dict, object]:
+def build_loaders(cfg: Config, splits: dict, device: torch.device) -> tuple[dict, object]:
     """DataLoaders of the three splits and the training sampler."""
     from lvmlt.data.samplers import build_sampler
 
@@ -212,8 +219,7 @@ def build_loaders(cfg: Config, bundle, splits: dict, device: torch.device) -> tu
     rank, size = distributed.world()
     # Every rank draws the same global order and keeps its share, so a step's
     # batches over all ranks are the single-process batch: data.batch_size is global.
-    labels = getattr(splits["train"], "labels", bundle.train.labels)  # synthetic samples included
-    sampler = build_sampler(d.sampler, labels, seed=cfg.seed, rank=rank, world_size=size)
+    sampler = build_sampler(d.sampler, splits["train"].labels, seed=cfg.seed, rank=rank, world_size=size)
     workers = runtime.loader_workers(d.num_workers, device, size)
     common = dict(
         batch_size=d.batch_size // size,
@@ -541,15 +547,18 @@ def final_evaluation(run: Run, run_dir: Path, best_epoch: int, bad_ids: set[str]
     best = run_dir / rundir.BEST
     if best.exists():
         run.model.load_state_dict(rundir.load_checkpoint(best, map_location=run.device)["model"])
-    from lvmlt.models.classifier import BRANCHES
+    from lvmlt import systems
     from lvmlt.models.heads import count_trainable
+
+    system = systems.of(cfg)
 
     out = {"best_epoch": best_epoch, "selected_on": "val/mean_class_acc", "tie_break": "val/nll (lower)"}
     out["trainable_params"] = count_trainable(run.model) + count_trainable(run.terms)
     preds = {"train_counts": run.bundle.train_counts}
     bad_ids = set(bad_ids)
-    # A latent-fused model's branch logits are saved too, so alpha can be chosen again later.
-    parts = BRANCHES if getattr(run.model, "latent_fusion", None) is not None else ()
+    # Outputs the system's hook reads are saved too (a latent-fused model's branch logits, so
+    # alpha can be chosen again later).
+    parts = tuple(system.scored_outputs(cfg))
     scored = {}
     for split in ("val", "test"):
         logits, labels, *z = predict(
@@ -558,8 +567,7 @@ def final_evaluation(run: Run, run_dir: Path, best_epoch: int, bad_ids: set[str]
         scored[split] = [logits, labels, z[0] if z else {}]
         ids = run.bundle.splits()[split].ids
         bad_ids |= {ids[i] for i in np.flatnonzero(labels < 0)}
-    if cfg.fusion.alpha_select == "val":
-        out["alpha"] = _alpha_on_val(run, scored)
+    out.update(system.finish(cfg, run.model, scored, run.bundle))
     thresholds = {}
     for split, (logits, labels, z) in scored.items():
         preds.update({f"{split}_logits": logits, f"{split}_labels": labels, **{f"{split}_{k}": v for k, v in z.items()}})
@@ -569,7 +577,7 @@ def final_evaluation(run: Run, run_dir: Path, best_epoch: int, bad_ids: set[str]
         rundir.write_predictions(run_dir, preds)
         from lvmlt.training.describe import describe_run
 
-        alpha = run.model.alpha if getattr(run.model, "latent_fusion", None) is not None else None
+        alpha = run.model.alpha if set(BRANCHES) <= set(system.outputs(cfg)) else None
         rundir.write_description(run_dir, *describe_run(run, run.store, alpha, *scored["val"][:2], thresholds))
         if bad_ids:
             rundir.atomic_write_text(run_dir / rundir.BAD_IMAGES, "\n".join(sorted(bad_ids)) + "\n")
@@ -577,20 +585,6 @@ def final_evaluation(run: Run, run_dir: Path, best_epoch: int, bad_ids: set[str]
         # merged: keys other commands added (e.g. "calibrated") stay
         rundir.write_metrics(run_dir, out)
     return out
-
-
-def _alpha_on_val(run: Run, scored: dict) -> dict:
-    """``fusion.alpha_select=val``: alpha chosen on the validation branch logits; every split's
-    logits (``scored[split][0]``) are mixed again with it. Returns the record for metrics.json."""
-    from lvmlt.models.classifier import mix_branches
-
-    _, labels, z = scored["val"]
-    trained = run.model.alpha
-    alpha, curve = choose_alpha(z["z_cnn"], z["z_sam"], labels, run.bundle.train_counts, run.bundle.meta, run.cfg.eval, trained)
-    run.model.alpha = alpha  # what this process predicts with from now on; the config keeps the trained one
-    for s in scored.values():
-        s[0] = mix_branches(s[2]["z_cnn"], s[2]["z_sam"], alpha)
-    return {"trained": trained, "chosen": alpha, "val_mean_class_acc": {str(a): v for a, v in curve.items()}}
 
 
 def _diff(a: dict, b: dict, prefix: str = "") -> str:
