@@ -111,17 +111,20 @@ def test_preconditions_are_checked_before_any_run(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
-def test_mode_flags_are_named_only_in_the_recipe_table():
-    """What kind of system a row trains is data: the mode flags appear in recipes.py alone."""
+def test_what_a_run_trains_is_named_once():
+    """The mode flags of older lvmlt appear only where config.py reads them as a system; the
+    experiments name no dataset either."""
     from pathlib import Path
 
-    import lvmlt.experiments as pkg
+    import lvmlt
 
-    mine = ["ablate", "baselines", "cli", "compare", "compare_report", "compare_runs", "grid", "tables"]
-    for name in mine:
-        text = (Path(pkg.__file__).parent / f"{name}.py").read_text()
-        for flag in ("sam_only", "synthetic.enabled", "scilt.enabled", '"elpv"'):
-            assert flag not in text, f"{name}.py names {flag}"
+    root = Path(lvmlt.__file__).parent
+    for path in sorted(root.rglob("*.py")):
+        text = path.read_text()
+        for flag in ("sam_only", "synthetic.enabled", "scilt.enabled"):
+            assert flag not in text or path.name == "config.py", f"{path.relative_to(root)} names {flag}"
+        if path.parent.name == "experiments":
+            assert '"elpv"' not in text, f"{path.name} branches on a dataset's name"
 
 
 def test_default_groups_come_from_the_data_not_its_name(tmp_path):
@@ -161,7 +164,6 @@ def _attribute_bundle(cfg):
 def test_glt_rows_train_once_and_test_both_checkpoints_through_the_build_path(tmp_path, monkeypatch):
     """A GLT protocol found in the data's table; its runs rebuilt by build_run for each test set."""
     from lvmlt.data import glt
-    from lvmlt.experiments import recipes
     from lvmlt.experiments.compare_runs import run_glt
     from lvmlt.training import trainer
 
@@ -172,7 +174,7 @@ def test_glt_rows_train_once_and_test_both_checkpoints_through_the_build_path(tm
                                {"many_threshold": 10, "few_threshold": 4})  # fmt: skip
 
     monkeypatch.setattr(glt, "toy_glt_bundles", toy, raising=False)
-    monkeypatch.setitem(recipes.GLT_PROTOCOLS, "toy", {"build": "toy_glt_bundles", "title": "Toy", "classes": "shade",
+    monkeypatch.setitem(glt.GLT_PROTOCOLS, "toy", {"build": "toy_glt_bundles", "title": "Toy", "classes": "shade",
                                                        "attribute": "tone"})  # fmt: skip
     builds = []
     real = trainer.build_run

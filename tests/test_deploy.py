@@ -44,9 +44,9 @@ def _train_args(root, out, name, *extra):
 #: Every kind of model `lvmlt train` makes, beside the CNN: (name, overrides; {store} and {cnn} filled in).
 KINDS = {
     "fused": ["fusion.store={store}", "fusion.map=true", "fusion.latent=true"],
-    "probe": ["fusion.store={store}", "fusion.sam_only=true"],
-    "synthetic": ["fusion.store={store}", "fusion.sam_only=true", "fusion.sam_norm=cl2n", "synthetic.enabled=true"],
-    "scilt": ["fusion.store={store}", "scilt.enabled=true"],
+    "probe": ["fusion.store={store}", "system=sam_probe"],
+    "synthetic": ["fusion.store={store}", "system=synthetic_probe", "fusion.sam_norm=cl2n"],
+    "scilt": ["fusion.store={store}", "system=scilt"],
     "lws": ["stage.init_from={cnn}", "stage.lws=true", "optim.epochs=1"],
 }
 

@@ -185,7 +185,7 @@ def test_no_import_from_a_lower_layer_to_a_higher_one(graph):
 def test_the_trainer_does_not_pull_in_the_other_systems(graph):
     pulled = reachable(graph, "lvmlt.training.trainer")
     assert "lvmlt.losses.ifl" in pulled  # the IFL term is a loss term
-    assert not [m for m in pulled if unit_of(m) in dict(LAYERS)["systems"]]
+    assert not [m for m in pulled if unit_of(m) in dict(LAYERS)["applications"]]
 
 
 def test_the_core_does_not_import_the_methods_package(graph):

@@ -134,7 +134,7 @@ def _levels_store(tmp_path, levels=True):
 
 
 def _scilt_cfg(tmp_path, store, *extra):
-    from lvmlt.experiments.compare import SCILT
+    from lvmlt.experiments.recipes import SCILT
 
     recipe = [f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in SCILT.items()]
     return load_config(None, [

@@ -128,7 +128,7 @@ def _store(tmp_path, feats: dict, labels: dict):
 
 
 def _probe_cfg(tmp_path, store, *extra):
-    from lvmlt.experiments.compare import PROBE
+    from lvmlt.experiments.recipes import PROBE
 
     recipe = [f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in PROBE.items()]
     return load_config(None, [

@@ -113,8 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
 COMMAND_MODULES = (
     "lvmlt.features.cli",  # extract, weights
     "lvmlt.calibration.cli",  # calibrate
-    "lvmlt.experiments.cli",  # ablate, baselines
-    "lvmlt.experiments.compare",  # compare (the other systems side by side)
+    "lvmlt.experiments.cli",  # ablate, baselines, compare (the other systems side by side)
     "lvmlt.reporting.cli",  # report
     "lvmlt.deploy.cli",  # predict, export
 )

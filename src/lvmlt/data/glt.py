@@ -73,6 +73,13 @@ class _PooledLoader:
         return self.sources[int(self.owner[i])].load(int(self.local[i]))
 
 
+#: The datasets with a GLT protocol: the bundle builder of this module and what their class
+#: and attribute are (words for reports; counts and names come from the bundles).
+GLT_PROTOCOLS: dict[str, dict] = {
+    "elpv": {"build": "elpv_glt_bundles", "title": "ELPV", "classes": "defect level", "attribute": "cell type"},
+}
+
+
 def _attribute_shares(total: int, majority: int, num_attrs: int, ratio: float) -> list[int]:
     """Split ``total`` images over the attributes: the majority ``ratio`` parts, the others 1 each."""
     minority = int(np.floor(total / (ratio + num_attrs - 1) + 0.5))

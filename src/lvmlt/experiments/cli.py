@@ -70,6 +70,7 @@ def add_parsers(sub) -> None:
     b.add_argument("--results", help="path prefix of the .md/.csv tables (default: OUT/TAG-baselines)")
     _table_options(b)
     b.set_defaults(func=cmd_baselines)
+    add_compare_parser(sub)
 
 
 def _table_options(p) -> None:
@@ -134,7 +135,7 @@ def _variant_names():
 
 
 def add_compare_parser(sub) -> None:
-    """The ``compare`` subcommand's options (added by :func:`lvmlt.experiments.compare.add_parsers`)."""
+    """The ``compare`` subcommand's options."""
     from lvmlt.experiments.compare import DEFAULT_OUT, DEFAULT_RUNS, GROUPS, IFL_EPOCHS
 
     p = sub.add_parser(

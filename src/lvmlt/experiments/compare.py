@@ -12,7 +12,7 @@ trained (or resumed) otherwise, by the one grid runner (:mod:`lvmlt.experiments.
 - ``probe``: linear probe on v_SAM (CE, and LA-CE);
 - ``synthetic``: synthetic latent features + the same probe (Gaussian, and vMF);
 - ``scilt``: SciLT multi-level fusion on stored levels (and two ablations, one variant);
-- ``ifl``: under the dataset's GLT protocol (:data:`~lvmlt.experiments.recipes.GLT_PROTOCOLS`):
+- ``ifl``: under the dataset's GLT protocol (:data:`~lvmlt.data.glt.GLT_PROTOCOLS`):
   the CNN baseline with balanced softmax, without and with IFL, tested on Test-CBL and Test-GBL.
 
 Without ``--systems`` every group the data allows runs: probe and synthetic, scilt when the
@@ -34,8 +34,6 @@ from lvmlt.errors import UserError
 from lvmlt.experiments.compare_report import find_sam_fusion_results, write_report
 from lvmlt.experiments.compare_runs import Comparison, glt_protocol, run_feature_systems, run_glt
 from lvmlt.experiments.recipes import GROUPS as _GROUPS
-from lvmlt.experiments.recipes import PROBE as PROBE  # the recipes, re-exported
-from lvmlt.experiments.recipes import SCILT as SCILT
 
 DEFAULT_RUNS = "runs/other-systems"
 DEFAULT_OUT = DEFAULT_RUNS  # the committed tables (benchmarks/results/other-systems) change only on request
@@ -167,11 +165,3 @@ def run_comparison(
         out_dir, dataset, command, seeds, c, sam_rows, sam_files, provenance, thresholds(bundle.meta, cfg.eval),
         extraction_note,
     )  # fmt: skip
-
-
-def add_parsers(sub) -> None:
-    """The ``compare`` subcommand (a module of :data:`lvmlt.cli.COMMAND_MODULES`; its options
-    are in :mod:`lvmlt.experiments.cli` beside those of ``ablate`` and ``baselines``)."""
-    from lvmlt.experiments.cli import add_compare_parser
-
-    add_compare_parser(sub)

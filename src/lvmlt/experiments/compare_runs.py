@@ -16,9 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
+from lvmlt.data.glt import GLT_PROTOCOLS
 from lvmlt.errors import UserError
 from lvmlt.experiments.grid import Cell, cells, run_cells, run_result
-from lvmlt.experiments.recipes import GLT_PROTOCOLS, GROUPS, Group
+from lvmlt.experiments.recipes import GROUPS, Group
 
 GLT_METRICS = "glt_metrics.json"  # in a GLT run's directory: both checkpoints on both test sets
 

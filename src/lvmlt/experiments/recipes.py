@@ -2,9 +2,8 @@
 
 Every table row is a label and the config overrides that make its runs; the runners
 (:mod:`lvmlt.experiments.grid`) add the seed, the run directory and the user's keys, and
-nothing else decides what a row trains. This module is the one place that names the
-settings which switch what kind of system a run trains (``fusion.sam_only``,
-``synthetic.enabled``, ``scilt.enabled``): changing those is an edit of this table.
+nothing else decides what a row trains. What kind of system a row trains is its ``system``
+value (:mod:`lvmlt.systems`; ``cnn`` where a row does not say).
 Every value is [ours] where the papers are silent (docs/methods.md, docs/methods-other.md).
 """
 
@@ -43,7 +42,7 @@ ABLATION: tuple[Recipe, ...] = (
     Recipe("+SAM features+L_tail-std", {**_BOTH, **_PROTO, "proto.head": False, "proto.tail_dist": False}),
     Recipe("+SAM features+L_tail-dist", {**_BOTH, **_PROTO, "proto.head": False, "proto.tail_std": False}),
     Recipe("+SAM features+L_proto (ours)", {**_BOTH, **_PROTO}),
-    Recipe("SAM latent feature only", {"fusion.sam_only": True}),
+    Recipe("SAM latent feature only", {"system": "sam_probe"}),
     # beyond the paper (docs/methods.md): dual supervision of both branches, alpha chosen on validation
     Recipe("+SAM features+L_proto+dual+val alpha", {**_BOTH, **_PROTO, "fusion.aux_weight": 1.0, "fusion.alpha_select": "val"}),
 )
@@ -101,7 +100,7 @@ DEFAULT_BASELINES = ("CE", "Label Shift (MAPLS)", "logit adjustment (post-hoc)",
 # The probe: AdamW, cosine schedule; the recipe's 30 epochs at lr 1e-3 underfit unit
 # vectors (ELPV validation), hence 100 at 1e-2.
 PROBE = {
-    "fusion.sam_only": True,
+    "system": "sam_probe",
     "fusion.sam_norm": "cl2n",
     "model.dropout": 0.0,  # a base config's dropout (0.5 in configs/elpv.yaml) is for the CNN
     "optim.name": "adamw",
@@ -115,7 +114,7 @@ PROBE = {
     "optim.precision": "fp32",  # tiny heads: bf16 buys nothing
 }
 SCILT = {
-    "scilt.enabled": True,
+    "system": "scilt",
     "loss.name": "logit_adjusted",
     "loss.tau": 1.0,
     "optim.name": "sgd",
@@ -142,7 +141,7 @@ class Group:
         store: its rows read the feature store (``--store``, set as ``fusion.store``).
         levels: they read the store's pooled levels (``scilt.levels``; ``vec`` is in every store).
         protocol: ``standard`` (the dataset's own splits) or ``glt`` (the dataset's GLT
-            protocol, :data:`GLT_PROTOCOLS`; its runs take ``--ifl-epochs``).
+            protocol, :data:`lvmlt.data.glt.GLT_PROTOCOLS`; its runs take ``--ifl-epochs``).
         note: a paragraph the report writes under the group's tables.
     """
 
@@ -163,9 +162,9 @@ GROUPS: tuple[Group, ...] = (
     ), _STORED),
     Group("synthetic", (
         Recipe("synthetic latent features, Gaussian [ours recipe]",
-               {**PROBE, "synthetic.enabled": True, "synthetic.distribution": "gaussian"}),
+               {**PROBE, "system": "synthetic_probe", "synthetic.distribution": "gaussian"}),
         Recipe("synthetic latent features, vMF [ours recipe]",
-               {**PROBE, "synthetic.enabled": True, "synthetic.distribution": "vmf"}),
+               {**PROBE, "system": "synthetic_probe", "synthetic.distribution": "vmf"}),
     ), _STORED),
     Group("scilt", (
         Recipe("SciLT fusion stage3+stage4, gate, dual sup. [ours design]", SCILT),
@@ -184,12 +183,6 @@ GROUPS: tuple[Group, ...] = (
         "prior twice; ifl.env2_cls=false keeps only the shared-centre loss."
     )),
 )  # fmt: skip
-
-#: The datasets with a GLT protocol: the builder in :mod:`lvmlt.data.glt` and what its
-#: class and attribute are (words for the report; counts and names come from the bundles).
-GLT_PROTOCOLS: dict[str, dict] = {
-    "elpv": {"build": "elpv_glt_bundles", "title": "ELPV", "classes": "defect level", "attribute": "cell type"},
-}
 
 #: The closing notes of a comparison; ``{machines}`` is filled from the runs' runtime records.
 COMPARE_NOTES = (

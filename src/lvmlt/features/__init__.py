@@ -11,7 +11,7 @@ to a :class:`StoreWriter` (:mod:`lvmlt.features.writer`), which alone writes the
 
 :mod:`lvmlt.features.dataset` turns a store into the datasets a model on stored features is
 trained on (``model.needs``, ``model.feature_norms``); :mod:`lvmlt.features.synthetic` tops
-the training split up with synthetic tail features (``synthetic.enabled``).
+the training split up with synthetic tail features (``system=synthetic_probe``).
 """
 
 from lvmlt.features.config import ExtractConfig

@@ -1,9 +1,9 @@
 """What the other systems of our references add beyond the core's pieces.
 
-The linear probe (``fusion.sam_only``), the synthetic tail features
-(:mod:`lvmlt.features.synthetic`, ``synthetic.enabled``), SciLT's multi-level fusion
+The linear probe (``system=sam_probe``), the synthetic tail features
+(:mod:`lvmlt.features.synthetic`, ``system=synthetic_probe``), SciLT's multi-level fusion
 (:mod:`lvmlt.models.scilt` with its loss term :mod:`lvmlt.losses.scilt`,
-``scilt.enabled``) and IFL (:mod:`lvmlt.losses.ifl`, ``ifl.enabled``, under the GLT data
+``system=scilt``), each an entry of :mod:`lvmlt.systems`, and IFL (:mod:`lvmlt.losses.ifl`, ``ifl.enabled``, under the GLT data
 protocol :mod:`lvmlt.data.glt`) are all trained by the one trainer, and compared side by
 side by ``lvmlt compare`` (:mod:`lvmlt.experiments.compare`). Left here:
 

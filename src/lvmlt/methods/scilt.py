@@ -1,7 +1,7 @@
 """LoRA for the frozen encoder, and SciLT's fusion head trained end to end on images (PEFT).
 
 The fusion head itself is a model of the trainer on stored levels
-(:mod:`lvmlt.models.scilt`, ``scilt.enabled=true``); this module adds what a fine-tuned
+(:mod:`lvmlt.models.scilt`, ``system=scilt``); this module adds what a fine-tuned
 encoder needs: :func:`apply_lora` puts LoRA (rank 8 on the attention ``qkv`` and ``proj``
 of every TinyViT / ViT block) into a frozen encoder and :class:`EncoderSciLT` runs the
 whole model end to end. On this CPU, fine-tuning MobileSAM is out of reach, so the

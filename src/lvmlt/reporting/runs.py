@@ -171,10 +171,18 @@ def _read_description(path: Path, run: RunRecord) -> list[str] | None:
 
 
 def _uses_store(config: dict, inputs: list[str] | None) -> bool:
-    if inputs is not None:
-        return any(i != "image" for i in inputs)
-    fu, sc = config.get("fusion") or {}, config.get("scilt") or {}
-    return bool(fu.get("store")) and any(bool(x) for x in (fu.get("map"), fu.get("latent"), fu.get("sam_only"), sc.get("enabled")))
+    """Whether the run read stored features: its described inputs, else what its system reads."""
+    if inputs is None:
+        from lvmlt import systems
+        from lvmlt.config import Config, _build, without_retired
+        from lvmlt.errors import UserError
+
+        try:
+            cfg = _build(Config, without_retired(config))  # older runs' mode flags read as their system
+            inputs = sorted(systems.of(cfg).inputs(cfg)) if cfg.fusion.store else []
+        except (UserError, TypeError, ValueError):
+            return False
+    return any(i != "image" for i in inputs)
 
 
 def _read_history(path: Path, notes: list[str]) -> list[dict]:
