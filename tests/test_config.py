@@ -121,3 +121,27 @@ def test_run_name_is_one_folder_inside_out_dir(name):
 def test_run_name_plain_and_default():
     assert load_config(None, ["run_name=ce-seed0..b"]).run_name == "ce-seed0..b"
     assert load_config().run_name == ""  # "": the default name <dataset>-<loss>-seed<seed>
+
+
+def test_memory_format_auto_follows_the_cpu_and_old_bool_configs_load(monkeypatch):
+    """optim.memory_format=auto: channels-last with AVX-512 (faster there), NCHW on AVX2-only CPUs
+    (faster there); the bool optim.channels_last of older configs and run directories still loads."""
+    import dataclasses
+
+    from lvmlt import hardware
+    from lvmlt.config import without_retired
+
+    info = hardware.cpu_info()
+    for isa, expected in (("AVX512", True), ("AVX2", False)):
+        fake = dataclasses.replace(info, isa=isa, avx512=isa == "AVX512")
+        monkeypatch.setattr(hardware, "cpu_info", lambda fake=fake: fake)
+        assert hardware.resolve_memory_format("auto", "cpu") is expected
+        assert hardware.resolve_memory_format("channels_last", "cpu") is True
+        assert hardware.resolve_memory_format("contiguous", "cpu") is False
+    assert load_config(None, ["optim.channels_last=false"]).optim.memory_format == "contiguous"
+    assert load_config(None, ["optim.channels_last=true"]).optim.memory_format == "auto"
+    old = to_dict(Config())
+    old["optim"] = {k: v for k, v in old["optim"].items() if k != "memory_format"} | {"channels_last": False}
+    assert without_retired(old)["optim"]["memory_format"] == "contiguous"
+    with pytest.raises(UserError, match="optim.memory_format='nhwc' must be one of auto, channels_last, contiguous"):
+        load_config(None, ["optim.memory_format=nhwc"])

@@ -65,6 +65,8 @@ class LossConfig:
 
 #: Compute precisions of training (``optim.precision``) and extraction (``precision``).
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+#: Training's memory layouts (``optim.memory_format``; ``auto``: lvmlt.hardware.resolve_memory_format).
+MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
 
 
 @dataclass(frozen=True)
@@ -81,7 +83,7 @@ class OptimConfig:
     warmup_epochs: int = 0
     accumulate: int = 1  # gradient accumulation steps
     precision: str = "auto"  # auto (bf16 where native, else fp32) | fp32 | bf16 | fp16 (CUDA only)
-    channels_last: bool = True  # NHWC convolutions: 1.03-1.27x faster steps on both CPU kinds we measured (benchmarks/train_step.py)
+    memory_format: str = "auto"  # auto (channels-last with AVX-512 or CUDA, else NCHW: hardware.py) | channels_last | contiguous
     max_steps_per_epoch: int = 0  # 0 = whole epoch; >0 caps it (smoke tests)
 
 
@@ -303,6 +305,18 @@ def without_retired(d: dict) -> dict:
     return with_system(out)
 
 
+def _renamed(d: dict) -> dict:
+    """``optim.channels_last`` (a bool before ``optim.memory_format``) read as the format it meant:
+    true, its default, asked for the fast layout (``auto``), false for ``contiguous``."""
+    out = dict(d)
+    optim = out.get("optim")
+    if isinstance(optim, dict) and "channels_last" in optim:
+        optim = {k: v for k, v in optim.items() if k != "channels_last"}
+        optim.setdefault("memory_format", "auto" if d["optim"]["channels_last"] else "contiguous")
+        out["optim"] = optim
+    return out
+
+
 # The mode flags of older lvmlt, each read as the systems it allows (the first unless the
 # ``system`` key names another of them), in a config file, an override or a run directory's
 # config.yaml: section, key, systems.
@@ -319,7 +333,7 @@ def with_system(d: dict) -> dict:
     Raises:
         UserError: the flags, or a flag and the ``system`` key, ask for different systems.
     """
-    out, allowed, flags = dict(d), None, []
+    out, allowed, flags = _renamed(d), None, []
     for section, key, names in LEGACY_FLAGS:
         if isinstance(out.get(section), dict) and key in out[section]:
             out[section] = {k: v for k, v in out[section].items() if k != key}
@@ -392,6 +406,7 @@ CHECKS: dict[str, _Check] = {
     "optim.gamma": _POSITIVE,
     "optim.warmup_epochs": (lambda v, c: 0 <= v <= c.optim.epochs, "between 0 and optim.epochs"),
     "optim.accumulate": _at_least(1),
+    "optim.memory_format": _one_of(MEMORY_FORMATS),
     "optim.max_steps_per_epoch": (lambda v, c: v >= 0, "at least 0 (0 = the whole epoch)"),
     "eval.many_threshold": _at_least(0),
     "eval.few_threshold": (

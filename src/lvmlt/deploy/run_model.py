@@ -46,7 +46,7 @@ class RunModel:
         self.cfg = cfg
         self.device = hardware.pick_device(device if device != "auto" else cfg.device)
         self.precision = hardware.resolve_precision(cfg.optim.precision, self.device, "optim.precision")
-        self.channels_last = cfg.optim.channels_last
+        self.channels_last = hardware.resolve_memory_format(cfg.optim.memory_format, self.device)
         model = build_model(cfg, len(self.spec["classes"]), self.spec["feature_dims"])
         apply_stage(model, replace(cfg.stage, init_from=None), self.device)  # LWS adds its scales
         state = rundir.load_checkpoint(self.run_dir / rundir.BEST, map_location="cpu")

@@ -162,7 +162,7 @@ def _evaluate_checkpoints(run_cfg, run_dir: Path, glt: dict) -> dict:
         for c, ckpt in (("best", rundir.BEST), ("last", rundir.LAST)):
             run.model.load_state_dict(rundir.load_checkpoint(run_dir / ckpt, map_location=run.device)["model"])
             logits, labels = predict(
-                run.model, run.loaders["test"], run.device, run.precision, k, False, run_cfg.optim.channels_last
+                run.model, run.loaders["test"], run.device, run.precision, k, False, run.channels_last
             )
             m = score(logits, labels, b.train_counts, b.meta, run_cfg.eval)
             accs = attribute_accuracy(logits, labels, b.meta["attributes"]["test"], len(names))

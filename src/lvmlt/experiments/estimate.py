@@ -39,7 +39,8 @@ def step_seconds(cfg, num_classes: int, feature_dims: dict, repeat: int = 3) -> 
     system = systems.of(cfg)
     spec = system.spec(cfg, num_classes, feature_dims)
     model = system.model(cfg, spec)
-    if cfg.optim.channels_last:
+    channels_last = hardware.resolve_memory_format(cfg.optim.memory_format, device)
+    if channels_last:
         model.to(memory_format=torch.channels_last)
     model.train()
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
@@ -48,7 +49,7 @@ def step_seconds(cfg, num_classes: int, feature_dims: dict, repeat: int = 3) -> 
     batch = {"label": torch.randint(0, num_classes, (b,), generator=g)}
     if inputs.IMAGE in spec.inputs:
         x = torch.randn(b, 3, s, s, generator=g)
-        batch[inputs.IMAGE] = x.contiguous(memory_format=torch.channels_last) if cfg.optim.channels_last else x
+        batch[inputs.IMAGE] = x.contiguous(memory_format=torch.channels_last) if channels_last else x
     for key in inputs.sam_keys(spec.inputs):
         if key == inputs.SAM_MAP:
             batch[key] = torch.randn(b, 1, 16, 16, generator=g)

@@ -143,6 +143,7 @@ class Run:
     sampler: object  # the training sampler (set_epoch each epoch)
     store: object = None  # the open FeatureStore (None when the model reads images only)
     spec: object = None  # the systems.Spec the model and datasets were built from
+    channels_last: bool = False  # resolved optim.memory_format
 
     def record(self) -> dict:
         """What ``auto`` settings became on this machine (written into config.yaml)."""
@@ -150,6 +151,7 @@ class Run:
             "device": str(self.device),
             "device_name": hardware.describe_device(self.device),
             "precision": self.precision,
+            "memory_format": "channels_last" if self.channels_last else "contiguous",
             "num_workers": self.loaders["train"].num_workers,
             "torch": str(torch.__version__),
             "threads": torch.get_num_threads(),
@@ -190,7 +192,8 @@ def build_run(cfg: Config, bundle=None, load_init: bool = True) -> Run:
     store = open_store(cfg)
     spec = system.spec(cfg, bundle.num_classes, feature_dims(store))
     model = system.model(cfg, spec).to(device)
-    if cfg.optim.channels_last:
+    channels_last = hardware.resolve_memory_format(cfg.optim.memory_format, device)
+    if channels_last:
         model.to(memory_format=torch.channels_last)
     apply_stage(model, cfg.stage if load_init else replace(cfg.stage, init_from=None), device)
     splits = build_splits(bundle, store, spec, system.topped_up(cfg, spec))
@@ -199,7 +202,7 @@ def build_run(cfg: Config, bundle=None, load_init: bool = True) -> Run:
     parts = TermParts.of(cfg, splits["train"].class_counts, model.embedding_dim, system.outputs(cfg))
     terms = build_terms(cfg, parts).to(device)
     loaders, sampler = build_loaders(cfg, splits, device)
-    return Run(cfg, bundle, device, precision, model, terms, splits, loaders, sampler, store, spec)
+    return Run(cfg, bundle, device, precision, model, terms, splits, loaders, sampler, store, spec, channels_last)
 
 
 def open_store(cfg: Config):
@@ -435,7 +438,7 @@ class Trainer:
             t0 = time.time()
             train_terms = self._train_epoch(epoch)
             logits, labels = predict(
-                self.model, self.loaders["val"], self.device, self.precision, "val", self.progress, o.channels_last
+                self.model, self.loaders["val"], self.device, self.precision, "val", self.progress, self.run.channels_last
             )
             val = score(logits, labels, self.bundle.train_counts, self.bundle.meta, cfg.eval)
             # Selection uses the validation split only; balanced accuracy suits long tails.
@@ -485,7 +488,7 @@ class Trainer:
         for b, batch in enumerate(loader):
             if b >= n_batches:
                 break
-            batch = _to(batch, self.device, o.channels_last)
+            batch = _to(batch, self.device, self.run.channels_last)
             self._note_bad(batch)
             with runtime.autocast(self.device, self.precision):
                 out = self.net(batch)
@@ -562,7 +565,7 @@ def final_evaluation(run: Run, run_dir: Path, best_epoch: int, bad_ids: set[str]
     scored = {}
     for split in ("val", "test"):
         logits, labels, *z = predict(
-            run.model, run.loaders[split], run.device, run.precision, split, progress, cfg.optim.channels_last, parts
+            run.model, run.loaders[split], run.device, run.precision, split, progress, run.channels_last, parts
         )
         scored[split] = [logits, labels, z[0] if z else {}]
         ids = run.bundle.splits()[split].ids
