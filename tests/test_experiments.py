@@ -140,3 +140,31 @@ def test_bad_seeds_are_one_line_before_any_run(command, capsys, tmp_path):
     assert main([command, "--seeds", "1,1", "--out", str(tmp_path / "runs")]) == 2
     assert "names a seed twice" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(
+    "budget, costs, chosen",
+    [
+        (10, {256: 300, 128: 100}, "full"),  # 4 runs x 60 s + 300 s = 9 min: fits
+        (10, {256: 400, 128: 100}, "balanced softmax pair"),  # full 10.7 min; the pair 8.7 min
+        (10, {256: 600, 128: 100}, "balanced softmax pair, 128 px features"),
+        (10, {256: 900, 128: 800}, "balanced softmax pair, 128 px features"),  # none fits: the lightest
+        (0, {256: 900, 128: 800}, "full"),  # no budget: the full plan
+    ],
+)
+def test_the_demo_runs_the_richest_plan_that_fits_its_budget(budget, costs, chosen, tmp_path, monkeypatch, capsys):
+    from types import SimpleNamespace
+
+    from lvmlt.experiments import demo
+
+    def expected(cfgs, bundle, store_dir, extract_cfg, bundle_dir):
+        return {"features": costs[extract_cfg.img_size], "training": 60.0 * len(cfgs)}
+
+    monkeypatch.setattr(demo, "expected_seconds", expected)
+    args = SimpleNamespace(budget=budget, plan=None, config="configs/elpv.yaml", overrides=[])
+    plan, cfgs, extract_cfg, store_dir, _ = demo.choose_plan(args, None, tmp_path)
+    assert plan.name == chosen and list(cfgs) == list(plan.runs) and extract_cfg.img_size == plan.img_size
+    assert store_dir.name == f"elpv-mobilesam-{plan.img_size}" and plan.export in plan.runs
+    said = capsys.readouterr().out
+    assert said.startswith(f"plan: {chosen} ") and ("richer plans did not fit" in said) == (chosen != "full")
+    assert all(c.fusion.store == str(store_dir) for c in cfgs.values())

@@ -3,35 +3,66 @@
 1. Extracts frozen MobileSAM features (v_SAM and the PCA map) of every ELPV image into a
    feature store, once: a second run finds the store complete and reuses it (after
    checking its provenance against the data and settings).
-2. Trains the cross-entropy and balanced-softmax baselines and the paper's full method
-   on top of each (SAM map + latent fusion + prototype loss), one seed each.
+2. Trains baselines and the paper's full method on top of each (SAM map + latent fusion +
+   prototype loss), one seed each.
 3. Prints the many / medium / few / all table and writes an HTML report of the runs.
-4. Exports the CE + SAM run as a bundle (ONNX graphs and plain data, checked against torch)
+4. Exports a SAM-fused run as a bundle (ONNX graphs and plain data, checked against torch)
    and classifies a handful of test images from the bundle alone.
 
-Finished runs are reused; an interrupted demo continues where it stopped.
+What it trains is a *plan* (:data:`PLANS`), the richest that fits ``--budget`` minutes on the
+machine at hand by rates measured at the start (:mod:`lvmlt.experiments.estimate`): the full
+plan (cross-entropy and balanced softmax, each alone and with the SAM features, features at
+256 px), else the balanced-softmax pair alone (the baseline whose rare classes score at all
+at this budget), else that pair on features at 128 px. Every plan keeps a table of the SAM
+features' effect on the medium and few classes. Finished runs are reused; an interrupted
+demo continues where it stopped.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-SAM = ["fusion.map=true", "fusion.latent=true", "proto.enabled=true"]
+SAM = ("fusion.map=true", "fusion.latent=true", "proto.enabled=true")
+BS = ("loss.name=balanced_softmax",)
+#: The demo's runs: table label -> (run directory name under --out, overrides).
 RUNS = {
-    "CE": [],
-    "CE + SAM features + L_proto": SAM,
-    "balanced softmax": ["loss.name=balanced_softmax"],
-    "balanced softmax + SAM features + L_proto": ["loss.name=balanced_softmax", *SAM],
+    "CE": ("ce", ()),
+    "CE + SAM features + L_proto": ("ce+sam_features+l_proto", SAM),
+    "balanced softmax": ("balanced_softmax", BS),
+    "balanced softmax + SAM features + L_proto": ("balanced_softmax+sam_features+l_proto", (*BS, *SAM)),
 }
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the demo trains: its runs (keys of :data:`RUNS`), the SAM input side of the
+    features, and the run exported as a bundle."""
+
+    name: str
+    runs: tuple[str, ...]
+    img_size: int
+    export: str
+
+
+PLANS = (
+    Plan("full", tuple(RUNS), 256, "CE + SAM features + L_proto"),
+    Plan("balanced softmax pair", ("balanced softmax", "balanced softmax + SAM features + L_proto"), 256,
+         "balanced softmax + SAM features + L_proto"),
+    Plan("balanced softmax pair, 128 px features", ("balanced softmax", "balanced softmax + SAM features + L_proto"),
+         128, "balanced softmax + SAM features + L_proto"),
+)  # fmt: skip
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="lvmlt demo on ELPV")
     ap.add_argument("--out", default="runs/demo")
     ap.add_argument("--config", default=str(Path(__file__).resolve().parents[3] / "configs" / "elpv.yaml"))
-    ap.add_argument("--img-size", type=int, default=256, help="MobileSAM input side for the features")
+    ap.add_argument("--budget", type=float, default=10.0,
+                    help="minutes: the richest plan expected to fit runs (0 = the full plan, however long)")
+    ap.add_argument("--plan", choices=[p.name for p in PLANS], help="run this plan whatever its expected time")
     ap.add_argument("overrides", nargs="*", help="key=value overrides for every run")
     args = ap.parse_args(argv)
 
@@ -40,8 +71,8 @@ def main(argv=None) -> int:
     from lvmlt.config import load_config
     from lvmlt.data import build_data
     from lvmlt.evaluation.metrics import SUMMARY_COLUMNS, format_table
-    from lvmlt.experiments.ablate import run_result
-    from lvmlt.features import ExtractConfig, extract
+    from lvmlt.experiments.grid import run_result
+    from lvmlt.features import extract
     from lvmlt.reporting import write_report
     from lvmlt.training.trainer import run_dir_for
 
@@ -53,39 +84,67 @@ def main(argv=None) -> int:
         f"{torch.get_num_threads()} threads; runs under {out}/"
     )
     bundle = build_data(base.data)
-    store_dir = out / "features" / f"elpv-mobilesam-{args.img_size}"
-    extract_cfg = ExtractConfig(encoder="mobilesam", img_size=args.img_size)
-    cfgs = {}
-    for name, extra in RUNS.items():
-        slug = name.lower().replace(" + ", "+").replace(" ", "_")
-        cfgs[name] = load_config(
-            args.config,
-            [*args.overrides, *extra, f"fusion.store={store_dir}", f"out_dir={out}", f"run_name={slug}"],
-        )
-    expected = expected_seconds(cfgs, bundle, store_dir, extract_cfg, out / "bundle")
-    parts = ", ".join(f"{k} {_minutes(v)}" for k, v in expected.items() if v > 0) or "finished work is reused"
-    print(f"expected on this machine: about {_minutes(sum(expected.values()))} ({parts}; "
-          f"from rates measured in {time.time() - t0:.0f} s)")
+    plan, cfgs, extract_cfg, store_dir, expected = choose_plan(args, bundle, out)
     extract(bundle, extract_cfg, store_dir)
     print(f"features ready in {store_dir} ({time.time() - t0:.0f} s so far)")
 
-    rows, dirs = {}, []
+    rows, dirs = {}, {}
     for name, cfg in cfgs.items():
         print(f"\n== {name}")
         m = run_result(cfg, bundle=bundle)  # finished runs are read, a killed one resumes
-        rows[name], dirs = m["test"], [*dirs, run_dir_for(cfg)]
+        rows[name], dirs[name] = m["test"], run_dir_for(cfg)
     th = next(iter(rows.values()))["thresholds"]
     print(
         f"\nELPV test split ({len(bundle.test)} images; many > {th['many']}, few < {th['few']} training images; "
         "checkpoints chosen on validation):"
     )
     print(format_table(rows, columns=SUMMARY_COLUMNS))
-    report = write_report(dirs, out / "report.html", title="lvmlt demo: ELPV")
+    report = write_report(list(dirs.values()), out / "report.html", title="lvmlt demo: ELPV")
     print(f"\nreport: {report['html']}")
-    classify_from_bundle(dirs[1], out / "bundle", bundle.test)
+    classify_from_bundle(dirs[plan.export], out / "bundle", bundle.test)
     wall = time.time() - t0
     print(f"\nwall time: {_minutes(wall)} (expected {_minutes(sum(expected.values()))})")
     return 0
+
+
+def plan_configs(plan: Plan, args, out: Path):
+    """The run configs, extraction settings and store directory of ``plan``."""
+    from lvmlt.config import load_config
+    from lvmlt.features import ExtractConfig
+
+    store_dir = out / "features" / f"elpv-mobilesam-{plan.img_size}"
+    cfgs = {}
+    for name in plan.runs:
+        run_name, extra = RUNS[name]
+        cfgs[name] = load_config(
+            args.config, [*args.overrides, *extra, f"fusion.store={store_dir}", f"out_dir={out}", f"run_name={run_name}"]
+        )
+    return cfgs, ExtractConfig(encoder="mobilesam", img_size=plan.img_size), store_dir
+
+
+def choose_plan(args, bundle, out: Path):
+    """The plan to run (``--plan``, else the first of :data:`PLANS` expected within ``--budget``,
+    else the last), with its configs, extraction settings, store and expected seconds; says
+    which and why on one line or two."""
+    t0 = time.time()
+    budget = args.budget * 60
+    forced = next((p for p in PLANS if p.name == args.plan), None)
+    tried = []
+    for plan in [forced] if forced else PLANS:
+        cfgs, extract_cfg, store_dir = plan_configs(plan, args, out)
+        expected = expected_seconds(cfgs, bundle, store_dir, extract_cfg, out / "bundle")
+        tried.append((plan, sum(expected.values())))
+        if forced or budget <= 0 or sum(expected.values()) <= budget:
+            break
+    total = sum(expected.values())
+    parts = ", ".join(f"{k} {_minutes(v)}" for k, v in expected.items() if v > 0) or "finished work is reused"
+    print(f"plan: {plan.name} ({len(plan.runs)} runs, features at {plan.img_size} px); expected on this machine: "
+          f"about {_minutes(total)} ({parts}; from rates measured in {time.time() - t0:.0f} s)")
+    if len(tried) > 1:
+        richer = "; ".join(f"{p.name} about {_minutes(t)}" for p, t in tried[:-1])
+        print(f"  richer plans did not fit --budget {args.budget:g} min here ({richer}): "
+              f"--plan NAME runs one anyway, --budget 0 the full plan")
+    return plan, cfgs, extract_cfg, store_dir, expected
 
 
 def _minutes(seconds: float) -> str:
@@ -94,7 +153,8 @@ def _minutes(seconds: float) -> str:
 
 def expected_seconds(cfgs: dict, bundle, store_dir: Path, extract_cfg, bundle_dir: Path) -> dict:
     """What the demo's parts will cost here, from rates measured now (:mod:`lvmlt.experiments.estimate`):
-    the extraction (unless the store is complete), each unfinished run, the export."""
+    the extraction (unless the store is complete), each unfinished run, the export. The
+    encoder's engine is built here once per input side (an extraction then reuses it)."""
     from lvmlt import rundir
     from lvmlt.deploy.bundle import MANIFEST
     from lvmlt.encoders import build_encoder
