@@ -64,7 +64,7 @@ def describe_run(run, store, alpha: float | None, val_logits, val_labels, thresh
     """(spec, arrays) of a finished run, for :func:`lvmlt.rundir.write_description`.
 
     Args:
-        run: what :func:`lvmlt.training.trainer.build_run` built (its spec: inputs and norms).
+        run: what :func:`lvmlt.training.build.build_run` built (its spec: inputs and norms).
         store: the open feature store the run was trained on (None without one).
         alpha: the alpha the latent-fused model predicts with (None for other models).
         val_logits, val_labels: the validation predictions (for the calibration).

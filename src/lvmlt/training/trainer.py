@@ -7,6 +7,11 @@ TensorBoard events under ``tb/``, ``history.jsonl`` (one line per epoch),
 ``checkpoints/last.pt`` (written atomically each epoch) and ``checkpoints/best.pt`` (the
 epoch with the best *validation* score), and at the end ``metrics.json`` and
 ``predictions.npz`` (validation and test logits, for post-hoc calibration).
+
+Built by :func:`lvmlt.training.build.build_run` (the one construction path), checked by
+:mod:`lvmlt.training.checks`, evaluated at the end by
+:func:`lvmlt.training.evaluate.final_evaluation`; the names of those modules stay
+importable from here.
 """
 
 from __future__ import annotations
@@ -16,21 +21,41 @@ import logging
 import math
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
 from lvmlt import distributed, hardware, locks, rundir
-from lvmlt.config import Config, replace, to_dict, used_sections
+from lvmlt.config import Config, to_dict
 from lvmlt.errors import UserError
 from lvmlt.evaluation.metrics import score
-from lvmlt.losses import build_terms
-from lvmlt.outputs import BRANCHES
 from lvmlt.training import runtime
+from lvmlt.training.build import Run, _to, build_loaders, build_run, collate, open_store, predict
+from lvmlt.training.checks import MIN_VAL_PER_CLASS, check_resume, check_validation, config_diff
+from lvmlt.training.evaluate import evaluate_run, final_evaluation, load_run
 from lvmlt.training.optim import build_optimizer
+
+# Names of the construction path, the checks and the evaluation, importable from here as before.
+__all__ = [
+    "MIN_VAL_PER_CLASS",
+    "Run",
+    "Trainer",
+    "build_loaders",
+    "build_run",
+    "check_resume",
+    "check_validation",
+    "collate",
+    "config_diff",
+    "evaluate_run",
+    "final_evaluation",
+    "load_run",
+    "lr_lambda",
+    "open_store",
+    "predict",
+    "run_dir_for",
+    "train",
+]
 
 log = logging.getLogger("lvmlt")
 
@@ -71,219 +96,6 @@ def lr_lambda(cfg: Config, steps_per_epoch: int):
     if o.schedule not in ("cosine", "step"):
         raise UserError(f"unknown optim.schedule {o.schedule!r}", fix="choose cosine or step")
     return f
-
-
-def collate(items: list[dict]) -> dict:
-    batch = torch.utils.data.default_collate(items)
-    # A skipped (unreadable) image keeps its slot but gets label -1: losses and metrics ignore it.
-    batch["label"] = torch.where(batch["valid"], batch["label"], torch.full_like(batch["label"], -1))
-    return batch
-
-
-def _to(batch: dict, device, channels_last: bool = False) -> dict:
-    out = {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
-    if channels_last and "image" in out:
-        out["image"] = out["image"].contiguous(memory_format=torch.channels_last)
-    return out
-
-
-@torch.inference_mode()
-def predict(
-    model,
-    loader,
-    device,
-    precision: str,
-    desc: str = "eval",
-    progress: bool = True,
-    channels_last: bool = False,
-    parts: tuple[str, ...] = (),
-):
-    """Logits (N x C float32), labels (N, -1 for skipped images) of a whole split, in order.
-
-    Under torchrun each rank scores its shard of the split and the shards are gathered,
-    so every rank ends with the same full arrays.
-
-    Args:
-        parts: other N x C outputs of the model to return too (e.g. ``("z_cnn", "z_sam")``);
-            then the result is ``(logits, labels, {part: array})``.
-    """
-    model.eval()
-    keys = ("logits", *parts)
-    got = {k: [] for k in (*keys, "label", "index")}
-    for batch in tqdm(loader, desc=desc, leave=False, disable=not progress, dynamic_ncols=True):
-        batch = _to(batch, device, channels_last)
-        with runtime.autocast(device, precision):
-            out = model(batch)
-        for k in keys:
-            got[k].append(out[k].float().cpu())
-        got["label"].append(batch["label"].cpu())
-        got["index"].append(batch["index"].cpu())
-    logits, labels, *rest = distributed.gather_in_order(
-        *[torch.cat(got[k]).numpy() for k in ("index", "logits", "label", *parts)]
-    )
-    return (logits, labels, dict(zip(parts, rest, strict=True))) if parts else (logits, labels)
-
-
-@dataclass
-class Run:
-    """Everything a config builds before any training: the one construction path.
-
-    Built by :func:`build_run` for training (:class:`Trainer`) and for re-evaluation
-    (:func:`evaluate_run`) alike, so the two can never build different models or loaders.
-    """
-
-    cfg: Config
-    bundle: object  # DataBundle
-    device: torch.device
-    precision: str  # resolved: fp32 | bf16 | fp16
-    model: torch.nn.Module
-    terms: torch.nn.Module  # the loss terms (a ModuleDict)
-    splits: dict  # train / val / test datasets (with SAM features when the model needs them)
-    loaders: dict  # train / val / test DataLoaders (val / test sharded under torchrun)
-    sampler: object  # the training sampler (set_epoch each epoch)
-    store: object = None  # the open FeatureStore (None when the model reads images only)
-    spec: object = None  # the systems.Spec the model and datasets were built from
-    channels_last: bool = False  # resolved optim.memory_format
-
-    def record(self) -> dict:
-        """What ``auto`` settings became on this machine (written into config.yaml)."""
-        return {
-            "device": str(self.device),
-            "device_name": hardware.describe_device(self.device),
-            "precision": self.precision,
-            "memory_format": "channels_last" if self.channels_last else "contiguous",
-            "num_workers": self.loaders["train"].num_workers,
-            "torch": str(torch.__version__),
-            "threads": torch.get_num_threads(),
-        }
-
-
-def build_run(cfg: Config, bundle=None, load_init: bool = True) -> Run:
-    """Build data, model, loss terms and loaders of ``cfg``, seeded; writes nothing.
-
-    Args:
-        cfg: the run's config.
-        bundle: the data (built from ``cfg.data`` when None).
-        load_init: load ``stage.init_from``'s weights (False when a checkpoint of this run
-            will be loaded next, as in re-evaluation).
-    """
-    from lvmlt import systems
-    from lvmlt.features.dataset import build_splits, feature_dims
-    from lvmlt.losses import TermParts
-    from lvmlt.models.stage import apply_stage
-
-    runtime.seed_everything(cfg.seed)
-    device = distributed.init_from_env(cfg.device) or hardware.pick_device(cfg.device)
-    precision = hardware.resolve_precision(cfg.optim.precision, device, "optim.precision")
-    _, world = distributed.world()
-    if cfg.data.batch_size % world:
-        raise UserError(
-            f"data.batch_size={cfg.data.batch_size} does not split over {world} processes",
-            fix="use a batch size divisible by the number of processes (it is the global batch)",
-        )
-    if bundle is None:
-        from lvmlt.data import build_data
-
-        bundle = build_data(cfg.data)
-    for s in bundle.splits().values():
-        s.skip_bad_images = cfg.data.skip_bad_images
-    # First what is needed (the system, its inputs and their widths), then each part from that.
-    system = systems.of(cfg)
-    store = open_store(cfg)
-    spec = system.spec(cfg, bundle.num_classes, feature_dims(store))
-    model = system.model(cfg, spec).to(device)
-    channels_last = hardware.resolve_memory_format(cfg.optim.memory_format, device)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-    apply_stage(model, cfg.stage if load_init else replace(cfg.stage, init_from=None), device)
-    splits = build_splits(bundle, store, spec, system.topped_up(cfg, spec))
-    # The loss terms see the counts trained on (with a top-up: real + synthetic); the metric
-    # groups stay those of the real training split.
-    parts = TermParts.of(cfg, splits["train"].class_counts, model.embedding_dim, system.outputs(cfg))
-    terms = build_terms(cfg, parts).to(device)
-    loaders, sampler = build_loaders(cfg, splits, device)
-    return Run(cfg, bundle, device, precision, model, terms, splits, loaders, sampler, store, spec, channels_last)
-
-
-def open_store(cfg: Config):
-    """The feature store ``fusion.store`` names, opened (None when unset)."""
-    if not cfg.fusion.store:
-        return None
-    from lvmlt.features import FeatureStore
-
-    return FeatureStore.open(cfg.fusion.store)
-
-
-def build_loaders(cfg: Config, splits: dict, device: torch.device) -> tuple[dict, object]:
-    """DataLoaders of the three splits and the training sampler."""
-    from lvmlt.data.samplers import build_sampler
-
-    d = cfg.data
-    rank, size = distributed.world()
-    # Every rank draws the same global order and keeps its share, so a step's
-    # batches over all ranks are the single-process batch: data.batch_size is global.
-    sampler = build_sampler(d.sampler, splits["train"].labels, seed=cfg.seed, rank=rank, world_size=size)
-    workers = runtime.loader_workers(d.num_workers, device, size)
-    common = dict(
-        batch_size=d.batch_size // size,
-        num_workers=workers,
-        collate_fn=collate,
-        pin_memory=device.type == "cuda",
-        persistent_workers=workers > 0,
-    )
-    out = {"train": torch.utils.data.DataLoader(splits["train"], sampler=sampler, drop_last=False, **common)}
-    for k in ("val", "test"):
-        shard = list(range(rank, len(splits[k]), size))
-        out[k] = torch.utils.data.DataLoader(splits[k], sampler=shard, **common)
-    return out, sampler
-
-
-def config_diff(run_dir: Path, cfg: Config, ignore: tuple[str, ...] = ()) -> str:
-    """The settings (in the sections the runs use) where ``cfg`` differs from the config
-    ``run_dir`` was made with, as "key: saved -> asked, ..." ("" when none).
-
-    Args:
-        ignore: top-level keys left out (e.g. ``threads``, which never changes a result).
-    """
-    # Built back into a Config: keys added since the run was saved take their defaults
-    # (what the older version did), retired ones are dropped.
-    saved, asked = used_sections(to_dict(load_run(run_dir))), used_sections(to_dict(cfg))
-    return _diff(*({k: v for k, v in d.items() if k not in ignore} for d in (saved, asked)))
-
-
-def check_resume(run_dir: Path, cfg: Config) -> None:
-    """A run resumes only with the config it was started with (in the sections it uses)."""
-    diff = config_diff(run_dir, cfg)
-    if diff:
-        raise UserError(f"--resume with a different config ({diff})", where=str(run_dir), fix="use the saved config")
-
-
-#: Validation split checks: fewer images than this per class on average cannot choose an epoch.
-MIN_VAL_PER_CLASS = 2
-
-
-def check_validation(bundle) -> str | None:
-    """One warning line when the validation split cannot choose an epoch well (None when it can):
-    a class without validation images, or fewer than :data:`MIN_VAL_PER_CLASS` per class on average."""
-    labels = np.asarray(bundle.val.labels)
-    c = bundle.num_classes
-    counts = np.bincount(labels[labels >= 0], minlength=c)[:c]
-    names = list(getattr(bundle, "class_names", None) or range(c))
-    empty = [str(names[k]) for k in np.flatnonzero(counts == 0)]
-    problems = []
-    if empty:
-        shown = ", ".join(empty[:10]) + (f" and {len(empty) - 10} more" if len(empty) > 10 else "")
-        problems.append(f"{len(empty)} of {c} classes have no validation image ({shown})")
-    if counts.sum() < MIN_VAL_PER_CLASS * c:
-        problems.append(
-            f"it holds {int(counts.sum())} images for {c} classes (fewer than {MIN_VAL_PER_CLASS} per class)"
-        )
-    if not problems:
-        return None
-    return (
-        "the validation split chooses the best epoch, and " + "; ".join(problems)
-        + ": the choice is close to chance (raise data.val_fraction, or pass a larger val_split)"
-    )
 
 
 class Trainer:
@@ -537,103 +349,6 @@ class Trainer:
         return final_evaluation(self.run, self.run_dir, self.best_epoch, self.bad_ids, self.progress)
 
 
-def final_evaluation(run: Run, run_dir: Path, best_epoch: int, bad_ids: set[str], progress: bool = True) -> dict:
-    """Score the run's best checkpoint on val and test; write metrics.json (merged) and logits.
-
-    Args:
-        run: what :func:`build_run` built; its model gets the best checkpoint's weights.
-        run_dir: the run directory (``checkpoints/best.pt`` is read from it).
-        best_epoch: recorded in the metrics.
-        bad_ids: ids of images skipped so far (evaluation adds those of val and test).
-    """
-    cfg = run.cfg
-    best = run_dir / rundir.BEST
-    if best.exists():
-        run.model.load_state_dict(rundir.load_checkpoint(best, map_location=run.device)["model"])
-    from lvmlt import systems
-    from lvmlt.models.heads import count_trainable
-
-    system = systems.of(cfg)
-
-    out = {"best_epoch": best_epoch, "selected_on": "val/mean_class_acc", "tie_break": "val/nll (lower)"}
-    out["trainable_params"] = count_trainable(run.model) + count_trainable(run.terms)
-    preds = {"train_counts": run.bundle.train_counts}
-    bad_ids = set(bad_ids)
-    # Outputs the system's hook reads are saved too (a latent-fused model's branch logits, so
-    # alpha can be chosen again later).
-    parts = tuple(system.scored_outputs(cfg))
-    scored = {}
-    for split in ("val", "test"):
-        logits, labels, *z = predict(
-            run.model, run.loaders[split], run.device, run.precision, split, progress, run.channels_last, parts
-        )
-        scored[split] = [logits, labels, z[0] if z else {}]
-        ids = run.bundle.splits()[split].ids
-        bad_ids |= {ids[i] for i in np.flatnonzero(labels < 0)}
-    out.update(system.finish(cfg, run.model, scored, run.bundle))
-    thresholds = {}
-    for split, (logits, labels, z) in scored.items():
-        preds.update({f"{split}_logits": logits, f"{split}_labels": labels, **{f"{split}_{k}": v for k, v in z.items()}})
-        out[split] = score(logits, labels, run.bundle.train_counts, run.bundle.meta, cfg.eval)
-        thresholds = out[split]["thresholds"]
-    if runtime.is_primary():
-        rundir.write_predictions(run_dir, preds)
-        from lvmlt.training.describe import describe_run
-
-        alpha = run.model.alpha if set(BRANCHES) <= set(system.outputs(cfg)) else None
-        rundir.write_description(run_dir, *describe_run(run, run.store, alpha, *scored["val"][:2], thresholds))
-        if bad_ids:
-            rundir.atomic_write_text(run_dir / rundir.BAD_IMAGES, "\n".join(sorted(bad_ids)) + "\n")
-        out["skipped_images"] = len(bad_ids)
-        # merged: keys other commands added (e.g. "calibrated") stay
-        rundir.write_metrics(run_dir, out)
-    return out
-
-
-def _diff(a: dict, b: dict, prefix: str = "") -> str:
-    keys = []
-    for k in sorted(set(a) | set(b)):
-        va, vb = a.get(k), b.get(k)
-        if isinstance(va, dict) and isinstance(vb, dict):
-            sub = _diff(va, vb, prefix + k + ".")
-            if sub:
-                keys.append(sub)
-        elif va != vb:
-            keys.append(f"{prefix}{k}: {va!r} -> {vb!r}")
-    return ", ".join(keys)
-
-
 def train(cfg: Config, resume: bool = False, progress: bool = True, bundle=None) -> dict:
     """Train and evaluate one run; returns the final metrics (also in RUN_DIR/metrics.json)."""
     return Trainer(cfg, resume=resume, progress=progress, bundle=bundle).fit()
-
-
-def load_run(run_dir: str | Path) -> Config:
-    """The :class:`Config` a run directory was made with."""
-    saved = rundir.read_config(run_dir)
-    from lvmlt.config import _build, without_retired
-
-    return _build(Config, without_retired(saved["config"]))
-
-
-def evaluate_run(run_dir: str | Path, progress: bool = True) -> dict:
-    """Re-evaluate a finished run's best checkpoint (``lvmlt evaluate RUN_DIR``).
-
-    It rewrites metrics.json and predictions.npz, so it holds the run directory's lock:
-    a run being trained or evaluated by another process is refused in one line.
-    """
-    run_dir = Path(run_dir)
-    cfg = load_run(run_dir)
-    cfg = replace(cfg, out_dir=str(run_dir.parent), run_name=run_dir.name)
-    if not (run_dir / rundir.BEST).exists():
-        raise UserError(f"{run_dir} has no checkpoint yet", fix="train it first (or --resume it)")
-    lock = locks.hold(run_dir) if locks.primary_process() else None
-    try:
-        st = rundir.load_checkpoint(run_dir / rundir.BEST)
-        run = build_run(cfg, load_init=False)  # same parameters as trained; the weights come from best.pt
-        return final_evaluation(run, run_dir, st["best_epoch"], set(st.get("bad_ids", [])), progress)
-    except rundir.WriteError as e:
-        raise e.then(f"run `lvmlt evaluate {run_dir}` again") from None
-    finally:
-        if lock is not None:
-            lock.release()

@@ -1,0 +1,106 @@
+"""Final evaluation of a run's best checkpoint, and reading a finished run back.
+
+:func:`final_evaluation` ends every training run (and ``lvmlt evaluate``): it scores the
+best-on-validation checkpoint on val and test and writes ``metrics.json``,
+``predictions.npz`` and the run's description. :func:`load_run` reads the config a run
+directory was made with; :func:`evaluate_run` rebuilds the run through the one build path
+(:func:`lvmlt.training.build.build_run`) and evaluates it again.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from lvmlt import locks, rundir
+from lvmlt.config import Config, replace
+from lvmlt.errors import UserError
+from lvmlt.evaluation.metrics import score
+from lvmlt.outputs import BRANCHES
+from lvmlt.training import runtime
+from lvmlt.training.build import Run, build_run, predict
+
+
+def final_evaluation(run: Run, run_dir: Path, best_epoch: int, bad_ids: set[str], progress: bool = True) -> dict:
+    """Score the run's best checkpoint on val and test; write metrics.json (merged) and logits.
+
+    Args:
+        run: what :func:`build_run` built; its model gets the best checkpoint's weights.
+        run_dir: the run directory (``checkpoints/best.pt`` is read from it).
+        best_epoch: recorded in the metrics.
+        bad_ids: ids of images skipped so far (evaluation adds those of val and test).
+    """
+    cfg = run.cfg
+    best = run_dir / rundir.BEST
+    if best.exists():
+        run.model.load_state_dict(rundir.load_checkpoint(best, map_location=run.device)["model"])
+    from lvmlt import systems
+    from lvmlt.models.heads import count_trainable
+
+    system = systems.of(cfg)
+
+    out = {"best_epoch": best_epoch, "selected_on": "val/mean_class_acc", "tie_break": "val/nll (lower)"}
+    out["trainable_params"] = count_trainable(run.model) + count_trainable(run.terms)
+    preds = {"train_counts": run.bundle.train_counts}
+    bad_ids = set(bad_ids)
+    # Outputs the system's hook reads are saved too (a latent-fused model's branch logits, so
+    # alpha can be chosen again later).
+    parts = tuple(system.scored_outputs(cfg))
+    scored = {}
+    for split in ("val", "test"):
+        logits, labels, *z = predict(
+            run.model, run.loaders[split], run.device, run.precision, split, progress, run.channels_last, parts
+        )
+        scored[split] = [logits, labels, z[0] if z else {}]
+        ids = run.bundle.splits()[split].ids
+        bad_ids |= {ids[i] for i in np.flatnonzero(labels < 0)}
+    out.update(system.finish(cfg, run.model, scored, run.bundle))
+    thresholds = {}
+    for split, (logits, labels, z) in scored.items():
+        preds.update({f"{split}_logits": logits, f"{split}_labels": labels, **{f"{split}_{k}": v for k, v in z.items()}})
+        out[split] = score(logits, labels, run.bundle.train_counts, run.bundle.meta, cfg.eval)
+        thresholds = out[split]["thresholds"]
+    if runtime.is_primary():
+        rundir.write_predictions(run_dir, preds)
+        from lvmlt.training.describe import describe_run
+
+        alpha = run.model.alpha if set(BRANCHES) <= set(system.outputs(cfg)) else None
+        rundir.write_description(run_dir, *describe_run(run, run.store, alpha, *scored["val"][:2], thresholds))
+        if bad_ids:
+            rundir.atomic_write_text(run_dir / rundir.BAD_IMAGES, "\n".join(sorted(bad_ids)) + "\n")
+        out["skipped_images"] = len(bad_ids)
+        # merged: keys other commands added (e.g. "calibrated") stay
+        rundir.write_metrics(run_dir, out)
+    return out
+
+
+def load_run(run_dir: str | Path) -> Config:
+    """The :class:`Config` a run directory was made with."""
+    saved = rundir.read_config(run_dir)
+    from lvmlt.config import _build, without_retired
+
+    return _build(Config, without_retired(saved["config"]))
+
+
+def evaluate_run(run_dir: str | Path, progress: bool = True) -> dict:
+    """Re-evaluate a finished run's best checkpoint (``lvmlt evaluate RUN_DIR``).
+
+    It rewrites metrics.json and predictions.npz, so it holds the run directory's lock:
+    a run being trained or evaluated by another process is refused in one line.
+    """
+    run_dir = Path(run_dir)
+    cfg = load_run(run_dir)
+    cfg = replace(cfg, out_dir=str(run_dir.parent), run_name=run_dir.name)
+    if not (run_dir / rundir.BEST).exists():
+        raise UserError(f"{run_dir} has no checkpoint yet", fix="train it first (or --resume it)")
+    lock = locks.hold(run_dir) if locks.primary_process() else None
+    try:
+        st = rundir.load_checkpoint(run_dir / rundir.BEST)
+        run = build_run(cfg, load_init=False)  # same parameters as trained; the weights come from best.pt
+        return final_evaluation(run, run_dir, st["best_epoch"], set(st.get("bad_ids", [])), progress)
+    except rundir.WriteError as e:
+        raise e.then(f"run `lvmlt evaluate {run_dir}` again") from None
+    finally:
+        if lock is not None:
+            lock.release()
