@@ -13,7 +13,8 @@ Adding a loss means registering a builder (``@LOSSES.register("name")``, see
 :mod:`lvmlt.losses.baseline`), not adding an ``elif`` to the trainer.
 
 The training objective is a sum of *terms* (:mod:`lvmlt.losses.terms`): the baseline loss
-above, and the optional prototype (:mod:`~lvmlt.losses.proto`), ProCo
+above and the dual supervision of other heads' logits (:mod:`~lvmlt.losses.supervision`),
+the optional prototype (:mod:`~lvmlt.losses.proto`), ProCo
 (:mod:`~lvmlt.losses.proco`), IFL (:mod:`~lvmlt.losses.ifl`) and SciLT's per-level heads
 (:mod:`~lvmlt.losses.scilt`) terms, each registered in
 ``TERMS`` by its own module with the config section it reads.
@@ -22,11 +23,10 @@ above, and the optional prototype (:mod:`~lvmlt.losses.proto`), ProCo
 from __future__ import annotations
 
 # Importing the term modules registers their terms in TERMS.
-from lvmlt.losses import ifl, proco, proto, scilt  # noqa: F401,I001  (after the names above)
+from lvmlt.losses import ifl, proco, proto, scilt, supervision  # noqa: F401,I001  (after the names above)
 from lvmlt.losses.baseline import (
     IGNORE_INDEX,
     LOSSES,
-    BaselineTerm,
     ClassBalancedLoss,
     ClassCountLoss,
     CrossEntropyLoss,
@@ -39,12 +39,14 @@ from lvmlt.losses.baseline import (
     ldam_margins,
     log_prior,
 )
+from lvmlt.losses.supervision import AuxHeadsTerm, BaselineTerm
 from lvmlt.losses.terms import TERMS, Term, TermParts, build_terms
 
 __all__ = [
     "IGNORE_INDEX",
     "LOSSES",
     "TERMS",
+    "AuxHeadsTerm",
     "BaselineTerm",
     "ClassBalancedLoss",
     "ClassCountLoss",

@@ -9,7 +9,8 @@ run's ``loss.*`` (built once more here, on the same class counts), beta =
 from __future__ import annotations
 
 from lvmlt import outputs as o
-from lvmlt.losses.baseline import AuxHeadsTerm, build_loss
+from lvmlt.losses.baseline import build_loss
+from lvmlt.losses.supervision import AuxHeadsTerm
 from lvmlt.losses.terms import Term, register
 
 
