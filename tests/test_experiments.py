@@ -145,11 +145,11 @@ def test_bad_seeds_are_one_line_before_any_run(command, capsys, tmp_path):
 @pytest.mark.parametrize(
     "budget, costs, chosen",
     [
-        (10, {256: 300, 128: 100}, "full"),  # 4 runs x 60 s + 300 s = 9 min: fits
-        (10, {256: 400, 128: 100}, "balanced softmax pair"),  # full 10.7 min; the pair 8.7 min
-        (10, {256: 600, 128: 100}, "balanced softmax pair, 128 px features"),
-        (10, {256: 900, 128: 800}, "balanced softmax pair, 128 px features"),  # none fits: the lightest
-        (0, {256: 900, 128: 800}, "full"),  # no budget: the full plan
+        (10, 300, "full"),  # 4 runs x 60 s + 300 s = 9 min: fits
+        (10, 400, "balanced softmax pair"),  # full 10.7 min; the pair 8.7 min
+        (10, 500, "balanced softmax pair, 4 epochs"),  # the pair 10.3 min; at 4 epochs 8.6 min
+        (10, 900, "balanced softmax pair, 4 epochs"),  # none fits: the lightest
+        (0, 900, "full"),  # no budget: the full plan
     ],
 )
 def test_the_demo_runs_the_richest_plan_that_fits_its_budget(budget, costs, chosen, tmp_path, monkeypatch, capsys):
@@ -158,12 +158,13 @@ def test_the_demo_runs_the_richest_plan_that_fits_its_budget(budget, costs, chos
     from lvmlt.experiments import demo
 
     def expected(cfgs, bundle, store_dir, extract_cfg, bundle_dir):
-        return {"features": costs[extract_cfg.img_size], "training": 60.0 * len(cfgs)}
+        return {"features": costs, "training": sum(7.5 * c.optim.epochs for c in cfgs.values())}
 
     monkeypatch.setattr(demo, "expected_seconds", expected)
     args = SimpleNamespace(budget=budget, plan=None, config="configs/elpv.yaml", overrides=[])
     plan, cfgs, extract_cfg, store_dir, _ = demo.choose_plan(args, None, tmp_path)
     assert plan.name == chosen and list(cfgs) == list(plan.runs) and extract_cfg.img_size == plan.img_size
+    assert len({c.run_name for p in demo.PLANS for c in demo.plan_configs(p, args, tmp_path)[0].values()}) == 6  # the pair reuses the full plan's runs
     assert store_dir.name == f"elpv-mobilesam-{plan.img_size}" and plan.export in plan.runs
     said = capsys.readouterr().out
     assert said.startswith(f"plan: {chosen} ") and ("richer plans did not fit" in said) == (chosen != "full")

@@ -265,7 +265,7 @@ def test_invalid_settings_are_user_errors():
     with pytest.raises(UserError, match="pca"):
         ExtractConfig(pca="kernel")
     with pytest.raises(UserError, match="batch_size"):
-        ExtractConfig(batch_size=0)
+        ExtractConfig(batch_size=-1)
 
 
 # ------------------------------------------------------------------------- bad images

@@ -37,7 +37,7 @@ class ExtractConfig:
     levels: tuple[str, ...] = ()  # earlier stages to store pooled (e.g. stage2, stage3)
 
     # --- how (speed and robustness only) ---
-    batch_size: int = 1  # measured fastest on a 2-core CPU; larger on a GPU
+    batch_size: int = 0  # images per encoder call; 0 = auto: what the engine runs at once (OpenVINO's streams), else 1
     chunk_size: int = 128  # samples per atomically written chunk (the unit of resume)
     channels_last: bool = True
     engine: str = "auto"  # auto | torch | openvino | onnxruntime (auto: OpenVINO on the CPU, torch on CUDA)
@@ -64,9 +64,10 @@ class ExtractConfig:
         for key in ("img_size", "map_size", "threads"):
             if getattr(self, key) < 0:
                 bad(key, "use 0 (default) or a positive number")
-        for key in ("batch_size", "chunk_size"):
-            if getattr(self, key) < 1:
-                bad(key, "use a positive number")
+        if self.batch_size < 0:
+            bad("batch_size", "use 0 (automatic) or a positive number")
+        if self.chunk_size < 1:
+            bad("chunk_size", "use a positive number")
         if self.workers < 0:
             bad("workers", "use 0 (decode in the main thread) or more")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):

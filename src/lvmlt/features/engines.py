@@ -137,7 +137,8 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 
 class CompiledEncoder:
-    """A frozen encoder compiled by OpenVINO or ONNX Runtime: one image at a time.
+    """A frozen encoder compiled by OpenVINO or ONNX Runtime: each image inferred on its own
+    (OpenVINO: ``parallel`` of them at once).
 
     Calling it maps a float32 ``B x 3 x S x S`` tensor to ``{"out": ..., level: ...}`` as
     :meth:`FrozenEncoder.forward_levels` does (float32 tensors on the CPU).
@@ -148,12 +149,13 @@ class CompiledEncoder:
             torch float32 at export, seconds to build or load).
     """
 
-    def __init__(self, engine: str, run: Callable[[np.ndarray], list[np.ndarray]], names, info: dict):
+    def __init__(self, engine: str, run: Callable[[np.ndarray], list[list[np.ndarray]]], names, info: dict):
         self.engine, self._run, self.names, self.info = engine, run, tuple(names), info
+        self.parallel = getattr(run, "parallel", 1)  # images the engine runs at once
 
     def __call__(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         x = x.float().contiguous()  # engines take plain NCHW float32
-        per_image = [self._run(x[i : i + 1].numpy()) for i in range(x.shape[0])]
+        per_image = self._run(x.numpy())
         return {
             name: torch.from_numpy(np.concatenate([outs[k] for outs in per_image]))
             for k, name in enumerate(self.names)
@@ -281,7 +283,7 @@ def _export(encoder, engine, precision, levels, names, folder: Path, key_fields:
                     graph, (x,), str(tmp / "encoder.onnx"), opset_version=18, dynamo=False,
                     input_names=["image"], output_names=list(names),
                 )  # fmt: skip
-        got = _load(engine, tmp, precision, threads)(x.numpy())
+        (got,) = _load(engine, tmp, precision, threads)(x.numpy())
         cosine = min(_cosine(a, b) for a, b in zip(got, reference, strict=True))
         meta = key_fields | {"cosine_to_torch_fp32": cosine, "outputs": list(names)}
         if cosine < MIN_COSINE:  # not cached: a later run checks again
@@ -300,27 +302,19 @@ def _export(encoder, engine, precision, levels, names, folder: Path, key_fields:
         raise
 
 
-def _load(engine: str, folder: Path, precision: str, threads: int) -> Callable[[np.ndarray], list[np.ndarray]]:
-    """A function ``x (1 x 3 x S x S float32) -> [outputs]`` running the model in ``folder``."""
+def _load(engine: str, folder: Path, precision: str, threads: int) -> Callable[[np.ndarray], list[list[np.ndarray]]]:
+    """A function ``x (B x 3 x S x S float32) -> [[outputs] per image]`` running the model in ``folder``.
+
+    OpenVINO runs in its throughput mode: the cores are shared out into streams (2 on 2
+    cores), and the images of a call are inferred in parallel, one per stream, through an
+    asynchronous queue. On MobileSAM at 256 px this measured 1.12x (float32) and 1.28x
+    (bfloat16) the images per second of one request over all cores on an Intel Xeon with
+    AMX (2 cores), and 1.04-1.09x with OpenVINO limited to AVX2 kernels. ONNX Runtime runs
+    the images one after another on all cores. The returned function has ``parallel``, the
+    images it runs at once (batches of at least that many keep every stream busy).
+    """
     if engine == "openvino":
-        import openvino as ov
-
-        core = ov.Core()
-        config = {
-            "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
-            "INFERENCE_NUM_THREADS": int(threads),
-            "PERFORMANCE_HINT": "LATENCY",
-            "CACHE_DIR": str(folder / "compiled"),  # the compiled blob: later loads skip compiling
-        }
-        compiled = core.compile_model(str(folder / "encoder.xml"), "CPU", config)
-        request = compiled.create_infer_request()
-        outputs = compiled.outputs
-
-        def run(x: np.ndarray) -> list[np.ndarray]:
-            res = request.infer({0: x})
-            return [np.array(res[o], copy=True) for o in outputs]
-
-        return run
+        return _load_openvino(folder, precision, threads)
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -331,7 +325,38 @@ def _load(engine: str, folder: Path, precision: str, threads: int) -> Callable[[
     session = ort.InferenceSession(str(folder / "encoder.onnx"), options, providers=["CPUExecutionProvider"])
     input_name = session.get_inputs()[0].name
 
-    def run(x: np.ndarray) -> list[np.ndarray]:
-        return session.run(None, {input_name: x})
+    def run(x: np.ndarray) -> list[list[np.ndarray]]:
+        return [session.run(None, {input_name: x[i : i + 1]}) for i in range(len(x))]
 
+    run.parallel = 1
+    return run
+
+
+def _load_openvino(folder: Path, precision: str, threads: int):
+    import openvino as ov
+
+    core = ov.Core()
+    config = {
+        "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
+        "INFERENCE_NUM_THREADS": int(threads),
+        "PERFORMANCE_HINT": "THROUGHPUT",
+        "CACHE_DIR": str(folder / "compiled"),  # the compiled blob: later loads skip compiling
+    }
+    compiled = core.compile_model(str(folder / "encoder.xml"), "CPU", config)
+    queue = ov.AsyncInferQueue(compiled, int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
+    n_out = len(compiled.outputs)
+
+    def run(x: np.ndarray) -> list[list[np.ndarray]]:
+        got: list = [None] * len(x)
+
+        def done(request, i):
+            got[i] = [np.array(request.get_output_tensor(k).data, copy=True) for k in range(n_out)]
+
+        queue.set_callback(done)
+        for i in range(len(x)):
+            queue.start_async({0: x[i : i + 1]}, i)
+        queue.wait_all()
+        return got
+
+    run.parallel = len(queue)
     return run

@@ -137,6 +137,8 @@ class _Runner:
             self.compiled = compile_encoder(encoder, self.engine, cfg.precision, cfg.levels, cfg.threads, log)
             if self.compiled is None:
                 self.engine = "torch"
+        # Images per call with batch_size=0: one per stream of the engine (torch: one).
+        self.parallel = self.compiled.parallel if self.compiled is not None else 1
         if self.compiled is not None:
             self.engine_info = dict(self.compiled.info)
         else:
@@ -342,7 +344,7 @@ def _global_basis(writer: StoreWriter, train, encoder, run, cfg: ExtractConfig, 
     rank, world = distributed.world()
     mine = sample[rank::world]
     bar = _progress(len(mine), "fit PCA (train sample)", progress)
-    for batch in iter_batches(train, encoder, [(0, mine)], cfg.batch_size, cfg.workers, cfg.skip_bad_images):
+    for batch in iter_batches(train, encoder, [(0, mine)], cfg.batch_size or run.parallel, cfg.workers, cfg.skip_bad_images):
         if batch.x is not None:
             acc.add(fitter.spatial_vectors(run(batch.x), batch.sizes))
         bar.update(len(batch.indices) + len(batch.bad))
@@ -367,7 +369,7 @@ def _extract_split(writer: StoreWriter, name, split, jobs, run, reducer: Reducer
     bar = _progress(sum(len(idx) for _, idx in jobs), f"extract {name}", progress)
     sizes = dict(jobs)
     parts: dict[int, list] = {}
-    for batch in iter_batches(split, reducer.encoder, jobs, cfg.batch_size, cfg.workers, cfg.skip_bad_images):
+    for batch in iter_batches(split, reducer.encoder, jobs, cfg.batch_size or run.parallel, cfg.workers, cfg.skip_bad_images):
         reduced = reducer.reduce(run(batch.x), batch.sizes) if batch.x is not None else None
         parts.setdefault(batch.key, []).append((batch, reduced))
         bar.update(len(batch.indices) + len(batch.bad))
