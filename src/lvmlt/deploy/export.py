@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from lvmlt import __version__, inputs, rundir
+from lvmlt import outputs as o
 from lvmlt.deploy.bundle import BUNDLE_FORMAT, CLASSIFIER, ENCODER, MANIFEST, BundleModel, npy_name, onnx_name
 from lvmlt.errors import UserError
 
@@ -33,7 +34,7 @@ class _Classifier(torch.nn.Module):
         self.model, self.keys = model, list(keys)
 
     def forward(self, *xs):
-        return self.model(dict(zip(self.keys, xs, strict=True)))["logits"]
+        return self.model(dict(zip(self.keys, xs, strict=True)))[o.LOGITS]
 
 
 def _example(spec: dict, key: str, n: int = 2) -> torch.Tensor:

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from lvmlt import hardware, inputs, rundir
+from lvmlt import outputs as o
 from lvmlt.errors import UserError
 
 
@@ -108,4 +109,4 @@ class RunModel:
         if self.channels_last and inputs.IMAGE in t:
             t[inputs.IMAGE] = t[inputs.IMAGE].contiguous(memory_format=torch.channels_last)
         with runtime.autocast(self.device, self.precision):
-            return self.model(t)["logits"].float().cpu().numpy()
+            return self.model(t)[o.LOGITS].float().cpu().numpy()

@@ -15,6 +15,8 @@ import time
 import numpy as np
 import torch
 
+from lvmlt import outputs as o
+
 #: An evaluation batch (forward only, no optimiser) costs this fraction of a training step;
 #: measured on ResNet-18 at 48 px (demo config) on the CPU: 0.30-0.36.
 EVAL_FRACTION = 0.35
@@ -59,7 +61,7 @@ def step_seconds(cfg, num_classes: int, feature_dims: dict, repeat: int = 3) -> 
     def step():
         with runtime.autocast(device, precision):
             out = model(batch)
-        loss = torch.nn.functional.cross_entropy(out["logits"].float(), batch["label"])
+        loss = torch.nn.functional.cross_entropy(out[o.LOGITS].float(), batch["label"])
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

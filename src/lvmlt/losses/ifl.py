@@ -47,6 +47,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lvmlt import outputs as o
 from lvmlt.config import IFLConfig
 from lvmlt.data.samplers import build_sampler
 from lvmlt.errors import UserError
@@ -218,13 +219,13 @@ class IFLTerm(Term):
         if alpha == 0.0:
             return {}
         a1, a2, valid = self._env_weights(batch)
-        h = out["embedding"].float()
+        h = out[o.EMBEDDING].float()
         y = torch.where(valid, batch["label"], torch.zeros_like(batch["label"]))
         d = ((h - self.centers[y].float()) ** 2).sum(dim=1).clamp(1e-12, 1e12)
         # One set of centres fits both environments: the invariance IFL asks for.
         center = 0.5 * ((a1 * d).sum() + (a2 * d).sum())
         terms = {"ifl_center": alpha * center}
-        logits = out["logits"].float()
+        logits = out[o.LOGITS].float()
         if self.cfg.env2_cls and self.baseline is not None:
             per = self.baseline.per_sample(logits, y)
             terms["ifl_env2_cls"] = (a2 * per).sum()
@@ -239,9 +240,9 @@ class IFLTerm(Term):
         idx = batch["index"].to(self.scores.device).long()[valid]
         yv = y[valid]
         self.labels_seen[idx] = yv
-        h = out["embedding"].float()
+        h = out[o.EMBEDDING].float()
         if self._rebuild_at(self.epoch + 1):
-            p = out["logits"].float().softmax(dim=1)[valid]
+            p = out[o.LOGITS].float().softmax(dim=1)[valid]
             self.scores[idx] = p.gather(1, yv[:, None])[:, 0].to(self.scores.dtype)
             self.feat_sum.index_add_(0, yv, h[valid].double())
             self.feat_count.index_add_(0, yv, torch.ones_like(yv, dtype=torch.float64))

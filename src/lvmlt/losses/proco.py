@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lvmlt import outputs as o
 from lvmlt.losses.terms import Term, register
 
 KAPPA_MAX = 1e5  # the authors' clamp on the concentration
@@ -375,9 +376,9 @@ class ProCoTerm(Term):
         self.loss.new_epoch()
 
     def forward(self, out: dict, batch: dict) -> dict:
-        z = F.normalize(self.proj(out["embedding"].float()), dim=1)
+        z = F.normalize(self.proj(out[o.EMBEDDING].float()), dim=1)
         targets = torch.where(batch["label"] >= 0, batch["label"], torch.full_like(batch["label"], -100))
-        return {"proco": self.loss(z, out["logits"], targets)["proco"]}
+        return {"proco": self.loss(z, out[o.LOGITS], targets)["proco"]}
 
 
 @register("proco", "proco")

@@ -20,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from lvmlt import outputs as o
 from lvmlt.errors import UserError
 from lvmlt.losses.terms import Term, register
 
@@ -120,7 +121,7 @@ class PrototypeLoss(Term):
         self.eps = eps
 
     def forward(self, out: dict, batch: dict) -> dict:
-        z = out["embedding"].float()
+        z = out[o.EMBEDDING].float()
         y = batch["label"]
         valid = y >= 0
         B = valid.sum().clamp(min=1)
@@ -147,7 +148,7 @@ class PrototypeLoss(Term):
 
     @torch.no_grad()
     def after_step(self, out: dict, batch: dict) -> None:
-        self.bank.push(out["embedding"], batch["label"])
+        self.bank.push(out[o.EMBEDDING], batch["label"])
 
 
 @register("proto", "proto")

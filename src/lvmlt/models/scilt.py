@@ -32,6 +32,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from lvmlt import outputs as o
 from lvmlt.config import SciLTConfig
 from lvmlt.errors import UserError
 from lvmlt.inputs import level_key
@@ -187,10 +188,10 @@ class SciLTModel(nn.Module):
         out = self.head(*[batch[k].float() for k in self.keys])
         mode = "fused" if self.training else self.inference
         return {
-            "logits": inference_logits(out, mode),
-            "level_logits": out["level_logits"],
-            "weights": out["weights"],
-            "embedding": out["fused"],
+            o.LOGITS: inference_logits(out, mode),
+            o.LEVEL_LOGITS: out["level_logits"],
+            o.LEVEL_WEIGHTS: out["weights"],
+            o.EMBEDDING: out["fused"],
         }
 
 
