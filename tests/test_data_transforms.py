@@ -48,3 +48,38 @@ def test_odd_modes(mode):
 def test_too_small_size_is_a_user_error():
     with pytest.raises(UserError, match="image_size"):
         build_transform(2, train=False)
+
+
+def test_a_split_resizes_each_image_once_and_gives_the_same_tensors(monkeypatch):
+    """The resized image is kept (RGB + resize run once per image); the augmentation is still
+    drawn at every call, so a cached item equals an uncached one under the same seed."""
+    from lvmlt.data import base
+    from lvmlt.data.base import ImageSplit
+    from lvmlt.errors import BadImageError
+
+    imgs = (np.random.default_rng(0).random((6, 40, 40)) * 255).astype(np.uint8)
+    loads = []
+
+    def load(i):
+        loads.append(i)
+        if i == 5:
+            raise BadImageError("cannot decode image", where="img5.png")
+        return Image.fromarray(imgs[i])
+
+    def items(split):
+        torch.manual_seed(0)
+        return [split[i]["image"] for i in range(5)]
+
+    split = ImageSplit("train", [str(i) for i in range(6)], np.zeros(6, int), load, transform=build_transform(16, True))
+    split.skip_bad_images = True
+    first, again = items(split), items(split)
+    assert loads == [0, 1, 2, 3, 4] and all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+    assert not torch.equal(first[0], split[0]["image"])  # the crop and flip are drawn anew
+    assert [split[5]["valid"], split[5]["valid"]] == [False, False] and loads.count(5) == 2  # a bad image is never kept
+    monkeypatch.setattr(base, "RESIZED_CACHE_BYTES", 6 * 16 * 16 * 3 - 1)  # does not fit: decoded every time
+    split.transform = build_transform(16, True)
+    loads.clear()
+    uncached = items(split)
+    assert loads == [0, 1, 2, 3, 4] and all(torch.equal(a, b) for a, b in zip(first, uncached, strict=True))
+    items(split)
+    assert len(loads) == 10

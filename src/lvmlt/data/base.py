@@ -18,6 +18,11 @@ from PIL import Image
 
 from lvmlt.errors import BadImageError
 
+#: A split keeps its resized images in memory (they are decoded and resized once, not every
+#: epoch) when all of them fit in this many bytes (per process: each DataLoader worker holds
+#: its own copy).
+RESIZED_CACHE_BYTES = 128 * 2**20
+
 
 class ImageSplit(torch.utils.data.Dataset):
     """One split of labelled images.
@@ -30,7 +35,9 @@ class ImageSplit(torch.utils.data.Dataset):
         sizes: optional byte size per sample (file-backed splits), used in fingerprints.
         transform: applied to the PIL image; returns a tensor (3 x H x W).
 
-    ``split[i]`` returns ``{"image": Tensor 3xHxW, "label": int, "index": i}``.
+    ``split[i]`` returns ``{"image": Tensor 3xHxW, "label": int, "index": i}``. With a
+    :class:`~lvmlt.data.transforms.SplitTransform`, its deterministic part (RGB, resize) runs
+    once per image when the split's resized images fit in :data:`RESIZED_CACHE_BYTES`.
     """
 
     def __init__(
@@ -47,15 +54,29 @@ class ImageSplit(torch.utils.data.Dataset):
         self.labels = np.asarray(labels, dtype=np.int64)
         self.load = load
         self.sizes = list(sizes) if sizes is not None else None
-        self.transform = transform
+        self.transform = transform  # (a property: setting it empties the cache of resized images)
         self.skip_bad_images = False  # set by the trainer: bad images are replaced, not fatal
         self.bad: dict[int, str] = {}  # index -> reason, filled when skip_bad_images is on
         assert len(self.ids) == len(self.labels)
+
+    @property
+    def transform(self) -> Callable | None:
+        return self._transform
+
+    @transform.setter
+    def transform(self, transform: Callable | None) -> None:
+        self._transform = transform
+        size = getattr(transform, "size", None)
+        fits = size is not None and len(self.ids) * size * size * 3 <= RESIZED_CACHE_BYTES
+        self._resized: dict[int, Image.Image] | None = {} if fits else None
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def __getitem__(self, i: int) -> dict:
+        cached = self._resized.get(i) if self._resized is not None else None
+        if cached is not None:
+            return {"image": self._transform.post(cached), "label": int(self.labels[i]), "index": i, "valid": True}
         try:
             img = self.load(i)
         except BadImageError as e:
@@ -69,7 +90,11 @@ class ImageSplit(torch.utils.data.Dataset):
             valid = False
         else:
             valid = True
-        x = self.transform(img) if self.transform else img
+        if valid and self._resized is not None:
+            self._resized[i] = img = self._transform.pre(img)
+            x = self._transform.post(img)
+        else:
+            x = self._transform(img) if self._transform else img
         return {"image": x, "label": int(self.labels[i]), "index": i, "valid": valid}
 
     def fingerprint(self) -> str:

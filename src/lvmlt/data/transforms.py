@@ -28,7 +28,27 @@ class ToRGB:
         return "ToRGB()"
 
 
-def build_transform(image_size: int, train: bool, augment: bool = True, hflip: bool = True) -> T.Compose:
+class SplitTransform:
+    """``post(pre(img))``: ``pre`` is deterministic (RGB, resize), so a split may keep its
+    output per image (:class:`lvmlt.data.base.ImageSplit`); ``post`` is the augmentation, the
+    tensor conversion and the normalisation, drawn anew at every call."""
+
+    def __init__(self, pre: T.Compose, post: T.Compose, size: int):
+        self.pre, self.post, self.size = pre, post, size
+
+    def __call__(self, img: Image.Image):
+        return self.post(self.pre(img))
+
+    @property
+    def transforms(self) -> list:
+        """Every step in order, as :class:`torchvision.transforms.Compose` lists them."""
+        return [*self.pre.transforms, *self.post.transforms]
+
+    def __repr__(self) -> str:
+        return f"SplitTransform(pre={self.pre!r}, post={self.post!r})"
+
+
+def build_transform(image_size: int, train: bool, augment: bool = True, hflip: bool = True) -> SplitTransform:
     """The transform a split applies to each loaded PIL image.
 
     Args:
@@ -44,10 +64,11 @@ def build_transform(image_size: int, train: bool, augment: bool = True, hflip: b
     """
     if not isinstance(image_size, int) or image_size < 8:
         raise UserError(f"image size {image_size!r} is too small", fix="set data.image_size to 8 or more")
-    ops = [ToRGB(), T.Resize((image_size, image_size), antialias=True)]
+    pre = T.Compose([ToRGB(), T.Resize((image_size, image_size), antialias=True)])
+    ops = []
     if train and augment:
         ops.append(T.RandomCrop(image_size, padding=image_size // 8, padding_mode="reflect"))
         if hflip:
             ops.append(T.RandomHorizontalFlip())
     ops += [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
-    return T.Compose(ops)
+    return SplitTransform(pre, T.Compose(ops), image_size)

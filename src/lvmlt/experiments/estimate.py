@@ -69,27 +69,38 @@ def step_seconds(cfg, num_classes: int, feature_dims: dict, repeat: int = 3) -> 
     return _timed(step, repeat)
 
 
-def decode_seconds(split, n: int = 24) -> float:
-    """Seconds to load and transform one image of ``split`` (the loader runs in-process on
-    small CPUs, so this adds to every step)."""
+def decode_seconds(split, n: int = 24) -> tuple[float, float]:
+    """Seconds to load and transform one image of ``split`` the first time and again (a split
+    keeps its resized images when they fit: lvmlt.data.base.ImageSplit); the loader runs
+    in-process on small CPUs, so this adds to every step."""
     idx = np.linspace(0, len(split) - 1, num=min(n, len(split))).astype(int)
-    t = time.perf_counter()
-    for i in idx:
-        split[int(i)]
-    return (time.perf_counter() - t) / max(1, len(idx))
+    rates = []
+    for _ in range(2):
+        t = time.perf_counter()
+        for i in idx:
+            split[int(i)]
+        rates.append((time.perf_counter() - t) / max(1, len(idx)))
+    return rates[0], rates[1]
 
 
-def run_seconds(cfg, bundle, step: float, decode: float) -> float:
-    """Seconds of one training run: every epoch's steps and validation, then val + test."""
+def run_seconds(cfg, bundle, step: float, decode: tuple[float, float]) -> float:
+    """Seconds of one training run: every epoch's steps and validation, then val + test.
+
+    Args:
+        decode: seconds per image the first time and again (:func:`decode_seconds`).
+    """
+    first, again = decode
     b = cfg.data.batch_size
     steps = math.ceil(len(bundle.train) / b)
     if cfg.optim.max_steps_per_epoch > 0:
         steps = min(steps, cfg.optim.max_steps_per_epoch)
     val_batches = math.ceil(len(bundle.val) / b)
     test_batches = math.ceil(len(bundle.test) / b)
-    per_epoch = steps * (step + b * decode) + val_batches * (EVAL_FRACTION * step + b * decode)
-    final = (val_batches + test_batches) * (EVAL_FRACTION * step + b * decode)
-    return cfg.optim.epochs * per_epoch + final
+    train = steps * step + steps * b * again
+    val = val_batches * (EVAL_FRACTION * step + b * again)
+    final = val + test_batches * (EVAL_FRACTION * step + b * first)
+    first_pass = (len(bundle.train) + len(bundle.val)) * (first - again)  # the first epoch decodes each image
+    return cfg.optim.epochs * (train + val) + final + first_pass
 
 
 def encoder_seconds(encoder, extract_cfg, split, n: int = 4, log=None) -> tuple[float, float]:
