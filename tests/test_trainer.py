@@ -217,7 +217,7 @@ def test_the_optimiser_comes_from_the_registry(tmp_path):
         Trainer(_cfg(tmp_path / "c", "optim.name=lbfgs"), bundle=toy_bundle(), progress=False)
 
 
-def test_a_run_saved_before_the_trainer_took_over_the_other_systems_still_loads(tmp_path):
+def test_a_run_saved_before_the_trainer_took_over_the_other_systems_still_loads(tmp_path, monkeypatch):
     import yaml
 
     from lvmlt.training.trainer import check_resume, load_run
@@ -231,8 +231,20 @@ def test_a_run_saved_before_the_trainer_took_over_the_other_systems_still_loads(
     c["fusion"]["sam_only"] = c["synthetic"]["enabled"] = c["scilt"]["enabled"] = False  # mode flags of then
     c["synthetic"] |= {"features": "cl2n", "loss": "auto", "epochs": 100}  # keys retired since
     c["scilt"] |= {"loss": "logit_adjusted", "lr": 0.01}
+    # A setting the older lvmlt ignored for this system (a config loaded today refuses it):
+    # a finished run is read as it was made, so evaluate and --resume still take it.
+    c["fusion"]["sam_norm"] = "cl2n"
+    c["optim"]["channels_last"] = True
+    del c["optim"]["memory_format"]
     path.write_text(yaml.safe_dump(saved, sort_keys=False))
     assert load_run(tmp_path / "r").optim.name == "sgd"
+    assert load_run(tmp_path / "r").optim.memory_format == "auto"
+    from lvmlt.cli import _resumed_config
+    from lvmlt.training.trainer import evaluate_run
+
+    assert _resumed_config(str(tmp_path / "r"), None, []).fusion.sam_norm == "cl2n"
+    monkeypatch.setattr("lvmlt.data.build_data", lambda data: toy_bundle())  # the run's own data
+    assert evaluate_run(tmp_path / "r", progress=False)["test"]["num_samples"] == 30
     check_resume(tmp_path / "r", cfg)  # the same run: nothing differs
     with pytest.raises(UserError, match="optim.name: 'sgd' -> 'adamw'"):
         check_resume(tmp_path / "r", _cfg(tmp_path, "optim.epochs=1", "optim.name=adamw"))

@@ -8,6 +8,7 @@ a traceback means a bug in lvmlt.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import os
 import sys
@@ -39,7 +40,7 @@ def cmd_train(args) -> int:
 def _resumed_config(run: str, config: str | None, overrides: list[str]):
     """The config of the run ``--resume RUN`` names (a run directory, or a run name under
     the default out_dir): the run alone says what it was started with."""
-    from lvmlt.config import load_config, replace
+    from lvmlt.config import load_config
     from lvmlt.rundir import is_run_dir
     from lvmlt.training.trainer import load_run
 
@@ -50,7 +51,8 @@ def _resumed_config(run: str, config: str | None, overrides: list[str]):
     if not is_run_dir(path):
         raise UserError(f"--resume {run}: no run directory there", fix="pass the directory `lvmlt train` made")
     path = os.path.normpath(path)
-    return replace(load_run(path), out_dir=os.path.dirname(path) or ".", run_name=os.path.basename(path))
+    # dataclasses.replace: the saved values are not checked again (config.from_saved).
+    return dataclasses.replace(load_run(path), out_dir=os.path.dirname(path) or ".", run_name=os.path.basename(path))
 
 
 def cmd_evaluate(args) -> int:

@@ -155,7 +155,7 @@ def check(cfg) -> None:
     system = of(cfg)
     problems = system.conflicts(cfg) + _common_conflicts(cfg, system)
     if problems:
-        raise UserError(f"system={system.name}: {problems[0]}", fix=f"system={system.name} is {system.summary}")
+        raise UserError(f"system={system.name}: {problems[0]}")  # each line says its own fix
 
 
 def _common_conflicts(cfg, system: System) -> list[str]:

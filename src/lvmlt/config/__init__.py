@@ -26,7 +26,7 @@ from lvmlt.config.compat import (
     with_system,
     without_retired,
 )
-from lvmlt.config.load import _build, load_config, replace, to_dict
+from lvmlt.config.load import _build, from_saved, load_config, replace, to_dict
 from lvmlt.config.sections import (
     FEW_THRESHOLD,
     MANY_THRESHOLD,
@@ -72,6 +72,7 @@ __all__ = [
     "StageConfig",
     "SyntheticConfig",
     "_build",
+    "from_saved",
     "check_values",
     "class_group",
     "load_config",

@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 
 from lvmlt.config.checks import check_values
-from lvmlt.config.compat import with_system
+from lvmlt.config.compat import with_system, without_retired
 from lvmlt.config.sections import Config
 from lvmlt.errors import UserError
 
@@ -139,6 +139,14 @@ def replace(cfg, **dotted):
     for k, v in dotted.items():
         _merge(d, k.split("."), v)
     return _checked(_build(type(cfg), with_system(d) if isinstance(cfg, Config) else d))
+
+
+def from_saved(d: dict) -> Config:
+    """The :class:`Config` of a saved config dict (a run directory's ``config.yaml``), written by
+    this or an older lvmlt: retired keys dropped, mode flags read as the system they chose. Its
+    values are not checked again: a finished run is read as it was made (an older lvmlt may have
+    ignored a setting that a config loaded today refuses)."""
+    return _build(Config, without_retired(d))
 
 
 def _checked(cfg):

@@ -258,7 +258,7 @@ def budget_families(groups: Sequence[RunGroup]) -> list[tuple[str, dict[int, lis
     import json
     import re
 
-    from lvmlt.config import Config, _build, to_dict, without_retired
+    from lvmlt.config import from_saved, to_dict
     from lvmlt.errors import UserError
 
     fam: dict[str, dict[int, list[RunRecord]]] = {}
@@ -266,7 +266,7 @@ def budget_families(groups: Sequence[RunGroup]) -> list[tuple[str, dict[int, lis
     for g in groups:
         cfg = g.runs[0].config
         try:  # with today's defaults filled in, so that runs of older versions still match
-            cfg = to_dict(_build(Config, without_retired(cfg)))
+            cfg = to_dict(from_saved(cfg))
         except (UserError, TypeError, ValueError):
             pass
         cfg = {k: v for k, v in cfg.items() if k not in SEED_KEYS}

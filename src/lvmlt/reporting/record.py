@@ -166,11 +166,11 @@ def _uses_store(config: dict, inputs: list[str] | None) -> bool:
     """Whether the run read stored features: its described inputs, else what its system reads."""
     if inputs is None:
         from lvmlt import systems
-        from lvmlt.config import Config, _build, without_retired
+        from lvmlt.config import from_saved
         from lvmlt.errors import UserError
 
         try:
-            cfg = _build(Config, without_retired(config))  # older runs' mode flags read as their system
+            cfg = from_saved(config)  # older runs' mode flags read as their system
             inputs = sorted(systems.of(cfg).inputs(cfg)) if cfg.fusion.store else []
         except (UserError, TypeError, ValueError):
             return False

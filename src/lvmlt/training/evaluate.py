@@ -9,12 +9,13 @@ directory was made with; :func:`evaluate_run` rebuilds the run through the one b
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 
 from lvmlt import locks, rundir
-from lvmlt.config import Config, replace
+from lvmlt.config import Config
 from lvmlt.errors import UserError
 from lvmlt.evaluation.metrics import score
 from lvmlt.outputs import BRANCHES
@@ -77,10 +78,9 @@ def final_evaluation(run: Run, run_dir: Path, best_epoch: int, bad_ids: set[str]
 
 def load_run(run_dir: str | Path) -> Config:
     """The :class:`Config` a run directory was made with."""
-    saved = rundir.read_config(run_dir)
-    from lvmlt.config import _build, without_retired
+    from lvmlt.config import from_saved
 
-    return _build(Config, without_retired(saved["config"]))
+    return from_saved(rundir.read_config(run_dir)["config"])
 
 
 def evaluate_run(run_dir: str | Path, progress: bool = True) -> dict:
@@ -90,8 +90,8 @@ def evaluate_run(run_dir: str | Path, progress: bool = True) -> dict:
     a run being trained or evaluated by another process is refused in one line.
     """
     run_dir = Path(run_dir)
-    cfg = load_run(run_dir)
-    cfg = replace(cfg, out_dir=str(run_dir.parent), run_name=run_dir.name)
+    # Where it is now (it may have been moved); dataclasses.replace: the saved values are not checked again.
+    cfg = dataclasses.replace(load_run(run_dir), out_dir=str(run_dir.parent), run_name=run_dir.name)
     if not (run_dir / rundir.BEST).exists():
         raise UserError(f"{run_dir} has no checkpoint yet", fix="train it first (or --resume it)")
     lock = locks.hold(run_dir) if locks.primary_process() else None
