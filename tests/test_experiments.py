@@ -157,7 +157,7 @@ def test_the_demo_runs_the_richest_plan_that_fits_its_budget(budget, costs, chos
 
     from lvmlt.experiments import demo
 
-    def expected(cfgs, bundle, store_dir, extract_cfg, bundle_dir):
+    def expected(cfgs, bundle, store_dir, extract_cfg, bundle_dir, rates):
         return {"features": costs, "training": sum(7.5 * c.optim.epochs for c in cfgs.values())}
 
     monkeypatch.setattr(demo, "expected_seconds", expected)
@@ -169,3 +169,22 @@ def test_the_demo_runs_the_richest_plan_that_fits_its_budget(budget, costs, chos
     said = capsys.readouterr().out
     assert said.startswith(f"plan: {chosen} ") and ("richer plans did not fit" in said) == (chosen != "full")
     assert all(c.fusion.store == str(store_dir) for c in cfgs.values())
+
+
+def test_the_demo_measures_each_rate_once_for_all_its_plans(tmp_path, monkeypatch, capsys):
+    from collections import Counter
+    from types import SimpleNamespace
+
+    from helpers import toy_bundle
+
+    from lvmlt.experiments import demo, estimate
+
+    calls = Counter()
+    monkeypatch.setattr(estimate, "encoder_seconds", lambda *a, **k: calls.update(["encoder"]) or (1.0, 1.0))
+    monkeypatch.setattr(estimate, "decode_seconds", lambda *a, **k: calls.update(["decode"]) or (1e-3, 5e-4))
+    monkeypatch.setattr(estimate, "step_seconds", lambda *a, **k: calls.update(["step"]) or 1.0)
+    monkeypatch.setattr("lvmlt.encoders.build_encoder", lambda *a, **k: None)
+    args = SimpleNamespace(budget=0.001, plan=None, config="configs/elpv.yaml", overrides=[])
+    plan, *_ = demo.choose_plan(args, toy_bundle(), tmp_path)  # nothing fits: every plan is estimated
+    assert plan is demo.PLANS[-1] and "richer plans did not fit" in capsys.readouterr().out
+    assert calls == {"encoder": 1, "decode": 1, "step": 2}  # the plain CNN and the fused one

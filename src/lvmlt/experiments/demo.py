@@ -136,10 +136,10 @@ def choose_plan(args, bundle, out: Path):
     t0 = time.time()
     budget = args.budget * 60
     forced = next((p for p in PLANS if p.name == args.plan), None)
-    tried = []
+    tried, rates = [], Rates(bundle)
     for plan in [forced] if forced else PLANS:
         cfgs, extract_cfg, store_dir = plan_configs(plan, args, out)
-        expected = expected_seconds(cfgs, bundle, store_dir, extract_cfg, out / "bundle")
+        expected = expected_seconds(cfgs, bundle, store_dir, extract_cfg, out / "bundle", rates)
         tried.append((plan, sum(expected.values())))
         if forced or budget <= 0 or sum(expected.values()) <= budget:
             break
@@ -159,35 +159,63 @@ def _minutes(seconds: float) -> str:
     return f"{seconds / 60:.1f} min" if seconds >= 90 else f"{seconds:.0f} s"
 
 
-def expected_seconds(cfgs: dict, bundle, store_dir: Path, extract_cfg, bundle_dir: Path) -> dict:
-    """What the demo's parts will cost here, from rates measured now (:mod:`lvmlt.experiments.estimate`):
-    the extraction (unless the store is complete), each unfinished run, the export. The
-    encoder's engine is built here once per input side (an extraction then reuses it)."""
+class Rates:
+    """The rates the demo's estimate needs, each measured once, when first asked for
+    (:mod:`lvmlt.experiments.estimate`): every plan's total is then arithmetic on them."""
+
+    def __init__(self, bundle):
+        self.bundle, self._encoder, self._decode, self._steps = bundle, {}, None, {}
+
+    def encoder(self, extract_cfg) -> tuple[float, float]:
+        """(seconds to build or load the engine, seconds per image); the extraction reuses the engine."""
+        from lvmlt.encoders import build_encoder
+        from lvmlt.experiments import estimate
+
+        key = (extract_cfg.encoder, extract_cfg.img_size)
+        if key not in self._encoder:
+            encoder = build_encoder(extract_cfg.encoder, extract_cfg.img_size)
+            self._encoder[key] = estimate.encoder_seconds(encoder, extract_cfg, self.bundle.train)
+        return self._encoder[key]
+
+    def decode(self) -> tuple[float, float]:
+        """Seconds per training image, the first time and again."""
+        from lvmlt.experiments import estimate
+
+        if self._decode is None:
+            self._decode = estimate.decode_seconds(self.bundle.train)
+        return self._decode
+
+    def step(self, cfg) -> float:
+        """Seconds of one training step of ``cfg``'s model."""
+        from lvmlt.config import to_dict
+        from lvmlt.experiments import estimate
+
+        d = to_dict(cfg)
+        key = repr((d["system"], d["model"], d["fusion"], d["data"]["image_size"], d["data"]["batch_size"]))
+        if key not in self._steps:
+            self._steps[key] = estimate.step_seconds(cfg, self.bundle.num_classes, {"sam_vec": 256})
+        return self._steps[key]
+
+
+def expected_seconds(cfgs: dict, bundle, store_dir: Path, extract_cfg, bundle_dir: Path, rates: Rates) -> dict:
+    """What the demo's parts will cost here, from ``rates``: the extraction (unless the store is
+    complete), each unfinished run, the export."""
     from lvmlt import rundir
     from lvmlt.deploy.bundle import MANIFEST
-    from lvmlt.encoders import build_encoder
     from lvmlt.experiments import estimate
     from lvmlt.features.store import read_manifest
 
     parts = {"features": 0.0, "training": 0.0, "export": 0.0}
     todo = [c for c in cfgs.values() if not (Path(c.out_dir) / c.run_name / rundir.METRICS).is_file()]
     store_done = store_dir.is_dir() and (read_manifest(store_dir) or {}).get("complete", False)
-    need_encoder = not store_done or not (bundle_dir / MANIFEST).is_file()
     build = per_image = 0.0
-    if need_encoder:
-        encoder = build_encoder(extract_cfg.encoder, extract_cfg.img_size)
-        build, per_image = estimate.encoder_seconds(encoder, extract_cfg, bundle.train)
+    if not store_done or not (bundle_dir / MANIFEST).is_file():
+        build, per_image = rates.encoder(extract_cfg)
     if not store_done:
         n = sum(len(s) for s in bundle.splits().values()) + min(extract_cfg.pca_images, len(bundle.train))
         parts["features"] = build + n * per_image
-    if todo:
-        decode = estimate.decode_seconds(bundle.train)
-        steps: dict = {}
-        for c in todo:
-            key = (c.system, c.fusion.map, c.fusion.latent)
-            if key not in steps:
-                steps[key] = estimate.step_seconds(c, bundle.num_classes, {"sam_vec": 256})
-            parts["training"] += estimate.run_seconds(c, bundle, steps[key], decode)
+    for c in todo:
+        parts["training"] += estimate.run_seconds(c, bundle, rates.step(c), rates.decode())
     if not (bundle_dir / MANIFEST).is_file():
         parts["export"] = EXPORT_BUILDS * build + EXPORT_IMAGES * per_image
     return parts
