@@ -176,7 +176,6 @@ def test_the_demo_measures_each_rate_once_for_all_its_plans(tmp_path, monkeypatc
     from types import SimpleNamespace
 
     from helpers import toy_bundle
-
     from lvmlt.experiments import demo, estimate
 
     calls = Counter()
