@@ -10,7 +10,8 @@ from lvmlt import cli
 from lvmlt.config import load_config
 from lvmlt.experiments.cli import command_line
 from lvmlt.experiments.compare_report import find_sam_fusion_results, write_report
-from lvmlt.experiments.compare_runs import Comparison, group, run_feature_systems
+from lvmlt.experiments.compare_runs import Comparison, run_feature_systems
+from lvmlt.experiments.recipes import GROUP_BY_NAME
 
 
 def test_help_and_unknown_system(capsys):
@@ -42,7 +43,7 @@ def test_feature_systems_are_trainer_runs_read_when_finished(tmp_path, monkeypat
     monkeypatch.setattr(trainer.Trainer, "fit", lambda self: fits.append(self.run_dir.name) or real(self))
     keys = {o.split("=")[0] for o in user}
     res, cost = run_feature_systems(base, bundle, ["probe", "synthetic"], (0,), tmp_path / "runs", keys, log=lambda s: None)
-    assert list(res) == [r.label for g in ("probe", "synthetic") for r in group(g).rows] and len(fits) == 4
+    assert list(res) == [r.label for g in ("probe", "synthetic") for r in GROUP_BY_NAME[g].rows] and len(fits) == 4
     saved = (tmp_path / "runs" / "feat-linear_probe__v_sam__la_ce-seed0" / "config.yaml").read_text()
     assert "name: adamw" in saved and "name: logit_adjusted" in saved and "epochs: 3" in saved  # the user's wins
     assert "dropout: 0.0" in saved and "precision: fp32" in saved  # the recipe, whatever the base config says
@@ -185,7 +186,7 @@ def test_glt_rows_train_once_and_test_both_checkpoints_through_the_build_path(tm
                              "optim.precision=fp32", "device=cpu", "data.num_workers=0"])  # fmt: skip
     run = [cfg, _attribute_bundle(cfg), ["ifl"], (0,), tmp_path / "runs", 2]
     tables, cost, facts = run_glt(*run, log=lambda s: None)
-    names = [r.label.format(backbone="resnet8") for r in group("ifl").rows]
+    names = [r.label.format(backbone="resnet8") for r in GROUP_BY_NAME["ifl"].rows]
     assert list(tables["best"]["gbl"]) == names and list(cost) == names
     assert (tmp_path / "runs" / "attr-glt-ifl-center-seed0" / "glt_metrics.json").exists()
     row = tables["last"]["cbl"][names[1]][0]

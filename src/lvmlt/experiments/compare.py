@@ -33,6 +33,7 @@ from pathlib import Path
 from lvmlt.errors import UserError
 from lvmlt.experiments.compare_report import find_sam_fusion_results, write_report
 from lvmlt.experiments.compare_runs import Comparison, glt_protocol, run_feature_systems, run_glt
+from lvmlt.experiments.recipes import GROUP_BY_NAME as _BY_NAME
 from lvmlt.experiments.recipes import GROUPS as _GROUPS
 
 DEFAULT_RUNS = "runs/other-systems"
@@ -40,7 +41,6 @@ DEFAULT_OUT = DEFAULT_RUNS  # the committed tables (benchmarks/results/other-sys
 IFL_EPOCHS = 10
 #: The groups' names, in table order.
 GROUPS = tuple(g.name for g in _GROUPS)
-_BY_NAME = {g.name: g for g in _GROUPS}
 
 
 def scilt_levels(cfg, user_keys: set[str]) -> list[str]:
@@ -63,10 +63,10 @@ def default_groups(cfg, store: str | None, user_keys: set[str]) -> list[str]:
     """Every group the data allows: those on the dataset's own splits (the level-reading ones
     when the store holds their levels), and the GLT ones when the dataset has a GLT protocol."""
     have = None
-    if store and Path(store).is_dir():
-        from lvmlt.features import FeatureStore
+    if store and Path(store).is_dir():  # the manifest only (the store is opened and checked later)
+        from lvmlt.features.store import read_manifest
 
-        have = set(FeatureStore.open(store).manifest["provenance"].get("levels") or [])
+        have = set(((read_manifest(Path(store)) or {}).get("provenance") or {}).get("levels") or [])
     out = []
     for g in _GROUPS:
         if g.protocol == "glt":

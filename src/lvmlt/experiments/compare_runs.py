@@ -19,7 +19,7 @@ import numpy as np
 from lvmlt.data.glt import GLT_PROTOCOLS
 from lvmlt.errors import UserError
 from lvmlt.experiments.grid import Cell, cells, run_cells, run_result
-from lvmlt.experiments.recipes import GROUPS, Group
+from lvmlt.experiments.recipes import GROUP_BY_NAME, Group
 
 GLT_METRICS = "glt_metrics.json"  # in a GLT run's directory: both checkpoints on both test sets
 
@@ -39,10 +39,6 @@ class Comparison:
     glt: dict | None = None
     glt_facts: dict | None = None
     cost: dict = field(default_factory=dict)
-
-
-def group(name: str) -> Group:
-    return {g.name: g for g in GROUPS}[name]
 
 
 def group_rows(g: Group, cfg) -> list[tuple[str, dict, object]]:
@@ -101,7 +97,7 @@ def run_feature_systems(
         return f"test top1 {v['top1']:.2f}, mean class {v['mean_class_acc']:.2f} ({v['_seconds']:.1f} s)"
 
     for name in groups:
-        g = group(name)
+        g = GROUP_BY_NAME[name]
         grid = cells(base, group_rows(g, base), seeds, runs_dir, bundle.name, keep=user_keys)
         r, c = _split_cost(run_cells(grid, obtain, log, describe), g)
         results, cost = results | r, cost | c
@@ -218,7 +214,7 @@ def run_glt(
         return (f"Test-CBL {b['cbl']['top1']:.2f}, Test-GBL {b['gbl']['top1']:.2f} "
                 f"(epoch {v['_epoch']} on val; {v['_seconds']:.0f} s)")  # fmt: skip
 
-    for g in map(group, groups):
+    for g in (GROUP_BY_NAME[n] for n in groups):
         grid = cells(base, group_rows(g, cfg), seeds, runs_dir, glt["gbl"].name, keep=user_keys)
         results, c = _split_cost(run_cells(grid, obtain, log, describe), g)
         cost |= c

@@ -183,6 +183,8 @@ GROUPS: tuple[Group, ...] = (
         "prior twice; ifl.env2_cls=false keeps only the shared-centre loss."
     )),
 )  # fmt: skip
+#: The groups by name (``--systems``).
+GROUP_BY_NAME: dict[str, Group] = {g.name: g for g in GROUPS}
 
 #: The closing notes of a comparison; ``{machines}`` is filled from the runs' runtime records.
 COMPARE_NOTES = (
