@@ -78,7 +78,7 @@ def test_baselines_share_runs_and_apply_posthoc_and_second_stages(setup, tmp_pat
     fits = _count_fits(monkeypatch)
     rows = ["CE", "Label Shift (MAPLS)", "cRT"]
     res = baselines.run_rows(cfg, rows, (0,), tmp_path, "d", stage_epochs=1, progress=False, log=lambda s: None)
-    sam = baselines.SAM
+    from lvmlt.experiments.recipes import SAM_TWIN as sam
     assert list(res) == [r + s for r in rows for s in ("", f" {sam}")] == baselines.table_keys(rows)
     assert all(m["seed"] == 0 for v in res.values() for m in v)
     # the CE baseline came from the ablation grid; its SAM twin and the two cRT stages are new

@@ -339,7 +339,7 @@ def test_a_binary_metrics_file_is_one_line_for_report(run, tmp_path, capsys):
 
 # --------------------------------------------------------------------------- silent wrong results
 def test_a_finished_run_is_reused_only_with_its_own_config(run, capsys):
-    from lvmlt.experiments.ablate import run_result
+    from lvmlt.experiments.grid import run_result
 
     rd, data = run
     asked = load_config(None, [a for a in _train_args(data, rd.parent) if "=" in a])

@@ -12,10 +12,7 @@ from pathlib import Path
 
 from lvmlt.config import Config
 from lvmlt.experiments.grid import cells, pick, run_cells, run_metrics
-from lvmlt.experiments.grid import run_result as run_result  # the read-or-train helper, re-exported
 from lvmlt.experiments.recipes import ABLATION
-from lvmlt.experiments.tables import keep_committed as keep_committed
-from lvmlt.experiments.tables import write_tables as write_tables
 
 #: The grid's row labels, in table order.
 VARIANTS: tuple[str, ...] = tuple(r.label for r in ABLATION)

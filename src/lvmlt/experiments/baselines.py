@@ -24,10 +24,8 @@ from lvmlt.config import Config, replace
 from lvmlt.experiments.grid import Cell, cells, pick, run_cells, run_metrics, slug
 from lvmlt.experiments.recipes import ABLATION, BASELINES, DEFAULT_BASELINES, PLAIN, SAM_TWIN, Baseline
 
-SAM = SAM_TWIN
 #: The row labels, in table order.
 ROWS: tuple[str, ...] = tuple(r.label for r in BASELINES)
-DEFAULT_ROWS = DEFAULT_BASELINES
 
 
 def table_keys(names: list[str]) -> list[str]:
@@ -36,13 +34,13 @@ def table_keys(names: list[str]) -> list[str]:
 
 
 def _key(name: str, sam: bool) -> str:
-    return f"{name} {SAM}" if sam else name
+    return f"{name} {SAM_TWIN}" if sam else name
 
 
 def _twins(row: Baseline) -> list[tuple[str, str, dict]]:
     """(table key, ablation row, first-stage overrides) of a row's plain and "+SAM" versions."""
     variants = {r.label: r.overrides for r in ABLATION}
-    return [(_key(row.label, sam), v, {**row.train, **variants[v]}) for sam, v in ((False, PLAIN), (True, SAM))]
+    return [(_key(row.label, sam), v, {**row.train, **variants[v]}) for sam, v in ((False, PLAIN), (True, SAM_TWIN))]
 
 
 def run_rows(
@@ -61,11 +59,11 @@ def run_rows(
 
     Args:
         base: the base config (data, model, optimiser; a ``fusion.store`` for the +SAM rows).
-        rows: labels in :data:`ROWS` (default :data:`DEFAULT_ROWS`).
+        rows: labels in :data:`ROWS` (default :data:`~lvmlt.experiments.recipes.DEFAULT_BASELINES`).
         stage_epochs: epochs of second stages (default half the first stage's, at least 1).
         train_missing: False = tabulate finished runs only (post-hoc rows are still computed).
     """
-    chosen = pick(BASELINES, rows, DEFAULT_ROWS, "baseline row")
+    chosen = pick(BASELINES, rows, DEFAULT_BASELINES, "baseline row")
     tag = tag or base.data.name
     stage_epochs = stage_epochs or max(1, base.optim.epochs // 2)
     grid = []

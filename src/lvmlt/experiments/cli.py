@@ -84,7 +84,8 @@ def _table_options(p) -> None:
 
 def cmd_baselines(args) -> int:
     from lvmlt.config import load_config
-    from lvmlt.experiments.baselines import DEFAULT_ROWS, run_rows, table_keys
+    from lvmlt.experiments.baselines import run_rows, table_keys
+    from lvmlt.experiments.recipes import DEFAULT_BASELINES
     from lvmlt.experiments.tables import write_tables
 
     base = load_config(args.config, args.overrides)
@@ -103,7 +104,7 @@ def cmd_baselines(args) -> int:
     tag = args.tag or base.data.name
     title = f"{tag} baselines: test accuracy (%), mean ± std over seeds {args.seeds}"
     prefix = args.results or f"{args.out}/{tag}-baselines"
-    results = _kept(args, results, prefix, table_keys(rows or list(DEFAULT_ROWS)), seeds)
+    results = _kept(args, results, prefix, table_keys(rows or list(DEFAULT_BASELINES)), seeds)
     print(write_tables(results, prefix, title=title, note=args.note or ""))
     return 0
 

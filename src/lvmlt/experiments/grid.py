@@ -104,7 +104,8 @@ def run_result(cfg: Config, progress: bool = True, train_missing: bool = True, b
     """
     from lvmlt import rundir
     from lvmlt.errors import UserError
-    from lvmlt.training.trainer import Trainer, config_diff, run_dir_for
+    from lvmlt.training.checks import config_diff
+    from lvmlt.training.trainer import Trainer, run_dir_for
 
     rd = run_dir_for(cfg)
     if (rd / rundir.METRICS).exists():

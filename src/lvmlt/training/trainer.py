@@ -31,28 +31,21 @@ from lvmlt.config import Config, to_dict
 from lvmlt.errors import UserError
 from lvmlt.evaluation.metrics import score
 from lvmlt.training import runtime
-from lvmlt.training.build import Run, _to, build_loaders, build_run, collate, open_store, predict
-from lvmlt.training.checks import MIN_VAL_PER_CLASS, check_resume, check_validation, config_diff
+from lvmlt.training.build import _to, build_run, predict
+from lvmlt.training.checks import check_resume, check_validation
 from lvmlt.training.evaluate import evaluate_run, final_evaluation, load_run
 from lvmlt.training.optim import build_optimizer
 
 # Names of the construction path, the checks and the evaluation, importable from here as before.
 __all__ = [
-    "MIN_VAL_PER_CLASS",
-    "Run",
     "Trainer",
-    "build_loaders",
     "build_run",
     "check_resume",
     "check_validation",
-    "collate",
-    "config_diff",
     "evaluate_run",
     "final_evaluation",
     "load_run",
     "lr_lambda",
-    "open_store",
-    "predict",
     "run_dir_for",
     "train",
 ]
