@@ -1,5 +1,6 @@
 import torch
 
+from lvmlt import systems
 from lvmlt.config import load_config
 from lvmlt.models.backbones import BACKBONES, build_backbone
 from lvmlt.models.fusion import LatentFusion, MapFusion, normalise_map
@@ -76,13 +77,14 @@ def test_alpha_one_reproduces_plain_backbone_logits():
 def test_full_model_all_options_and_the_probe():
     cfg = load_config(None, ["model.backbone=resnet8", "fusion.latent=true", "fusion.map=true", "fusion.map_stage=1", "model.dropout=0.5"])
     m = build_model(cfg, 7)
-    assert m.needs == {"image", "sam_map", "sam_vec"}
+    assert systems.of(cfg).inputs(cfg) == {"image", "sam_map", "sam_vec"}
     out = m(_batch())
     assert out["logits"].shape == (3, 7)
     out["logits"].sum().backward()
     assert m.map_fusion.conv.weight.grad is not None
-    only = build_model(load_config(None, ["system=sam_probe"]), 7)
-    assert not hasattr(only, "backbone") and only.needs == {"sam_vec"}
+    probe_cfg = load_config(None, ["system=sam_probe"])
+    only = build_model(probe_cfg, 7)
+    assert not hasattr(only, "backbone") and systems.of(probe_cfg).inputs(probe_cfg) == {"sam_vec"}
     assert only(_batch())["logits"].shape == (3, 7)
     # the probe standardises each dimension: a shared offset and scale change nothing
     only.eval()

@@ -100,7 +100,7 @@ class _Centroids(nn.Module):
 def toy_system():
     entry = systems.register(systems.System(
         name="centroids",
-        section=None,
+        sections=(),
         summary="nearest learned centroid of the SAM vector (a test's toy)",
         inputs=lambda cfg: {"sam_vec"},
         outputs=lambda cfg: (o.LOGITS, o.EMBEDDING),

@@ -1,6 +1,7 @@
 """What a model reads, and how an image becomes it: declared once, without torch.
 
-A model says what it needs as input in ``model.needs``, a set of these keys:
+What a model reads is a set of these keys (a system declares it, :mod:`lvmlt.systems`; a
+finished run records it in ``model.json``):
 
 * :data:`IMAGE` (``image``): the image for the CNN, ``3 x S x S`` float32, resized and
   normalised with the ImageNet mean and std (:func:`cnn_input`);

@@ -1,6 +1,6 @@
 """The registry of systems: what a run trains, named once by the config key ``system``.
 
-Each entry (:class:`System`) owns what makes its system: the config section holding its
+Each entry (:class:`System`) owns what makes its system: the config sections holding its
 settings, the inputs its model reads (:mod:`lvmlt.inputs`), the keys its model returns
 (:mod:`lvmlt.outputs`), the model builder, how stored vectors are normalised for it,
 whether it takes a decoupled second stage (cRT / LWS, ``stage.*``), an optional top-up of
@@ -63,11 +63,12 @@ def _none(cfg) -> list[str]:
 @dataclass(frozen=True)
 class System:
     """One registry entry. Every callable takes the whole :class:`~lvmlt.config.Config` and
-    reads only its own section (and ``model``); builders get the derived :class:`Spec`.
+    reads only its own sections (and ``model``); builders get the derived :class:`Spec`.
 
     Attributes:
         name: the value of ``system``.
-        section: the config section holding its settings (None: none of its own).
+        sections: the optional config sections it reads (``--resume`` compares them; the CNN's
+            fusion settings count where ``fusion.map`` / ``latent`` / ``store`` are set).
         summary: one line for ``--help`` and the docs.
         inputs: ``inputs(cfg) -> set of batch keys`` the model reads.
         outputs: ``outputs(cfg) -> tuple of keys`` its model returns.
@@ -86,7 +87,7 @@ class System:
     """
 
     name: str
-    section: str | None
+    sections: tuple[str, ...]
     summary: str
     inputs: Callable
     outputs: Callable
@@ -159,8 +160,8 @@ def check(cfg) -> None:
 
 
 def _common_conflicts(cfg, system: System) -> list[str]:
-    st, out = cfg.stage, []
-    if not system.stages and (st.init_from or st.freeze_backbone or st.reset_head or st.lws):
+    out = []
+    if not system.stages and cfg.stage.active:
         takes = ", ".join(n for n in SYSTEMS.names() if SYSTEMS.get(n).stages)
         out.append(f"stage.* (a cRT / LWS second stage) applies to system={takes} only; drop stage.*")
     return out
@@ -194,7 +195,7 @@ def _cnn_label(cfg) -> str:
 
 register(System(
     name="cnn",
-    section="fusion",
+    sections=(),
     summary="a backbone and its head; fusion.map / fusion.latent fuse the SAM map and latent features",
     inputs=_cnn_inputs,
     outputs=_cnn_outputs,
@@ -233,7 +234,7 @@ _PROBE = dict(
 
 register(System(
     name="sam_probe",
-    section="fusion",
+    sections=("fusion",),
     summary="a linear probe on the stored SAM vector, no CNN (fusion.sam_norm, fusion.store)",
     conflicts=_probe_conflicts,
     **_PROBE,
@@ -249,7 +250,7 @@ def _synthetic_conflicts(cfg) -> list[str]:
 
 register(System(
     name="synthetic_probe",
-    section="synthetic",
+    sections=("synthetic", "fusion"),
     summary="the SAM-vector probe trained on real + synthetic tail features (synthetic.*, fusion.sam_norm)",
     conflicts=_synthetic_conflicts,
     top_up="lvmlt.features.synthetic:top_up",
@@ -271,7 +272,7 @@ def _scilt_conflicts(cfg) -> list[str]:
 
 register(System(
     name="scilt",
-    section="scilt",
+    sections=("scilt",),
     summary="SciLT's multi-level fusion head on pooled encoder stages of the store (scilt.*)",
     inputs=lambda cfg: set(_scilt_keys(cfg)),
     outputs=lambda cfg: (o.LOGITS, o.EMBEDDING, o.LEVEL_LOGITS, o.LEVEL_WEIGHTS),

@@ -14,18 +14,26 @@ def _any(section: str, *keys: str):
     return lambda c: any(bool((c.get(section) or {}).get(k)) for k in keys)
 
 
-def _system(*names: str):
-    return lambda c: c.get("system", "cnn") in names
+def _owned(section: str):
+    """Used when the run's system reads ``section`` (its registry entry's ``sections``, :mod:`lvmlt.systems`)."""
+
+    def used(c: dict) -> bool:
+        from lvmlt import systems  # at call time: the config package imports no system
+
+        name = c.get("system", "cnn")
+        return name in systems.SYSTEMS and section in systems.SYSTEMS.get(name).sections
+
+    return used
 
 
 SECTION_USED = {
-    "fusion": lambda c: _any("fusion", "store", "map", "latent")(c) or _system("sam_probe", "synthetic_probe")(c),
+    "fusion": lambda c: _any("fusion", "store", "map", "latent")(c) or _owned("fusion")(c),
     "proto": _any("proto", "enabled"),
     "proco": _any("proco", "enabled"),
     "ifl": _any("ifl", "enabled"),
     "stage": _any("stage", "init_from", "freeze_backbone", "lws", "reset_head"),
-    "synthetic": _system("synthetic_probe"),
-    "scilt": _system("scilt"),
+    "synthetic": _owned("synthetic"),
+    "scilt": _owned("scilt"),
 }
 
 

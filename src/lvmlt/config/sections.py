@@ -162,6 +162,11 @@ class StageConfig:
     reset_head: bool = False  # re-initialise the classifier before training
     lws: bool = False  # learn only one scale per class on the frozen classifier
 
+    @property
+    def active(self) -> bool:
+        """A second stage is asked for."""
+        return bool(self.init_from or self.freeze_backbone or self.reset_head or self.lws)
+
 
 @dataclass(frozen=True)
 class SyntheticConfig:

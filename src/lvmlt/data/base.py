@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from lvmlt.data.transforms import SplitTransform
 from lvmlt.errors import BadImageError
 
 #: A split keeps its resized images in memory (they are decoded and resized once, not every
@@ -66,7 +67,7 @@ class ImageSplit(torch.utils.data.Dataset):
     @transform.setter
     def transform(self, transform: Callable | None) -> None:
         self._transform = transform
-        size = getattr(transform, "size", None)
+        size = transform.size if isinstance(transform, SplitTransform) else None
         fits = size is not None and len(self.ids) * size * size * 3 <= RESIZED_CACHE_BYTES
         self._resized: dict[int, Image.Image] | None = {} if fits else None
 

@@ -117,8 +117,7 @@ def encoder_seconds(encoder, extract_cfg, split, n: int = 4, log=None) -> tuple[
     runner = _Runner(encoder, cfg, device, log or (lambda s: None))
     build = time.perf_counter() - t
     xs = [encoder.preprocessing(split.load(int(i)))[None] for i in range(min(n, len(split)))]
-    per_call = max(1, cfg.batch_size or runner.parallel)  # as the extraction calls it
-    calls = [torch.cat(xs[s : s + per_call]) for s in range(0, len(xs), per_call)]
+    calls = [torch.cat(xs[s : s + runner.batch_size]) for s in range(0, len(xs), runner.batch_size)]  # as extraction calls it
     runner(calls[0])  # the first call of a fresh engine is slower
     per_image = _timed(lambda: [runner(x) for x in calls], repeat=1) / len(xs)
     return build, per_image

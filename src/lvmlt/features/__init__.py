@@ -10,7 +10,7 @@ to a :class:`StoreWriter` (:mod:`lvmlt.features.writer`), which alone writes the
 :class:`FeatureStore` (:mod:`lvmlt.features.store`) reads them and defines the layout.
 
 :mod:`lvmlt.features.dataset` turns a store into the datasets a model on stored features is
-trained on (``model.needs``, ``model.feature_norms``); :mod:`lvmlt.features.synthetic` tops
+trained on (the inputs and norms its system declares, :mod:`lvmlt.systems`); :mod:`lvmlt.features.synthetic` tops
 the training split up with synthetic tail features (``system=synthetic_probe``).
 """
 

@@ -41,7 +41,7 @@ from lvmlt.features.config import ExtractConfig, extract_precision
 from lvmlt.features.decode import Batch, iter_batches, load_image  # noqa: F401 (load_image: the decode stage's entry)
 from lvmlt.features.engines import choose_engine, compile_encoder
 from lvmlt.features.pca import CovarianceAccumulator, PcaBasis, image_pca_map
-from lvmlt.features.store import FeatureStore, expected_provenance, level_key
+from lvmlt.features.store import FeatureStore, expected_provenance, level_file_key
 from lvmlt.features.writer import StoreWriter
 from lvmlt.inputs import valid_cells
 
@@ -81,14 +81,14 @@ class Reducer:
         out = outputs["out"].float()  # reduced where it was computed: only the small rows travel
         rows: dict[str, list] = {"vec": [], "map": []}
         for name in self.cfg.levels:
-            rows[level_key(name)] = []
+            rows[level_file_key(name)] = []
         for b, size_hw in enumerate(sizes):
             f = self.cells(out[b], size_hw)
             rows["vec"].append(f.mean(dim=(1, 2)))
             m = self.basis.project(f) if self.basis is not None else image_pca_map(f)
             rows["map"].append(_resize_map(m, self.map_size))
             for name in self.cfg.levels:
-                rows[level_key(name)].append(self.cells(outputs[name][b], size_hw).mean(dim=(1, 2)))
+                rows[level_file_key(name)].append(self.cells(outputs[name][b], size_hw).mean(dim=(1, 2)))
         return {k: torch.stack(v).cpu().numpy() for k, v in rows.items()}
 
     def spatial_vectors(self, outputs: dict[str, torch.Tensor], sizes) -> torch.Tensor:
@@ -101,7 +101,7 @@ class Reducer:
         enc = self.encoder
         rows = {"vec": np.zeros((n, enc.out_channels), np.float32), "map": np.zeros((n, 1, self.map_size, self.map_size), np.float32)}
         for name in self.cfg.levels:
-            rows[level_key(name)] = np.zeros((n, enc.level_channels[name]), np.float32)
+            rows[level_file_key(name)] = np.zeros((n, enc.level_channels[name]), np.float32)
         return rows
 
 
@@ -137,8 +137,8 @@ class _Runner:
             self.compiled = compile_encoder(encoder, self.engine, cfg.precision, cfg.levels, cfg.threads, log)
             if self.compiled is None:
                 self.engine = "torch"
-        # Images per call with batch_size=0: one per stream of the engine (torch: one).
-        self.parallel = self.compiled.parallel if self.compiled is not None else 1
+        # Images per call: batch_size, or with 0 (auto) one per stream of the engine (torch: one).
+        self.batch_size = cfg.batch_size or (self.compiled.parallel if self.compiled is not None else 1)
         if self.compiled is not None:
             self.engine_info = dict(self.compiled.info)
         else:
@@ -344,7 +344,7 @@ def _global_basis(writer: StoreWriter, train, encoder, run, cfg: ExtractConfig, 
     rank, world = distributed.world()
     mine = sample[rank::world]
     bar = _progress(len(mine), "fit PCA (train sample)", progress)
-    for batch in iter_batches(train, encoder, [(0, mine)], cfg.batch_size or run.parallel, cfg.workers, cfg.skip_bad_images):
+    for batch in iter_batches(train, encoder, [(0, mine)], run.batch_size, cfg.workers, cfg.skip_bad_images):
         if batch.x is not None:
             acc.add(fitter.spatial_vectors(run(batch.x), batch.sizes))
         bar.update(len(batch.indices) + len(batch.bad))
@@ -369,7 +369,7 @@ def _extract_split(writer: StoreWriter, name, split, jobs, run, reducer: Reducer
     bar = _progress(sum(len(idx) for _, idx in jobs), f"extract {name}", progress)
     sizes = dict(jobs)
     parts: dict[int, list] = {}
-    for batch in iter_batches(split, reducer.encoder, jobs, cfg.batch_size or run.parallel, cfg.workers, cfg.skip_bad_images):
+    for batch in iter_batches(split, reducer.encoder, jobs, run.batch_size, cfg.workers, cfg.skip_bad_images):
         reduced = reducer.reduce(run(batch.x), batch.sizes) if batch.x is not None else None
         parts.setdefault(batch.key, []).append((batch, reduced))
         bar.update(len(batch.indices) + len(batch.bad))

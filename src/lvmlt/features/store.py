@@ -61,7 +61,7 @@ def array_file(split: str, key: str) -> str:
     return f"{split}/{key}.npy"
 
 
-def level_key(name: str) -> str:
+def level_file_key(name: str) -> str:
     return f"{LEVEL_PREFIX}{name}"
 
 

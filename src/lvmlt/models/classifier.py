@@ -46,8 +46,6 @@ class LTClassifier(StagedModel):
         self.map_stage = map_stage % len(backbone.stages)
         self.latent_fusion = latent_fusion
         self.alpha = alpha
-        self.needs = {IMAGE} | ({SAM_MAP} if map_fusion is not None else set())
-        self.needs |= {SAM_VEC} if latent_fusion is not None else set()
 
     @property
     def embedding_dim(self) -> int:

@@ -32,7 +32,6 @@ class LinearProbe(StagedModel):
         self.sam_bn = nn.BatchNorm1d(sam_dim, affine=False) if norm == "batchnorm" else nn.Identity()
         self.drop = nn.Dropout(dropout)
         self.head = CosineClassifier(sam_dim, num_classes) if cosine_head else nn.Linear(sam_dim, num_classes)
-        self.needs = {SAM_VEC}
 
     def classifier_layers(self) -> list[nn.Module]:
         return [self.head]

@@ -181,7 +181,6 @@ class SciLTModel(nn.Module):
             raise UserError(f"unknown scilt.inference {inference!r}", fix="choose fused or mean")
         self.levels, self.head, self.inference = list(levels), head, inference
         self.keys = [level_key(lv) for lv in self.levels]
-        self.needs = set(self.keys)
         self.embedding_dim = head.fusion.dim
 
     def forward(self, batch: dict) -> dict:

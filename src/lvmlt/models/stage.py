@@ -80,7 +80,7 @@ def _load_init(model: nn.Module, init_from: str, device) -> None:
 
 def apply_stage(model: nn.Module, stage, device=None) -> None:
     """Decoupled second stage: load a finished run, freeze its representation, reset or rescale the head."""
-    if not (stage.init_from or stage.freeze_backbone or stage.reset_head or stage.lws):
+    if not stage.active:
         return
     if not isinstance(model, StagedModel):
         raise UserError(

@@ -94,11 +94,11 @@ def describe_run(run, store, alpha: float | None, val_logits, val_labels, thresh
     arrays: dict[str, np.ndarray] = {}
     keys = inputs.sam_keys(needs)
     if keys and store is not None:
-        from lvmlt.features.dataset import feature_dims, stored
+        from lvmlt.features.dataset import stored
 
         m = store.manifest
         prov = m.get("provenance") or {}
-        spec["feature_dims"] = feature_dims(store)
+        spec["feature_dims"] = dict(run.spec.dims)
         norms = {k: v for k, v in run.spec.norms.items() if k in keys}
         spec["features"] = {
             "encoder": prov.get("encoder"),
