@@ -10,7 +10,6 @@ import torch
 from helpers import feature_bundle, write_store
 from lvmlt.config import SyntheticConfig, load_config
 from lvmlt.errors import UserError
-from lvmlt.features.dataset import FeatureNorm
 from lvmlt.features.synthetic import (
     estimate_kappa,
     fit_class_distributions,
@@ -19,6 +18,7 @@ from lvmlt.features.synthetic import (
     sample_vmf,
     synthesize,
 )
+from lvmlt.inputs import FeatureNorm
 from lvmlt.training.trainer import build_run, train
 
 torch.set_num_threads(1)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from lvmlt.errors import UserError
-from lvmlt.inputs import IMAGE, LEVEL, NORMS, SAM_MAP, SPHERE_NORMS, FeatureNorm  # noqa: F401  (re-exported: the one definition)
+from lvmlt.inputs import IMAGE, LEVEL, SAM_MAP, FeatureNorm, level_key, level_name
 
 
 def level_hint(store_root, levels: Sequence[str]) -> str:
@@ -42,13 +42,13 @@ def stored(split, key: str, store_root, wanted: Sequence[str] = ()) -> np.ndarra
         return split.vec
     if key == "sam_map":
         return split.map
-    name = key[len(LEVEL) :]
+    name = level_name(key)
     have = split.levels
     if not key.startswith(LEVEL) or name not in have:
         listed = ", ".join(sorted(have)) or "none"
         raise UserError(
             f"feature store {str(store_root)!r} has no pooled level {name!r} (stored levels: {listed})",
-            fix=level_hint(store_root, [k[len(LEVEL) :] if k.startswith(LEVEL) else "vec" for k in wanted] or [name]),
+            fix=level_hint(store_root, [level_name(k) if k.startswith(LEVEL) else "vec" for k in wanted] or [name]),
         )
     return have[name]
 
@@ -60,7 +60,7 @@ def feature_dims(store) -> dict[str, int]:
         return {}
     train = store.split("train")
     dims = {"sam_vec": int(train.vec.shape[1])} if "vec" in train.files else {}
-    return dims | {LEVEL + k: int(v.shape[1]) for k, v in train.levels.items()}
+    return dims | {level_key(k): int(v.shape[1]) for k, v in train.levels.items()}
 
 
 class FeatureDataset(torch.utils.data.Dataset):
