@@ -187,3 +187,13 @@ def test_the_demo_measures_each_rate_once_for_all_its_plans(tmp_path, monkeypatc
     plan, *_ = demo.choose_plan(args, toy_bundle(), tmp_path)  # nothing fits: every plan is estimated
     assert plan is demo.PLANS[-1] and "richer plans did not fit" in capsys.readouterr().out
     assert calls == {"encoder": 1, "decode": 1, "step": 2}  # the plain CNN and the fused one
+
+
+def test_the_demo_says_a_missing_weights_file_in_one_line(tmp_path, monkeypatch, capsys):
+    from lvmlt.experiments import demo
+
+    monkeypatch.setenv("LVMLT_CACHE", str(tmp_path / "empty-cache"))
+    assert demo.main(["--out", str(tmp_path / "demo")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("lvmlt: error: no mobilesam weights in ") and "lvmlt weights fetch mobilesam" in err
+    assert "\n" not in err and "Traceback" not in err

@@ -63,6 +63,13 @@ PLANS = (
 
 
 def main(argv=None) -> int:
+    """The demo; a user mistake (missing weights, say) or a disk fault is one line, as in ``lvmlt``."""
+    from lvmlt.cli import guarded
+
+    return guarded(_demo, argv, resume_hint="finished runs and features are kept, run it again to continue")
+
+
+def _demo(argv) -> int:
     ap = argparse.ArgumentParser(description="lvmlt demo on ELPV")
     ap.add_argument("--out", default="runs/demo")
     ap.add_argument("--config", default=str(Path(__file__).resolve().parents[3] / "configs" / "elpv.yaml"))
