@@ -176,6 +176,8 @@ def test_engine_cache_is_reused_and_rebuilt_on_change(tmp_path, monkeypatch):
     again = engines.compile_encoder(build_encoder("tiny_test"), engine, "fp32", (), log=logs.append)
     assert not first.info["reused"] and again.info["reused"]
     assert first.info["cache_key"] == again.info["cache_key"]
+    # a reused entry reports what building it took (the demo's export estimate), not its load
+    assert 0 < first.info["build_seconds"] <= first.info["seconds"] and again.info["build_seconds"] == first.info["build_seconds"]
     assert len(list((tmp_path / "cache").iterdir())) == 1
     other_weights = engines.compile_encoder(build_tiny_test(seed=1), engine, "fp32", (), log=logs.append)
     other_size = engines.compile_encoder(build_encoder("tiny_test", 128), engine, "fp32", (), log=logs.append)

@@ -179,7 +179,7 @@ def test_the_demo_measures_each_rate_once_for_all_its_plans(tmp_path, monkeypatc
     from lvmlt.experiments import demo, estimate
 
     calls = Counter()
-    monkeypatch.setattr(estimate, "encoder_seconds", lambda *a, **k: calls.update(["encoder"]) or (1.0, 1.0))
+    monkeypatch.setattr(estimate, "encoder_seconds", lambda *a, **k: calls.update(["encoder"]) or estimate.EncoderRates(1.0, 1.0, 1.0))
     monkeypatch.setattr(estimate, "decode_seconds", lambda *a, **k: calls.update(["decode"]) or (1e-3, 5e-4))
     monkeypatch.setattr(estimate, "step_seconds", lambda *a, **k: calls.update(["step"]) or 1.0)
     monkeypatch.setattr("lvmlt.encoders.build_encoder", lambda *a, **k: None)

@@ -174,7 +174,7 @@ class Rates:
         self.bundle, self._encoder, self._decode, self._steps = bundle, {}, None, {}
 
     def encoder(self, extract_cfg) -> tuple[float, float]:
-        """(seconds to build or load the engine, seconds per image); the extraction reuses the engine."""
+        """The encoder's :class:`~lvmlt.experiments.estimate.EncoderRates`; the extraction reuses the engine."""
         from lvmlt.encoders import build_encoder
         from lvmlt.experiments import estimate
 
@@ -215,16 +215,17 @@ def expected_seconds(cfgs: dict, bundle, store_dir: Path, extract_cfg, bundle_di
     parts = {"features": 0.0, "training": 0.0, "export": 0.0}
     todo = [c for c in cfgs.values() if not (Path(c.out_dir) / c.run_name / rundir.METRICS).is_file()]
     store_done = store_dir.is_dir() and (read_manifest(store_dir) or {}).get("complete", False)
-    build = per_image = 0.0
-    if not store_done or not (bundle_dir / MANIFEST).is_file():
-        build, per_image = rates.encoder(extract_cfg)
+    if store_done and (bundle_dir / MANIFEST).is_file():
+        enc = None
+    else:
+        enc = rates.encoder(extract_cfg)
     if not store_done:
         n = sum(len(s) for s in bundle.splits().values()) + min(extract_cfg.pca_images, len(bundle.train))
-        parts["features"] = build + n * per_image
+        parts["features"] = enc.setup + n * enc.per_image
     for c in todo:
         parts["training"] += estimate.run_seconds(c, bundle, rates.step(c), rates.decode())
     if not (bundle_dir / MANIFEST).is_file():
-        parts["export"] = EXPORT_BUILDS * build + EXPORT_IMAGES * per_image
+        parts["export"] = EXPORT_BUILDS * enc.build + EXPORT_IMAGES * enc.per_image
     return parts
 
 

@@ -220,6 +220,8 @@ def compile_encoder(
         "cosine_to_torch_fp32": meta["cosine_to_torch_fp32"],
         "seconds": round(time.perf_counter() - t0, 2),
     }
+    # what building it took, also when it came from the cache (entries of older lvmlt: unknown)
+    info["build_seconds"] = meta.get("build_seconds")
     log(f"{log_line} in {info['seconds']:.1f} s (cosine to torch float32 {meta['cosine_to_torch_fp32']:.6f})")
     return CompiledEncoder(engine, run, names, info)
 
@@ -261,6 +263,7 @@ def _build_or_load(encoder, engine, precision, levels, names, folder: Path, key_
 
 def _export(encoder, engine, precision, levels, names, folder: Path, key_fields: dict, threads: int):
     """Export into a temporary folder, check against torch float32, then rename into place."""
+    t0 = time.perf_counter()
     encoder.prepare("cpu", "fp32", channels_last=False)
     graph = _LevelsModule(encoder, levels).eval()
     g = torch.Generator().manual_seed(0)
@@ -285,7 +288,9 @@ def _export(encoder, engine, precision, levels, names, folder: Path, key_fields:
                 )  # fmt: skip
         (got,) = _load(engine, tmp, precision, threads)(x.numpy())
         cosine = min(_cosine(a, b) for a, b in zip(got, reference, strict=True))
-        meta = key_fields | {"cosine_to_torch_fp32": cosine, "outputs": list(names)}
+        meta = key_fields | {
+            "cosine_to_torch_fp32": cosine, "outputs": list(names), "build_seconds": round(time.perf_counter() - t0, 2),
+        }  # fmt: skip
         if cosine < MIN_COSINE:  # not cached: a later run checks again
             shutil.rmtree(tmp, ignore_errors=True)
             return meta
