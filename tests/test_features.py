@@ -172,7 +172,8 @@ def test_resume_after_a_crash_recomputes_nothing_written(bundle, tmp_path, monke
     first_calls = _counting(enc)
     with pytest.raises(KeyboardInterrupt):
         _run(bundle, tmp_path / "part", encoder=enc)
-    assert len(first_calls) == 4 + 8 + 3  # PCA sample, all of train, val's first chunk (unwritten)
+    # the PCA sample, the rest of train (the sample's outputs were kept), val's first chunk (unwritten)
+    assert len(first_calls) == 4 + (8 - 4) + 3
     with pytest.raises(UserError, match="incomplete"):
         FeatureStore.open(tmp_path / "part")
     with pytest.raises(UserError, match="--resume"):
@@ -187,6 +188,21 @@ def test_resume_after_a_crash_recomputes_nothing_written(bundle, tmp_path, monke
         for key in ("vec", "map"):
             assert np.array_equal(getattr(resumed.split(name), key), getattr(full.split(name), key))
     assert resumed.manifest["map"]["basis_sha256"] == full.manifest["map"]["basis_sha256"]
+
+
+def test_the_pca_sample_is_encoded_once_and_stored_as_if_encoded_again(bundle, tmp_path, monkeypatch):
+    enc = build_encoder("tiny_test")
+    calls = _counting(enc)
+    once = _run(bundle, tmp_path / "once", encoder=enc)
+    assert len(calls) == 8 + 4 + 5  # every image once: the 4 sample images' outputs were kept
+    monkeypatch.setattr(extract_mod, "KEEP_SAMPLE_BYTES", 0)  # nothing fits: the sample is encoded again
+    enc = build_encoder("tiny_test")
+    calls = _counting(enc)
+    twice = _run(bundle, tmp_path / "twice", encoder=enc)
+    assert len(calls) == 4 + 8 + 4 + 5
+    for name in bundle.splits():
+        for key in ("vec", "map"):
+            assert np.array_equal(getattr(once.split(name), key), getattr(twice.split(name), key))
 
 
 def test_the_store_writer_plans_the_work_and_travels_to_other_ranks(bundle, tmp_path):

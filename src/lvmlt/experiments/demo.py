@@ -220,7 +220,7 @@ def expected_seconds(cfgs: dict, bundle, store_dir: Path, extract_cfg, bundle_di
     else:
         enc = rates.encoder(extract_cfg)
     if not store_done:
-        n = sum(len(s) for s in bundle.splits().values()) + min(extract_cfg.pca_images, len(bundle.train))
+        n = sum(len(s) for s in bundle.splits().values())  # the PCA sample's outputs are kept, not encoded twice
         parts["features"] = enc.setup + n * enc.per_image
     for c in todo:
         parts["training"] += estimate.run_seconds(c, bundle, rates.step(c), rates.decode())

@@ -11,9 +11,10 @@ the dataset.
 
 With the global PCA (the default) the basis must exist before any map can be stored, so
 a first pass runs the encoder over a seeded sample of training images and accumulates
-the covariance of their spatial vectors (float64 sums, O(C^2) memory); those images are
-encoded again in the main pass, a few percent of extra work that keeps the full maps out
-of memory and off disk.
+the covariance of their spatial vectors (float64 sums, O(C^2) memory). Their encoder
+outputs are kept (up to :data:`KEEP_SAMPLE_BYTES`) and reduced with the basis when the
+main pass reaches them, so those images are not encoded twice; beyond that bound, and
+for a resumed run, they are encoded again.
 
 Under ``torchrun`` the work is sharded over the ranks of the process group (gloo on the
 CPU, NCCL on CUDA, one GPU per rank): rank 0 checks or creates the store and lists the
@@ -267,14 +268,15 @@ def _fill(writer: StoreWriter, splits: dict, encoder, cfg: ExtractConfig, device
     log(f"extracting {encoder.name}@{encoder.img_size} features on {where}: precision {cfg.precision}, engine {run.engine}")
     writer.use_engine(run.engine_info | {"device": where})
     basis = None
+    kept: dict = {}
     if cfg.pca == "global":
-        basis = _global_basis(writer, splits["train"], encoder, run, cfg, progress, log)
+        basis = _global_basis(writer, splits["train"], encoder, run, cfg, progress, log, kept)
         writer.use_basis(basis)
     reducer = Reducer(encoder, cfg, map_size, basis)
     t0, n0 = time.perf_counter(), run.images
     for name, split in splits.items():
         mine = writer.pending[name][rank::world]  # a balanced share of what is still missing
-        _extract_split(writer, name, split, mine, run, reducer, cfg, progress)
+        _extract_split(writer, name, split, mine, run, reducer, cfg, progress, kept if name == "train" else {})
     encoded = distributed.all_reduce_sum(run.images - n0)
     distributed.barrier()  # every rank's chunks are on disk
     if encoded:
@@ -327,8 +329,17 @@ def _on_primary(fn):
     return box[0][1]
 
 
-def _global_basis(writer: StoreWriter, train, encoder, run, cfg: ExtractConfig, progress: bool, log) -> PcaBasis:
-    """Load the basis of an interrupted run, or fit it on a seeded sample of train images."""
+#: The PCA sample's encoder outputs kept for the main pass, at most (64 MobileSAM maps at
+#: 1024 px are 256 MB in float32; at 256 px, 16 MB).
+KEEP_SAMPLE_BYTES = 256 * 2**20
+
+
+def _global_basis(
+    writer: StoreWriter, train, encoder, run, cfg: ExtractConfig, progress: bool, log, kept: dict
+) -> PcaBasis:
+    """Load the basis of an interrupted run, or fit it on a seeded sample of train images;
+    ``kept`` receives the sample's outputs, index -> (outputs, size), while they fit
+    :data:`KEEP_SAMPLE_BYTES`."""
     # Every rank looks before any rank can write (the write follows the all-reduce below).
     if distributed.all_reduce_sum(int(writer.has_basis())) == distributed.world()[1]:
         return writer.load_basis()
@@ -346,7 +357,9 @@ def _global_basis(writer: StoreWriter, train, encoder, run, cfg: ExtractConfig, 
     bar = _progress(len(mine), "fit PCA (train sample)", progress)
     for batch in iter_batches(train, encoder, [(0, mine)], run.batch_size, cfg.workers, cfg.skip_bad_images):
         if batch.x is not None:
-            acc.add(fitter.spatial_vectors(run(batch.x), batch.sizes))
+            outputs = run(batch.x)
+            acc.add(fitter.spatial_vectors(outputs, batch.sizes))
+            _keep(kept, outputs, batch)
         bar.update(len(batch.indices) + len(batch.bad))
     bar.close()
     acc.n = distributed.all_reduce_sum(acc.n)  # the sums of every rank's share: one basis
@@ -362,14 +375,42 @@ def _global_basis(writer: StoreWriter, train, encoder, run, cfg: ExtractConfig, 
     return basis
 
 
-def _extract_split(writer: StoreWriter, name, split, jobs, run, reducer: Reducer, cfg: ExtractConfig, progress) -> None:
-    """Decode, encode, reduce and write the chunks ``jobs`` = [(chunk, indices)] of one split."""
+def _keep(kept: dict, outputs: dict, batch: Batch) -> None:
+    """Keep each image's encoder outputs (copies, not views of the batch) while they fit."""
+    used = sum(t.nbytes for out, _ in kept.values() for t in out.values())
+    for b, i in enumerate(batch.indices):
+        one = {k: v[b].clone() for k, v in outputs.items()}
+        used += sum(t.nbytes for t in one.values())
+        if used > KEEP_SAMPLE_BYTES:
+            return
+        kept[i] = (one, batch.sizes[b])
+
+
+def _extract_split(
+    writer: StoreWriter, name, split, jobs, run, reducer: Reducer, cfg: ExtractConfig, progress, kept: dict
+) -> None:
+    """Decode, encode, reduce and write the chunks ``jobs`` = [(chunk, indices)] of one split;
+    the images in ``kept`` (index -> (outputs, size)) are reduced from there, not encoded."""
     if not jobs:
         return
     bar = _progress(sum(len(idx) for _, idx in jobs), f"extract {name}", progress)
     sizes = dict(jobs)
     parts: dict[int, list] = {}
-    for batch in iter_batches(split, reducer.encoder, jobs, run.batch_size, cfg.workers, cfg.skip_bad_images):
+    todo = []
+    for key, idx in jobs:
+        hits = [i for i in idx if i in kept]
+        if hits:
+            outs = [kept.pop(i) for i in hits]
+            stacked = {k: torch.stack([out[k] for out, _ in outs]) for k in outs[0][0]}
+            batch = Batch(key, hits, None, [size for _, size in outs], {})
+            parts[key] = [(batch, reducer.reduce(stacked, batch.sizes))]
+            bar.update(len(hits))
+        if len(hits) == len(idx):
+            _write_chunk(writer, name, key, idx, parts.pop(key), reducer)
+        else:
+            done = set(hits)
+            todo.append((key, [i for i in idx if i not in done]))
+    for batch in iter_batches(split, reducer.encoder, todo, run.batch_size, cfg.workers, cfg.skip_bad_images):
         reduced = reducer.reduce(run(batch.x), batch.sizes) if batch.x is not None else None
         parts.setdefault(batch.key, []).append((batch, reduced))
         bar.update(len(batch.indices) + len(batch.bad))
