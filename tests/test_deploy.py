@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -237,3 +238,36 @@ def test_bundle_with_a_changed_byte_or_a_missing_file_is_refused(runs, tmp_path,
     (bundle / "classes.json").unlink()
     assert main(["predict", str(bundle), image, "--quiet"]) == 2
     assert "classes.json" in capsys.readouterr().err
+
+
+def test_auto_precision_falls_back_to_float32_where_bf16_kernels_are_missing(tmp_path, monkeypatch):
+    """OpenVINO reads bf16 off the CPU's flags; with its kernels held to an older instruction
+    set (ONEDNN_MAX_CPU_ISA) a bf16 compile fails, and auto then runs float32."""
+    ov = pytest.importorskip("openvino")
+    import torch
+
+    from lvmlt.deploy import bundle
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.MaxPool2d(2)).eval()
+    path = tmp_path / "g.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+        torch.onnx.export(net, (torch.zeros(1, 3, 8, 8),), str(path), input_names=["image"], dynamo=False)
+    real, hints = ov.Core.compile_model, []
+
+    def compile_model(self, model, device, config=None):
+        hints.append(config["INFERENCE_PRECISION_HINT"])
+        if config["INFERENCE_PRECISION_HINT"] == "bf16":
+            raise RuntimeError("Supported primitive descriptors list is empty for node: MaxPool")
+        return real(self, model, device, config)
+
+    monkeypatch.setattr(ov.Core, "compile_model", compile_model)
+    monkeypatch.setattr(bundle, "openvino_precision", lambda precision: "bf16")
+    run = bundle._session(path, "openvino", 1, "auto")
+    x = np.ones((1, 3, 8, 8), np.float32)
+    with torch.inference_mode():
+        want = net(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(run({"image": x})[0], want, rtol=1e-5, atol=1e-5)
+    assert hints == ["bf16", "f32"]
+    with pytest.raises(RuntimeError, match="MaxPool"):  # bf16 asked for: no silent float32
+        bundle._session(path, "openvino", 1, "bf16")

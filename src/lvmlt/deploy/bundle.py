@@ -91,7 +91,15 @@ def _session(path: Path, engine: str, threads: int, precision: str = "fp32"):
         config = {"INFERENCE_PRECISION_HINT": openvino_precision(precision), "PERFORMANCE_HINT": "LATENCY"}
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
-        compiled = core.compile_model(str(path), "CPU", config)
+        try:
+            compiled = core.compile_model(str(path), "CPU", config)
+        except RuntimeError:
+            # auto chose bf16 from the CPU's flags, but the kernels at hand lack it (oneDNN held
+            # to an older instruction set, ONEDNN_MAX_CPU_ISA): float32 always compiles
+            if precision != "auto" or config["INFERENCE_PRECISION_HINT"] == "f32":
+                raise
+            config["INFERENCE_PRECISION_HINT"] = "f32"
+            compiled = core.compile_model(str(path), "CPU", config)
         request = compiled.create_infer_request()
 
         def run(feeds):
