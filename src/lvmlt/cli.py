@@ -13,7 +13,7 @@ import importlib
 import os
 import sys
 
-from lvmlt.errors import UserError
+from lvmlt.errors import UserError, guarded
 
 
 def cmd_train(args) -> int:
@@ -148,23 +148,6 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = [*(args.overrides or []), *extra]
     return guarded(args.func, args)
 
-
-def guarded(fn, args, resume_hint: str = "finished epochs are saved, continue with --resume") -> int:
-    """``fn(args)``, with a user mistake or an operating-system fault printed as one line
-    (status 2) and an interrupt as one line with ``resume_hint`` (status 130)."""
-    try:
-        return fn(args)
-    except UserError as e:
-        print(f"lvmlt: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"lvmlt: interrupted; {resume_hint}", file=sys.stderr)
-        return 130
-    except OSError as e:  # the operating system's fault (disk, permissions), not a bug: one line
-        words = e.strerror or (os.strerror(e.errno) if e.errno else str(e) or type(e).__name__)
-        files = " -> ".join(str(f) for f in (e.filename, e.filename2) if f is not None)
-        print(f"lvmlt: error: {words}: {files}" if files else f"lvmlt: error: {words}", file=sys.stderr)
-        return 2
 
 if __name__ == "__main__":
     sys.exit(main())

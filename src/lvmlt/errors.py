@@ -1,11 +1,14 @@
 """User-facing errors.
 
 A :class:`UserError` is a mistake in the user's input (a file, a split line, a config
-value). The CLI prints it as one line and exits with status 2; a traceback is reserved
-for our own bugs.
+value). The CLI prints it as one line and exits with status 2 (:func:`guarded`, which
+``make demo`` shares); a traceback is reserved for our own bugs.
 """
 
 from __future__ import annotations
+
+import os
+import sys
 
 
 class UserError(Exception):
@@ -24,3 +27,21 @@ class UserError(Exception):
 
 class BadImageError(UserError):
     """An image file that is missing or cannot be decoded."""
+
+
+def guarded(fn, args, resume_hint: str = "finished epochs are saved, continue with --resume") -> int:
+    """``fn(args)``, with a user mistake or an operating-system fault printed as one line
+    (status 2) and an interrupt as one line with ``resume_hint`` (status 130)."""
+    try:
+        return fn(args)
+    except UserError as e:
+        print(f"lvmlt: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"lvmlt: interrupted; {resume_hint}", file=sys.stderr)
+        return 130
+    except OSError as e:  # the operating system's fault (disk, permissions), not a bug: one line
+        words = e.strerror or (os.strerror(e.errno) if e.errno else str(e) or type(e).__name__)
+        files = " -> ".join(str(f) for f in (e.filename, e.filename2) if f is not None)
+        print(f"lvmlt: error: {words}: {files}" if files else f"lvmlt: error: {words}", file=sys.stderr)
+        return 2
