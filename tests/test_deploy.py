@@ -240,9 +240,10 @@ def test_bundle_with_a_changed_byte_or_a_missing_file_is_refused(runs, tmp_path,
     assert "classes.json" in capsys.readouterr().err
 
 
-def test_auto_precision_falls_back_to_float32_where_bf16_kernels_are_missing(tmp_path, monkeypatch):
+@pytest.mark.parametrize("fails_at", ["compile", "first inference"])
+def test_auto_precision_falls_back_to_float32_where_bf16_kernels_are_missing(tmp_path, monkeypatch, fails_at):
     """OpenVINO reads bf16 off the CPU's flags; with its kernels held to an older instruction
-    set (ONEDNN_MAX_CPU_ISA) a bf16 compile fails, and auto then runs float32."""
+    set (ONEDNN_MAX_CPU_ISA) a bf16 graph fails to compile or to run, and auto then runs float32."""
     ov = pytest.importorskip("openvino")
     import torch
 
@@ -255,11 +256,22 @@ def test_auto_precision_falls_back_to_float32_where_bf16_kernels_are_missing(tmp
         torch.onnx.export(net, (torch.zeros(1, 3, 8, 8),), str(path), input_names=["image"], dynamo=False)
     real, hints = ov.Core.compile_model, []
 
+    class Broken:  # compiles, then fails at its first inference
+        inputs = ()
+
+        def create_infer_request(self):
+            return self
+
+        def infer(self, feeds):
+            raise RuntimeError("[CPU] Convolution node with name MaxPool is not initialized")
+
     def compile_model(self, model, device, config=None):
         hints.append(config["INFERENCE_PRECISION_HINT"])
-        if config["INFERENCE_PRECISION_HINT"] == "bf16":
+        if config["INFERENCE_PRECISION_HINT"] != "bf16":
+            return real(self, model, device, config)
+        if fails_at == "compile":
             raise RuntimeError("Supported primitive descriptors list is empty for node: MaxPool")
-        return real(self, model, device, config)
+        return Broken()
 
     monkeypatch.setattr(ov.Core, "compile_model", compile_model)
     monkeypatch.setattr(bundle, "openvino_precision", lambda precision: "bf16")
@@ -270,4 +282,4 @@ def test_auto_precision_falls_back_to_float32_where_bf16_kernels_are_missing(tmp
     np.testing.assert_allclose(run({"image": x})[0], want, rtol=1e-5, atol=1e-5)
     assert hints == ["bf16", "f32"]
     with pytest.raises(RuntimeError, match="MaxPool"):  # bf16 asked for: no silent float32
-        bundle._session(path, "openvino", 1, "bf16")
+        bundle._session(path, "openvino", 1, "bf16")({"image": x})

@@ -82,6 +82,19 @@ def openvino_precision(precision: str) -> str:
     return "bf16" if "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES") else "f32"
 
 
+def _openvino_request(core, path: Path, config: dict, probe: bool):
+    """(compiled model, infer request) of the graph at ``path``; with ``probe``, one inference
+    on zeros first (a bf16 graph can compile and still fail at its first inference)."""
+    compiled = core.compile_model(str(path), "CPU", config)
+    request = compiled.create_infer_request()
+    if probe and config["INFERENCE_PRECISION_HINT"] != "f32":
+        request.infer({
+            port: np.zeros([d.get_length() if d.is_static else 1 for d in port.get_partial_shape()], np.float32)
+            for port in compiled.inputs
+        })  # fmt: skip
+    return compiled, request
+
+
 def _session(path: Path, engine: str, threads: int, precision: str = "fp32"):
     """``run(feeds: {name: array}) -> [outputs]`` of one graph, through ``engine``."""
     if engine == "openvino":
@@ -92,15 +105,14 @@ def _session(path: Path, engine: str, threads: int, precision: str = "fp32"):
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
         try:
-            compiled = core.compile_model(str(path), "CPU", config)
+            compiled, request = _openvino_request(core, path, config, probe=precision == "auto")
         except RuntimeError:
             # auto chose bf16 from the CPU's flags, but the kernels at hand lack it (oneDNN held
-            # to an older instruction set, ONEDNN_MAX_CPU_ISA): float32 always compiles
+            # to an older instruction set, ONEDNN_MAX_CPU_ISA): float32 always runs
             if precision != "auto" or config["INFERENCE_PRECISION_HINT"] == "f32":
                 raise
             config["INFERENCE_PRECISION_HINT"] = "f32"
-            compiled = core.compile_model(str(path), "CPU", config)
-        request = compiled.create_infer_request()
+            compiled, request = _openvino_request(core, path, config, probe=False)
 
         def run(feeds):
             res = request.infer(feeds)
