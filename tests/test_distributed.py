@@ -54,9 +54,13 @@ def test_torchrun_gloo_matches_single_process(tmp_path):
     assert b["test"]["num_samples"] == 30
     # one log and one history, written by rank 0 only
     assert len((tmp_path / "two/history.jsonl").read_text().splitlines()) == 4
-    # same global batches; BatchNorm statistics per rank make the runs differ slightly
-    assert abs(a["test"]["top1"] - b["test"]["top1"]) <= 10.0, (a["test"]["top1"], b["test"]["top1"])
-    assert b["test"]["top1"] > 60
+    # Same global batches; BatchNorm statistics per rank (8 images) make the runs differ slightly:
+    # the first epoch's loss within 15 % (measured 8 %), and both learn the task (chance: 33 %).
+    # Their test top-1 on 30 images is not compared: it was 100 / 93.3 here and 100 / 86.7 with
+    # the kernels held to AVX2.
+    first = [json.loads((tmp_path / n / "history.jsonl").read_text().splitlines()[0])["train/total"] for n in ("one", "two")]
+    assert abs(first[0] - first[1]) <= 0.15 * first[0], first
+    assert a["test"]["top1"] >= 80 and b["test"]["top1"] >= 80, (a["test"]["top1"], b["test"]["top1"])
 
 
 def _extract_args(root, out):

@@ -172,8 +172,7 @@ def test_resume_after_a_crash_recomputes_nothing_written(bundle, tmp_path, monke
     first_calls = _counting(enc)
     with pytest.raises(KeyboardInterrupt):
         _run(bundle, tmp_path / "part", encoder=enc)
-    # the PCA sample, the rest of train (the sample's outputs were kept), val's first chunk (unwritten)
-    assert len(first_calls) == 4 + (8 - 4) + 3
+    assert len(first_calls) == 4 + 8 + 3  # PCA sample, all of train, val's first chunk (unwritten)
     with pytest.raises(UserError, match="incomplete"):
         FeatureStore.open(tmp_path / "part")
     with pytest.raises(UserError, match="--resume"):
@@ -191,14 +190,15 @@ def test_resume_after_a_crash_recomputes_nothing_written(bundle, tmp_path, monke
 
 
 def test_the_pca_sample_is_encoded_once_and_stored_as_if_encoded_again(bundle, tmp_path, monkeypatch):
+    cfg = dataclasses.replace(CFG, batch_size=1)  # image by image, as the compiled engines run
     enc = build_encoder("tiny_test")
     calls = _counting(enc)
-    once = _run(bundle, tmp_path / "once", encoder=enc)
+    once = _run(bundle, tmp_path / "once", cfg, encoder=enc)
     assert len(calls) == 8 + 4 + 5  # every image once: the 4 sample images' outputs were kept
     monkeypatch.setattr(extract_mod, "KEEP_SAMPLE_BYTES", 0)  # nothing fits: the sample is encoded again
     enc = build_encoder("tiny_test")
     calls = _counting(enc)
-    twice = _run(bundle, tmp_path / "twice", encoder=enc)
+    twice = _run(bundle, tmp_path / "twice", cfg, encoder=enc)
     assert len(calls) == 4 + 8 + 4 + 5
     for name in bundle.splits():
         for key in ("vec", "map"):

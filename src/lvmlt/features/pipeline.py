@@ -13,8 +13,9 @@ With the global PCA (the default) the basis must exist before any map can be sto
 a first pass runs the encoder over a seeded sample of training images and accumulates
 the covariance of their spatial vectors (float64 sums, O(C^2) memory). Their encoder
 outputs are kept (up to :data:`KEEP_SAMPLE_BYTES`) and reduced with the basis when the
-main pass reaches them, so those images are not encoded twice; beyond that bound, and
-for a resumed run, they are encoded again.
+main pass reaches them, so those images are not encoded twice; beyond that bound, for a
+resumed run, and where the encoder runs several images per call (torch with batch_size
+> 1, whose rounding may depend on the batch), they are encoded again.
 
 Under ``torchrun`` the work is sharded over the ranks of the process group (gloo on the
 CPU, NCCL on CUDA, one GPU per rank): rank 0 checks or creates the store and lists the
@@ -140,6 +141,9 @@ class _Runner:
                 self.engine = "torch"
         # Images per call: batch_size, or with 0 (auto) one per stream of the engine (torch: one).
         self.batch_size = cfg.batch_size or (self.compiled.parallel if self.compiled is not None else 1)
+        # An image's outputs do not depend on the others in its call (the compiled engines infer
+        # each image on its own), so they may be kept and reused (the PCA sample's)
+        self.image_by_image = self.compiled is not None or self.batch_size == 1
         if self.compiled is not None:
             self.engine_info = dict(self.compiled.info)
         else:
@@ -359,7 +363,8 @@ def _global_basis(
         if batch.x is not None:
             outputs = run(batch.x)
             acc.add(fitter.spatial_vectors(outputs, batch.sizes))
-            _keep(kept, outputs, batch)
+            if run.image_by_image:  # else the main pass's batches may round them otherwise
+                _keep(kept, outputs, batch)
         bar.update(len(batch.indices) + len(batch.bad))
     bar.close()
     acc.n = distributed.all_reduce_sum(acc.n)  # the sums of every rank's share: one basis
@@ -376,10 +381,11 @@ def _global_basis(
 
 
 def _keep(kept: dict, outputs: dict, batch: Batch) -> None:
-    """Keep each image's encoder outputs (copies, not views of the batch) while they fit."""
+    """Keep each image's encoder outputs, as a batch of one in the memory layout they came in
+    (copies, not views of the batch), while they fit."""
     used = sum(t.nbytes for out, _ in kept.values() for t in out.values())
     for b, i in enumerate(batch.indices):
-        one = {k: v[b].clone() for k, v in outputs.items()}
+        one = {k: v[b : b + 1].clone() for k, v in outputs.items()}
         used += sum(t.nbytes for t in one.values())
         if used > KEEP_SAMPLE_BYTES:
             return
@@ -399,12 +405,10 @@ def _extract_split(
     todo = []
     for key, idx in jobs:
         hits = [i for i in idx if i in kept]
-        if hits:
-            outs = [kept.pop(i) for i in hits]
-            stacked = {k: torch.stack([out[k] for out, _ in outs]) for k in outs[0][0]}
-            batch = Batch(key, hits, None, [size for _, size in outs], {})
-            parts[key] = [(batch, reducer.reduce(stacked, batch.sizes))]
-            bar.update(len(hits))
+        for i in hits:  # reduced one by one: a stacked copy could change the layout, and the rounding
+            outputs, size = kept.pop(i)
+            parts.setdefault(key, []).append((Batch(key, [i], None, [size], {}), reducer.reduce(outputs, [size])))
+        bar.update(len(hits))
         if len(hits) == len(idx):
             _write_chunk(writer, name, key, idx, parts.pop(key), reducer)
         else:
