@@ -114,6 +114,10 @@ def _demo(argv) -> int:
         "checkpoints chosen on validation):"
     )
     print(format_table(rows, columns=SUMMARY_COLUMNS))
+    print(
+        "One seed per run: read medium and few with care. They rest on a few classes' test images and moved by "
+        "10-20 points from seed to seed in our 3-seed runs (benchmarks/results/demo-plans/, ablation-elpv-*.md)."
+    )
     report = write_report(list(dirs.values()), out / "report.html", title="lvmlt demo: ELPV")
     print(f"\nreport: {report['html']}")
     classify_from_bundle(dirs[plan.export], out / "bundle", bundle.test)

@@ -112,7 +112,7 @@ class EncoderRates(NamedTuple):
     build: float  #: building (tracing and checking) the engine: what an export also costs
 
 
-def encoder_seconds(encoder, extract_cfg, split, n: int = 4, log=None) -> EncoderRates:
+def encoder_seconds(encoder, extract_cfg, split, n: int = 8, log=None) -> EncoderRates:
     """What an extraction with ``extract_cfg`` costs, measured on ``n`` images of ``split``; the
     build time of an engine loaded from the cache is the one recorded when it was built."""
     import dataclasses
@@ -125,8 +125,10 @@ def encoder_seconds(encoder, extract_cfg, split, n: int = 4, log=None) -> Encode
     t = time.perf_counter()
     runner = _Runner(encoder, cfg, device, log or (lambda s: None))
     setup = time.perf_counter() - t
+    t = time.perf_counter()
     xs = [encoder.preprocessing(split.load(int(i)))[None] for i in range(min(n, len(split)))]
+    decode = (time.perf_counter() - t) / len(xs)  # the decoding thread competes with the engine for the cores
     calls = [torch.cat(xs[s : s + runner.batch_size]) for s in range(0, len(xs), runner.batch_size)]  # as extraction calls it
     runner(calls[0])  # the first call of a fresh engine is slower
-    per_image = _timed(lambda: [runner(x) for x in calls], repeat=1) / len(xs)
+    per_image = decode + _timed(lambda: [runner(x) for x in calls], repeat=1) / len(xs)
     return EncoderRates(setup, per_image, runner.engine_info.get("build_seconds") or setup)
