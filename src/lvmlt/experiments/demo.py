@@ -179,7 +179,7 @@ class Rates:
     def __init__(self, bundle):
         self.bundle, self._encoder, self._decode, self._steps = bundle, {}, None, {}
 
-    def encoder(self, extract_cfg) -> tuple[float, float]:
+    def encoder(self, extract_cfg):
         """The encoder's :class:`~lvmlt.experiments.estimate.EncoderRates`; the extraction reuses the engine."""
         from lvmlt.encoders import build_encoder
         from lvmlt.experiments import estimate
@@ -222,10 +222,7 @@ def expected_seconds(cfgs: dict, bundle, store_dir: Path, extract_cfg, bundle_di
     parts = {"features": 0.0, "training": 0.0, "export": 0.0}
     todo = [c for c in cfgs.values() if not (Path(c.out_dir) / c.run_name / rundir.METRICS).is_file()]
     store_done = store_dir.is_dir() and (read_manifest(store_dir) or {}).get("complete", False)
-    if store_done and (bundle_dir / MANIFEST).is_file():
-        enc = None
-    else:
-        enc = rates.encoder(extract_cfg)
+    enc = None if store_done and (bundle_dir / MANIFEST).is_file() else rates.encoder(extract_cfg)
     if not store_done:
         n = sum(len(s) for s in bundle.splits().values())  # the PCA sample's outputs are kept, not encoded twice
         parts["features"] = enc.setup + n * enc.per_image
