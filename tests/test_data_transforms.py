@@ -83,3 +83,43 @@ def test_a_split_resizes_each_image_once_and_gives_the_same_tensors(monkeypatch)
     assert loads == [0, 1, 2, 3, 4] and all(torch.equal(a, b) for a, b in zip(first, uncached, strict=True))
     items(split)
     assert len(loads) == 10
+
+
+@pytest.mark.parametrize("fits", [True, False])
+def test_an_evaluation_split_converts_a_batch_together_bit_for_bit(monkeypatch, fits):
+    """With the evaluation transform a split keeps uint8 images and converts a batch at once
+    (``__getitems__``, what a DataLoader calls): equal bit for bit to the transform applied to
+    each PIL image, a bad image still a placeholder, the DataLoader's batch the same."""
+    from lvmlt.data import base
+    from lvmlt.data.base import ImageSplit
+    from lvmlt.errors import BadImageError
+    from lvmlt.features.dataset import FeatureDataset
+    from lvmlt.training.build import collate
+
+    if not fits:
+        monkeypatch.setattr(base, "RESIZED_CACHE_BYTES", 0)
+    rng = np.random.default_rng(1)
+    imgs = [Image.fromarray((rng.random((30, 23, 3)) * 255).astype(np.uint8)), Image.fromarray((rng.random((40, 40)) * 255).astype(np.uint8))] * 3
+
+    def load(i):
+        if i == 4:
+            raise BadImageError("cannot decode image", where="img4.png")
+        return imgs[i]
+
+    tf = build_transform(20, False)
+    assert tf.fixed and not build_transform(20, True).fixed
+    split = ImageSplit("test", [str(i) for i in range(6)], np.arange(6), load, transform=tf)
+    split.skip_bad_images = True
+    want = [tf(imgs[i]) for i in (0, 1, 2, 3, 5)]
+    for _ in range(2):  # the second round reads the kept images (when they fit)
+        got = split.__getitems__([0, 1, 2, 3, 4, 5])
+        assert [g["valid"] for g in got] == [True] * 4 + [False, True]
+        assert all(g["image"].dtype == torch.float32 and g["image"].shape == (3, 20, 20) for g in got)
+        assert all(torch.equal(g["image"], w) for g, w in zip([got[i] for i in (0, 1, 2, 3, 5)], want, strict=True))
+        assert torch.equal(split[5]["image"], want[4])
+    assert (len(split._resized) if fits else split._resized) == (5 if fits else None)
+    wrapped = FeatureDataset(split, {"sam_vec": np.arange(12, dtype=np.float32).reshape(6, 2)}, {"image", "sam_vec"}, 6)
+    loader = torch.utils.data.DataLoader(wrapped, batch_size=4, collate_fn=collate)
+    batch = next(iter(loader))
+    assert torch.equal(batch["image"], torch.stack(want[:4])) and batch["sam_vec"][3].tolist() == [6.0, 7.0]
+    assert batch["label"].tolist() == [0, 1, 2, 3]

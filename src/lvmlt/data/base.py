@@ -38,7 +38,8 @@ class ImageSplit(torch.utils.data.Dataset):
 
     ``split[i]`` returns ``{"image": Tensor 3xHxW, "label": int, "index": i}``. With a
     :class:`~lvmlt.data.transforms.SplitTransform`, its deterministic part (RGB, resize) runs
-    once per image when the split's resized images fit in :data:`RESIZED_CACHE_BYTES`.
+    once per image when the split's resized images fit in :data:`RESIZED_CACHE_BYTES`; an
+    evaluation transform then keeps them as uint8 tensors and converts a batch at a time.
     """
 
     def __init__(
@@ -69,15 +70,34 @@ class ImageSplit(torch.utils.data.Dataset):
         self._transform = transform
         size = transform.size if isinstance(transform, SplitTransform) else None
         fits = size is not None and len(self.ids) * size * size * 3 <= RESIZED_CACHE_BYTES
-        self._resized: dict[int, Image.Image] | None = {} if fits else None
+        self._resized: dict[int, Image.Image | torch.Tensor] | None = {} if fits else None
+        self._fixed = isinstance(transform, SplitTransform) and transform.fixed
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def __getitem__(self, i: int) -> dict:
+        return self.__getitems__([i])[0]
+
+    def __getitems__(self, indices: Sequence[int]) -> list[dict]:
+        """Items ``indices`` (a DataLoader asks for a batch's items in one call). With a
+        :attr:`~lvmlt.data.transforms.SplitTransform.fixed` transform (evaluation) the
+        images are kept as uint8 tensors and converted together, equal bit for bit to the
+        image-by-image transform."""
+        items = [self._item(int(i)) for i in indices]
+        raw = [k for k, item in enumerate(items) if self._fixed and item["image"].dtype == torch.uint8]
+        if raw:
+            x = self._transform.from_uint8(torch.stack([items[k]["image"] for k in raw]))
+            for k, xk in zip(raw, x, strict=True):
+                items[k]["image"] = xk
+        return items
+
+    def _item(self, i: int) -> dict:
+        """Item i; its image is a uint8 tensor still to be converted where the transform is fixed."""
         cached = self._resized.get(i) if self._resized is not None else None
         if cached is not None:
-            return {"image": self._transform.post(cached), "label": int(self.labels[i]), "index": i, "valid": True}
+            x = cached if self._fixed else self._transform.post(cached)
+            return {"image": x, "label": int(self.labels[i]), "index": i, "valid": True}
         try:
             img = self.load(i)
         except BadImageError as e:
@@ -87,16 +107,18 @@ class ImageSplit(torch.utils.data.Dataset):
             img = None
         if img is None:
             # A skipped image: a black placeholder flagged valid=False so losses and metrics ignore it.
-            img = Image.new("RGB", (32, 32))
-            valid = False
-        else:
-            valid = True
-        if valid and self._resized is not None:
+            x = self._transform(Image.new("RGB", (32, 32))) if self._transform else Image.new("RGB", (32, 32))
+            return {"image": x, "label": int(self.labels[i]), "index": i, "valid": False}
+        if self._fixed:
+            x = self._transform.to_uint8(self._transform.pre(img))
+            if self._resized is not None:
+                self._resized[i] = x
+        elif self._resized is not None:
             self._resized[i] = img = self._transform.pre(img)
             x = self._transform.post(img)
         else:
             x = self._transform(img) if self._transform else img
-        return {"image": x, "label": int(self.labels[i]), "index": i, "valid": valid}
+        return {"image": x, "label": int(self.labels[i]), "index": i, "valid": True}
 
     def fingerprint(self) -> str:
         """sha256 over ids, labels and sizes: changes when any sample changes identity."""

@@ -10,6 +10,8 @@ that pretrained backbones expect.
 
 from __future__ import annotations
 
+import numpy as np
+import torch
 from PIL import Image
 from torchvision import transforms as T
 
@@ -38,6 +40,27 @@ class SplitTransform:
 
     def __call__(self, img: Image.Image):
         return self.post(self.pre(img))
+
+    @property
+    def fixed(self) -> bool:
+        """``post`` draws nothing (the evaluation transform): only the tensor conversion and
+        the normalisation, which :meth:`from_uint8` applies to many images at once."""
+        ops = self.post.transforms
+        return bool(ops) and type(ops[0]) is T.ToTensor and all(type(o) is T.Normalize for o in ops[1:])
+
+    @staticmethod
+    def to_uint8(img: Image.Image) -> torch.Tensor:
+        """``pre``'s output (an RGB PIL image) as a 3 x S x S uint8 tensor."""
+        return torch.from_numpy(np.array(img, dtype=np.uint8, copy=True)).permute(2, 0, 1).contiguous()
+
+    def from_uint8(self, u8: torch.Tensor) -> torch.Tensor:
+        """``post`` of a :attr:`fixed` transform on uint8 images (3 x S x S, or a batch
+        B x 3 x S x S): equal bit for bit to ``post`` of each PIL image (the same float
+        conversion as ``ToTensor``, then the same ``Normalize``)."""
+        x = u8.to(torch.get_default_dtype()).div(255)
+        for op in self.post.transforms[1:]:
+            x = op(x)
+        return x
 
     @property
     def transforms(self) -> list:

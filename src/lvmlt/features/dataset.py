@@ -91,13 +91,21 @@ class FeatureDataset(torch.utils.data.Dataset):
         return len(self.split)
 
     def __getitem__(self, i):
-        if IMAGE in self.needs:
-            item = self.split[i]
-        else:  # a model on stored features only: don't decode the image at all
-            item = {"label": int(self.labels[i]), "index": i, "valid": i not in self.bad}
-        for k, a in self.arrays.items():
-            item[k] = torch.from_numpy(np.asarray(a[i], dtype=np.float32))
-        return item
+        return self.__getitems__([i])[0]
+
+    def __getitems__(self, indices: Sequence[int]) -> list[dict]:
+        """Items ``indices``: a split that converts a batch's images together is asked for
+        them in one call (:meth:`lvmlt.data.ImageSplit.__getitems__`)."""
+        if IMAGE not in self.needs:  # a model on stored features only: don't decode the image at all
+            items = [{"label": int(self.labels[i]), "index": i, "valid": i not in self.bad} for i in indices]
+        elif hasattr(self.split, "__getitems__"):
+            items = self.split.__getitems__(indices)
+        else:
+            items = [self.split[i] for i in indices]
+        for item, i in zip(items, indices, strict=True):
+            for k, a in self.arrays.items():
+                item[k] = torch.from_numpy(np.array(a[i], dtype=np.float32))  # a copy: stored arrays are read-only
+        return items
 
 
 def attach_features(bundle, store, spec) -> dict:
