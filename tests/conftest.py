@@ -16,12 +16,14 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(autouse=True, scope="session")
 def _engine_cache_in_tmp(tmp_path_factory):
-    """Compiled encoder engines of the tests go to a temporary cache, not the user's."""
+    """Compiled encoder engines and measured memory layouts of the tests go to a temporary cache, not the user's."""
     from lvmlt.features import engines
+    from lvmlt.training import layout
 
     root = tmp_path_factory.mktemp("engines")
     mp = pytest.MonkeyPatch()
     mp.setattr(engines, "cache_root", lambda: root)
+    mp.setattr(layout, "cache_file", lambda: root / "layouts.json")  # measured layouts too
     yield root
     mp.undo()
 

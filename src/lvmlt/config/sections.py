@@ -49,7 +49,7 @@ class LossConfig:
 
 #: Compute precisions of training (``optim.precision``) and extraction (``precision``).
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-#: Training's memory layouts (``optim.memory_format``; ``auto``: lvmlt.hardware.resolve_memory_format).
+#: Training's memory layouts (``optim.memory_format``; ``auto``: lvmlt.training.layout on one CPU process).
 MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
 
 
@@ -67,7 +67,7 @@ class OptimConfig:
     warmup_epochs: int = 0
     accumulate: int = 1  # gradient accumulation steps
     precision: str = "auto"  # auto (bf16 where native, else fp32) | fp32 | bf16 | fp16 (CUDA only)
-    memory_format: str = "auto"  # auto (channels-last with AVX-512 or CUDA, else NCHW: hardware.py) | channels_last | contiguous
+    memory_format: str = "auto"  # auto (CPU: the faster, measured once per model shape: training/layout.py) | channels_last | contiguous
     max_steps_per_epoch: int = 0  # 0 = whole epoch; >0 caps it (smoke tests)
 
 

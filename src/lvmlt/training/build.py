@@ -140,17 +140,37 @@ def build_run(cfg: Config, bundle=None, load_init: bool = True) -> Run:
     store = open_store(cfg)
     spec = system.spec(cfg, bundle.num_classes, feature_dims(store))
     model = system.model(cfg, spec).to(device)
-    channels_last = hardware.resolve_memory_format(cfg.optim.memory_format, device)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
     apply_stage(model, cfg.stage if load_init else replace(cfg.stage, init_from=None), device)
     splits = build_splits(bundle, store, spec, system.topped_up(cfg, spec))
+    channels_last = _memory_format(cfg, model, splits["train"], device, precision)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
     # The loss terms see the counts trained on (with a top-up: real + synthetic); the metric
     # groups stay those of the real training split.
     parts = TermParts.of(cfg, splits["train"].class_counts, model.embedding_dim, system.outputs(cfg))
     terms = build_terms(cfg, parts).to(device)
     loaders, sampler = build_loaders(cfg, splits, device)
     return Run(cfg, bundle, device, precision, model, terms, splits, loaders, sampler, store, spec, channels_last)
+
+
+def _memory_format(cfg: Config, model, train, device: torch.device, precision: str) -> bool:
+    """Whether the run is channels-last: ``optim.memory_format`` as set, and ``auto`` on one
+    CPU process measured on the run's own model and inputs (:mod:`lvmlt.training.layout`)
+    when the run is long enough to repay the measurement. Elsewhere (under torchrun every
+    rank must agree) it follows the CPU's instruction set."""
+    from lvmlt.training.layout import MIN_STEPS, choose_channels_last
+
+    per_epoch = -(-len(train) // cfg.data.batch_size)
+    if cfg.optim.max_steps_per_epoch > 0:
+        per_epoch = min(per_epoch, cfg.optim.max_steps_per_epoch)
+    auto = cfg.optim.memory_format == "auto" and device.type == "cpu" and distributed.world()[1] == 1
+    if not auto or per_epoch * cfg.optim.epochs < MIN_STEPS:
+        return hardware.resolve_memory_format(cfg.optim.memory_format, device)
+    item = train[0]
+    if not (torch.is_tensor(item.get("image")) and item["image"].dim() == 3):
+        return False  # a model on stored features: no images, nothing to lay out
+    batch = collate([item] * cfg.data.batch_size)
+    return choose_channels_last(model, batch, precision)
 
 
 def open_store(cfg: Config):

@@ -1,0 +1,70 @@
+"""optim.memory_format=auto on the CPU: the faster layout of the run's own model, measured once."""
+
+import pytest
+import torch
+
+from helpers import toy_bundle
+from lvmlt import hardware
+from lvmlt.config import load_config
+from lvmlt.training import layout
+from lvmlt.training.build import build_run
+
+
+def _cfg(*extra):
+    return load_config(None, ["model.backbone=resnet8", "data.batch_size=8", "optim.precision=fp32", *extra])
+
+
+def _batch(n=4, side=16):
+    g = torch.Generator().manual_seed(0)
+    return {"image": torch.randn(n, 3, side, side, generator=g), "label": torch.arange(n) % 3}
+
+
+def _model():
+    from lvmlt.systems import build_model
+
+    return build_model(_cfg(), 3)
+
+
+def test_measuring_leaves_the_model_as_it_was_and_is_cached(tmp_path, monkeypatch):
+    monkeypatch.setattr(layout, "cache_file", lambda: tmp_path / "layouts.json")
+    model = _model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    lines = []
+    choice = layout.choose_channels_last(model, _batch(), "fp32", log=lines.append)
+    assert isinstance(choice, bool) and len(lines) == 1 and "per forward and backward pass" in lines[0]
+    after = model.state_dict()  # weights and BatchNorm statistics untouched, still NCHW
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert all(p.is_contiguous() for p in model.parameters()) and all(p.grad is None for p in model.parameters())
+
+    def no_measuring(*a):
+        raise AssertionError("measured again")
+
+    monkeypatch.setattr(layout, "measure", no_measuring)
+    assert layout.choose_channels_last(model, _batch(), "fp32", log=lines.append) is choice and len(lines) == 1
+    with pytest.raises(AssertionError, match="measured again"):  # another shape is another question
+        layout.choose_channels_last(model, _batch(side=20), "fp32")
+    (tmp_path / "layouts.json").write_text("{not json")  # a damaged cache is measured again
+    with pytest.raises(AssertionError, match="measured again"):
+        layout.choose_channels_last(model, _batch(), "fp32")
+
+
+@pytest.mark.parametrize("faster", ["channels_last", "contiguous"])
+def test_a_cpu_run_takes_the_faster_layout(tmp_path, monkeypatch, faster):
+    monkeypatch.setattr(layout, "cache_file", lambda: tmp_path / "layouts.json")
+    seen = []
+
+    def measure(model, batch, precision):
+        seen.append({k: tuple(v.shape) for k, v in batch.items() if torch.is_tensor(v) and v.dim() > 1})
+        return {faster: 0.01, ({"channels_last", "contiguous"} - {faster}).pop(): 0.02}
+
+    monkeypatch.setattr(layout, "measure", measure)
+    run = build_run(_cfg("data.image_size=16"), toy_bundle())  # 30 epochs of 8 steps
+    assert seen == [{"image": (8, 3, 16, 16)}]  # the run's global batch of its own inputs
+    assert run.channels_last is (faster == "channels_last") and run.record()["memory_format"] == faster
+    conv = next(m for m in run.model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last) is (faster == "channels_last")
+    # an explicit setting is not measured, nor a run too short to repay it (2 x 8 steps)
+    assert build_run(_cfg("data.image_size=16", "optim.memory_format=contiguous"), toy_bundle()).channels_last is False
+    short = build_run(_cfg("data.image_size=16", "optim.epochs=2"), toy_bundle())
+    assert short.channels_last is hardware.resolve_memory_format("auto", "cpu")
+    assert len(seen) == 1
