@@ -22,15 +22,18 @@ def _batch(n=4, side=16):
 def _model():
     from lvmlt.systems import build_model
 
-    return build_model(_cfg(), 3)
+    return build_model(_cfg("model.dropout=0.5"), 3)
 
 
 def test_measuring_leaves_the_model_as_it_was_and_is_cached(tmp_path, monkeypatch):
     monkeypatch.setattr(layout, "cache_file", lambda: tmp_path / "layouts.json")
-    model = _model()
+    model = _model()  # with dropout: a forward pass in training mode draws random numbers
+    assert any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in model.modules())
     before = {k: v.clone() for k, v in model.state_dict().items()}
     lines = []
+    rng = torch.get_rng_state()
     choice = layout.choose_channels_last(model, _batch(), "fp32", log=lines.append)
+    assert torch.equal(torch.get_rng_state(), rng)  # a run trains the same whether it measured or not
     assert isinstance(choice, bool) and len(lines) == 1 and "per forward and backward pass" in lines[0]
     after = model.state_dict()  # weights and BatchNorm statistics untouched, still NCHW
     assert all(torch.equal(before[k], after[k]) for k in before)
@@ -63,8 +66,11 @@ def test_a_cpu_run_takes_the_faster_layout(tmp_path, monkeypatch, faster):
     assert run.channels_last is (faster == "channels_last") and run.record()["memory_format"] == faster
     conv = next(m for m in run.model.modules() if isinstance(m, torch.nn.Conv2d))
     assert conv.weight.is_contiguous(memory_format=torch.channels_last) is (faster == "channels_last")
+    after_measuring = torch.rand(3)
     # an explicit setting is not measured, nor a run too short to repay it (2 x 8 steps)
     assert build_run(_cfg("data.image_size=16", "optim.memory_format=contiguous"), toy_bundle()).channels_last is False
+    # the training item it measured on drew its crop and flip outside the run's random stream
+    assert torch.equal(torch.rand(3), after_measuring)
     short = build_run(_cfg("data.image_size=16", "optim.epochs=2"), toy_bundle())
     assert short.channels_last is hardware.resolve_memory_format("auto", "cpu")
     assert len(seen) == 1

@@ -166,7 +166,8 @@ def _memory_format(cfg: Config, model, train, device: torch.device, precision: s
     auto = cfg.optim.memory_format == "auto" and device.type == "cpu" and distributed.world()[1] == 1
     if not auto or per_epoch * cfg.optim.epochs < MIN_STEPS:
         return hardware.resolve_memory_format(cfg.optim.memory_format, device)
-    item = train[0]
+    with torch.random.fork_rng(devices=[]):  # the item's augmentation draws nothing from the run's stream
+        item = train[0]
     if not (torch.is_tensor(item.get("image")) and item["image"].dim() == 3):
         return False  # a model on stored features: no images, nothing to lay out
     batch = collate([item] * cfg.data.batch_size)

@@ -68,8 +68,13 @@ def _pass(model, batch: dict, precision: str) -> float:
 
 def measure(model: torch.nn.Module, batch: dict, precision: str) -> dict[str, float]:
     """Median seconds of a forward and backward pass per layout, on a copy of ``model`` (its
-    weights and BatchNorm statistics are left as they were)."""
-    trial = copy.deepcopy(model).train()
+    weights and BatchNorm statistics are left as they were, and so is torch's random state,
+    which dropout would draw from: a run trains the same whether or not it measured)."""
+    with torch.random.fork_rng(devices=[]):
+        return _measure(copy.deepcopy(model).train(), batch, precision)
+
+
+def _measure(trial: torch.nn.Module, batch: dict, precision: str) -> dict[str, float]:
     layouts = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
     inputs = {
         name: {k: (v.contiguous(memory_format=fmt) if torch.is_tensor(v) and v.dim() == 4 else v) for k, v in batch.items()}

@@ -155,7 +155,8 @@ class Trainer:
             _setup_logging(self.run_dir)
         started = (
             f"{self.run_dir}: {hardware.describe_device(self.device)}, precision {self.precision}"
-            f" (optim.precision={cfg.optim.precision}), {self.loaders['train'].num_workers} data workers"
+            f" (optim.precision={cfg.optim.precision}), {'channels-last' if self.run.channels_last else 'NCHW'}"
+            f" (optim.memory_format={cfg.optim.memory_format}), {self.loaders['train'].num_workers} data workers"
         )
         if self.progress:
             print(started, file=sys.stderr)
