@@ -74,3 +74,58 @@ def test_a_cpu_run_takes_the_faster_layout(tmp_path, monkeypatch, faster):
     short = build_run(_cfg("data.image_size=16", "optim.epochs=2"), toy_bundle())
     assert short.channels_last is hardware.resolve_memory_format("auto", "cpu")
     assert len(seen) == 1
+
+
+def test_the_demo_estimate_times_the_layout_the_run_will_take(monkeypatch):
+    """A run that measures its layout trains in the faster one: the estimate times both and
+    keeps the faster; a shorter run is timed in the layout of the instruction-set rule."""
+    from lvmlt.experiments import estimate
+
+    timed = []
+
+    def fake_timed(step, repeat):
+        step()  # the real step runs once: the batch and model fit together in this layout
+        conv = next(m for m in model_box[0].modules() if isinstance(m, torch.nn.Conv2d))
+        cl = conv.weight.is_contiguous(memory_format=torch.channels_last) and not conv.weight.is_contiguous()
+        timed.append(cl)
+        return 0.5 if cl else 0.7
+
+    model_box = []
+    from lvmlt import systems
+
+    real_of = systems.of
+
+    def of(cfg):
+        sys_ = real_of(cfg)
+
+        class Spy:
+            def __getattr__(self, name):
+                return getattr(sys_, name)
+
+            def model(self, cfg, spec):
+                model_box.append(sys_.model(cfg, spec))
+                return model_box[-1]
+
+        return Spy()
+
+    monkeypatch.setattr(systems, "of", of)
+    monkeypatch.setattr(estimate, "_timed", fake_timed)
+    long = _cfg("data.image_size=16", "optim.epochs=30")
+    assert estimate.step_seconds(long, 3, {}, n_train=60) == 0.5 and timed == [False, True]
+    timed.clear()
+    rule = hardware.resolve_memory_format("auto", "cpu")
+    assert estimate.step_seconds(_cfg("data.image_size=16", "optim.epochs=2"), 3, {}, n_train=60) == (0.5 if rule else 0.7)
+    assert timed == [rule]
+
+
+@pytest.mark.parametrize("rule", [True, False])
+def test_a_near_tie_keeps_the_rules_layout(tmp_path, monkeypatch, rule):
+    """Within MARGIN the instruction-set rule's layout stays (machines of one kind agree); a
+    clear win takes the other."""
+    monkeypatch.setattr(layout.hardware, "resolve_memory_format", lambda *a: rule)
+    mine, other = ("channels_last", "contiguous") if rule else ("contiguous", "channels_last")
+    model = _model()
+    for n, (t_other, expected) in enumerate([(0.99, rule), (0.96, not rule)]):
+        monkeypatch.setattr(layout, "cache_file", lambda n=n: tmp_path / f"layouts-{n}.json")
+        monkeypatch.setattr(layout, "measure", lambda *a, t=t_other: {mine: 1.0, other: t})
+        assert layout.choose_channels_last(model, _batch(), "fp32") is expected

@@ -202,12 +202,15 @@ class Rates:
         """Seconds of one training step of ``cfg``'s model."""
         from lvmlt.config import to_dict
         from lvmlt.experiments import estimate
+        from lvmlt.training import layout
 
         d = to_dict(cfg)
         fusion = {k: v for k, v in d["fusion"].items() if k != "store"}  # the model's shapes, not where its inputs live
-        key = repr((d["system"], d["model"], fusion, d["data"]["image_size"], d["data"]["batch_size"]))
+        n_train = len(self.bundle.train)
+        measured = layout.measures(cfg, n_train, "cpu")  # then the run trains in the faster layout
+        key = repr((d["system"], d["model"], fusion, d["data"]["image_size"], d["data"]["batch_size"], measured))
         if key not in self._steps:
-            self._steps[key] = estimate.step_seconds(cfg, self.bundle.num_classes, {"sam_vec": 256})
+            self._steps[key] = estimate.step_seconds(cfg, self.bundle.num_classes, {"sam_vec": 256}, n_train=n_train)
         return self._steps[key]
 
 

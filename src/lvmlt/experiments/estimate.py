@@ -32,27 +32,25 @@ def _timed(fn, repeat: int, warmup: int = 1) -> float:
     return (time.perf_counter() - t) / repeat
 
 
-def step_seconds(cfg, num_classes: int, feature_dims: dict, repeat: int = 3) -> float:
-    """Seconds of one training step of ``cfg``'s model on a random batch of its shapes."""
+def step_seconds(cfg, num_classes: int, feature_dims: dict, repeat: int = 3, n_train: int = 0) -> float:
+    """Seconds of one training step of ``cfg``'s model on a random batch of its shapes, in
+    the layout the run will train in: where it measures its layout (a run over ``n_train``
+    images, :func:`lvmlt.training.layout.measures`) the faster of the two."""
     from lvmlt import hardware, inputs, systems
-    from lvmlt.training import runtime
+    from lvmlt.training import layout, runtime
 
     device = torch.device("cpu")
     precision = hardware.resolve_precision(cfg.optim.precision, device, "optim.precision")
     system = systems.of(cfg)
     spec = system.spec(cfg, num_classes, feature_dims)
     model = system.model(cfg, spec)
-    channels_last = hardware.resolve_memory_format(cfg.optim.memory_format, device)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
     model.train()
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     b, s = cfg.data.batch_size, cfg.data.image_size
     g = torch.Generator().manual_seed(0)
     batch = {"label": torch.randint(0, num_classes, (b,), generator=g)}
     if inputs.IMAGE in spec.inputs:
-        x = torch.randn(b, 3, s, s, generator=g)
-        batch[inputs.IMAGE] = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+        batch[inputs.IMAGE] = torch.randn(b, 3, s, s, generator=g)
     for key in inputs.sam_keys(spec.inputs):
         if key == inputs.SAM_MAP:
             batch[key] = torch.randn(b, 1, 16, 16, generator=g)
@@ -67,7 +65,18 @@ def step_seconds(cfg, num_classes: int, feature_dims: dict, repeat: int = 3) -> 
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    return _timed(step, repeat)
+    if layout.measures(cfg, n_train, device):
+        formats = [False, True]
+    else:
+        formats = [hardware.resolve_memory_format(cfg.optim.memory_format, device)]
+    times = []
+    for channels_last in formats:
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        model.to(memory_format=fmt)
+        if inputs.IMAGE in batch:
+            batch[inputs.IMAGE] = batch[inputs.IMAGE].contiguous(memory_format=fmt)
+        times.append(_timed(step, repeat))
+    return min(times)
 
 
 def decode_seconds(split, n: int = 24) -> tuple[float, float]:

@@ -158,13 +158,9 @@ def _memory_format(cfg: Config, model, train, device: torch.device, precision: s
     CPU process measured on the run's own model and inputs (:mod:`lvmlt.training.layout`)
     when the run is long enough to repay the measurement. Elsewhere (under torchrun every
     rank must agree) it follows the CPU's instruction set."""
-    from lvmlt.training.layout import MIN_STEPS, choose_channels_last
+    from lvmlt.training.layout import choose_channels_last, measures
 
-    per_epoch = -(-len(train) // cfg.data.batch_size)
-    if cfg.optim.max_steps_per_epoch > 0:
-        per_epoch = min(per_epoch, cfg.optim.max_steps_per_epoch)
-    auto = cfg.optim.memory_format == "auto" and device.type == "cpu" and distributed.world()[1] == 1
-    if not auto or per_epoch * cfg.optim.epochs < MIN_STEPS:
+    if not measures(cfg, len(train), device):
         return hardware.resolve_memory_format(cfg.optim.memory_format, device)
     with torch.random.fork_rng(devices=[]):  # the item's augmentation draws nothing from the run's stream
         item = train[0]

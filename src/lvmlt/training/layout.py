@@ -11,10 +11,11 @@ its input size as much as on the CPU. Measured with forward and backward passes 
 
 So on the CPU ``optim.memory_format=auto`` times a few forward and backward passes of the
 run's own model, on a batch of its own inputs, in both layouts (interleaved, the median of
-each), and keeps the faster, for runs of at least :data:`MIN_STEPS` training steps (a
-shorter run keeps the rule of :func:`lvmlt.hardware.resolve_memory_format`). The answer is cached per machine and model shape in
-``$LVMLT_CACHE/layouts.json`` (default ``~/.cache/lvmlt``): the next run of that shape
-measures nothing. On CUDA ``auto`` is channels-last, the layout tensor cores prefer.
+each), and keeps the faster: the layout of the instruction-set rule
+(:func:`lvmlt.hardware.resolve_memory_format`) unless the other wins by :data:`MARGIN`. It
+does so for runs of at least :data:`MIN_STEPS` training steps; shorter ones keep the rule.
+The answer is cached per machine and model shape in ``$LVMLT_CACHE/layouts.json`` (default
+``~/.cache/lvmlt``): the next run of that shape measures nothing. On CUDA ``auto`` is channels-last, the layout tensor cores prefer.
 """
 
 from __future__ import annotations
@@ -34,10 +35,30 @@ from lvmlt.training.runtime import autocast
 
 #: Interleaved rounds per layout (after one warm-up pass each); the median decides.
 ROUNDS = 3
+#: The other layout than the instruction-set rule's is taken only when it is at least this much
+#: faster: a near tie (within the noise of a few passes) keeps runs the same from machine to
+#: machine of one kind.
+MARGIN = 0.03
 #: Runs of fewer training steps keep the instruction-set rule
 #: (:func:`lvmlt.hardware.resolve_memory_format`): the 2 x (ROUNDS + 1) passes of the
 #: measurement are repaid by a 5 % faster layout only over about 160 steps.
 MIN_STEPS = 200
+
+
+def measures(cfg, n_train: int, device: torch.device | str) -> bool:
+    """Whether a run of ``cfg`` over ``n_train`` training images measures its layout: on one
+    CPU process with ``optim.memory_format=auto`` and at least :data:`MIN_STEPS` steps."""
+    from lvmlt import distributed
+
+    per_epoch = -(-n_train // cfg.data.batch_size)
+    if cfg.optim.max_steps_per_epoch > 0:
+        per_epoch = min(per_epoch, cfg.optim.max_steps_per_epoch)
+    return (
+        cfg.optim.memory_format == "auto"
+        and torch.device(device).type == "cpu"
+        and distributed.world()[1] == 1
+        and per_epoch * cfg.optim.epochs >= MIN_STEPS
+    )
 
 
 def cache_file() -> Path:
@@ -99,7 +120,9 @@ def choose_channels_last(model: torch.nn.Module, batch: dict, precision: str, lo
     if key in known and isinstance(known[key].get("channels_last"), bool):
         return known[key]["channels_last"]
     times = measure(model, batch, precision)
-    choice = times["channels_last"] < times["contiguous"]
+    rule = hardware.resolve_memory_format("auto", "cpu")
+    mine, other = ("channels_last", "contiguous") if rule else ("contiguous", "channels_last")
+    choice = rule if times[other] > (1 - MARGIN) * times[mine] else not rule
     if log:
         log(
             f"memory layout: channels-last {1e3 * times['channels_last']:.0f} ms, NCHW {1e3 * times['contiguous']:.0f} ms"
