@@ -129,3 +129,21 @@ def test_a_near_tie_keeps_the_rules_layout(tmp_path, monkeypatch, rule):
         monkeypatch.setattr(layout, "cache_file", lambda n=n: tmp_path / f"layouts-{n}.json")
         monkeypatch.setattr(layout, "measure", lambda *a, t=t_other: {mine: 1.0, other: t})
         assert layout.choose_channels_last(model, _batch(), "fp32") is expected
+
+
+def test_the_demo_counts_each_layout_check_once(tmp_path, monkeypatch):
+    """Unfinished runs that check their layout add its passes to the expected training time,
+    once per model shape."""
+    from types import SimpleNamespace
+
+    from lvmlt.experiments import demo, estimate
+
+    monkeypatch.setattr(estimate, "run_seconds", lambda *a: 10.0)
+    rates = SimpleNamespace(step=lambda c: 0.5, step_key=lambda c: c.model.backbone, decode=lambda: (0.0, 0.0),
+                            encoder=lambda e: estimate.EncoderRates(0.0, 0.0, 0.0))  # fmt: skip
+    cfgs = {n: _cfg(f"model.backbone={b}", f"out_dir={tmp_path}", f"run_name={n}") for n, b in
+            (("a", "resnet8"), ("b", "resnet8"), ("c", "resnet32"))}  # fmt: skip
+    for measured, extra in ((False, 0.0), (True, 2 * layout.PASSES * 0.5)):
+        monkeypatch.setattr(layout, "measures", lambda *a, m=measured: m)
+        parts = demo.expected_seconds(cfgs, toy_bundle(), tmp_path / "store", None, tmp_path / "bundle", rates)
+        assert parts["training"] == 30.0 + extra

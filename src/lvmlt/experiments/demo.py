@@ -198,18 +198,24 @@ class Rates:
             self._decode = estimate.decode_seconds(self.bundle.train)
         return self._decode
 
-    def step(self, cfg) -> float:
-        """Seconds of one training step of ``cfg``'s model."""
+    def step_key(self, cfg) -> str:
+        """What one training step's time depends on: the model's shapes and whether the run
+        checks its memory layout (then it trains in the faster one)."""
         from lvmlt.config import to_dict
-        from lvmlt.experiments import estimate
         from lvmlt.training import layout
 
         d = to_dict(cfg)
         fusion = {k: v for k, v in d["fusion"].items() if k != "store"}  # the model's shapes, not where its inputs live
-        n_train = len(self.bundle.train)
-        measured = layout.measures(cfg, n_train, "cpu")  # then the run trains in the faster layout
-        key = repr((d["system"], d["model"], fusion, d["data"]["image_size"], d["data"]["batch_size"], measured))
+        measured = layout.measures(cfg, len(self.bundle.train), "cpu")
+        return repr((d["system"], d["model"], fusion, d["data"]["image_size"], d["data"]["batch_size"], measured))
+
+    def step(self, cfg) -> float:
+        """Seconds of one training step of ``cfg``'s model."""
+        from lvmlt.experiments import estimate
+
+        key = self.step_key(cfg)
         if key not in self._steps:
+            n_train = len(self.bundle.train)
             self._steps[key] = estimate.step_seconds(cfg, self.bundle.num_classes, {"sam_vec": 256}, n_train=n_train)
         return self._steps[key]
 
@@ -221,6 +227,7 @@ def expected_seconds(cfgs: dict, bundle, store_dir: Path, extract_cfg, bundle_di
     from lvmlt.deploy.bundle import MANIFEST
     from lvmlt.experiments import estimate
     from lvmlt.features.store import read_manifest
+    from lvmlt.training import layout
 
     parts = {"features": 0.0, "training": 0.0, "export": 0.0}
     todo = [c for c in cfgs.values() if not (Path(c.out_dir) / c.run_name / rundir.METRICS).is_file()]
@@ -229,8 +236,12 @@ def expected_seconds(cfgs: dict, bundle, store_dir: Path, extract_cfg, bundle_di
     if not store_done:
         n = sum(len(s) for s in bundle.splits().values())  # the PCA sample's outputs are kept, not encoded twice
         parts["features"] = enc.setup + n * enc.per_image
+    checked = set()  # model shapes whose layout check is counted (once each; a pass is about a step)
     for c in todo:
         parts["training"] += estimate.run_seconds(c, bundle, rates.step(c), rates.decode())
+        if layout.measures(c, len(bundle.train), "cpu") and rates.step_key(c) not in checked:
+            checked.add(rates.step_key(c))
+            parts["training"] += layout.PASSES * rates.step(c)
     if not (bundle_dir / MANIFEST).is_file():
         parts["export"] = EXPORT_BUILDS * enc.build + EXPORT_IMAGES * enc.per_image
     return parts

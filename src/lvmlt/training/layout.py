@@ -35,12 +35,14 @@ from lvmlt.training.runtime import autocast
 
 #: Interleaved rounds per layout (after one warm-up pass each); the median decides.
 ROUNDS = 3
+#: Forward and backward passes of one check (both layouts, warm-up included).
+PASSES = 2 * (ROUNDS + 1)
 #: The other layout than the instruction-set rule's is taken only when it is at least this much
 #: faster: a near tie (within the noise of a few passes) keeps runs the same from machine to
 #: machine of one kind.
 MARGIN = 0.03
 #: Runs of fewer training steps keep the instruction-set rule
-#: (:func:`lvmlt.hardware.resolve_memory_format`): the 2 x (ROUNDS + 1) passes of the
+#: (:func:`lvmlt.hardware.resolve_memory_format`): the :data:`PASSES` passes of the
 #: measurement are repaid by a 5 % faster layout only over about 160 steps.
 MIN_STEPS = 200
 
