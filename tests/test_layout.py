@@ -1,5 +1,7 @@
 """optim.memory_format=auto on the CPU: the faster layout of the run's own model, measured once."""
 
+import json
+
 import pytest
 import torch
 
@@ -46,9 +48,11 @@ def test_measuring_leaves_the_model_as_it_was_and_is_cached(tmp_path, monkeypatc
     assert layout.choose_channels_last(model, _batch(), "fp32", log=lines.append) is choice and len(lines) == 1
     with pytest.raises(AssertionError, match="measured again"):  # another shape is another question
         layout.choose_channels_last(model, _batch(side=20), "fp32")
-    (tmp_path / "layouts.json").write_text("{not json")  # a damaged cache is measured again
-    with pytest.raises(AssertionError, match="measured again"):
-        layout.choose_channels_last(model, _batch(), "fp32")
+    key = layout.signature(model, _batch(), "fp32")
+    for damaged in ("{not json", json.dumps({key: [1]})):  # measured again
+        (tmp_path / "layouts.json").write_text(damaged)
+        with pytest.raises(AssertionError, match="measured again"):
+            layout.choose_channels_last(model, _batch(), "fp32")
 
 
 @pytest.mark.parametrize("faster", ["channels_last", "contiguous"])

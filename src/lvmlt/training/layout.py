@@ -15,7 +15,8 @@ each), and keeps the faster: the layout of the instruction-set rule
 (:func:`lvmlt.hardware.resolve_memory_format`) unless the other wins by :data:`MARGIN`. It
 does so for runs of at least :data:`MIN_STEPS` training steps; shorter ones keep the rule.
 The answer is cached per machine and model shape in ``$LVMLT_CACHE/layouts.json`` (default
-``~/.cache/lvmlt``): the next run of that shape measures nothing. On CUDA ``auto`` is channels-last, the layout tensor cores prefer.
+``~/.cache/lvmlt``): the next run of that shape measures nothing. On CUDA ``auto`` is
+channels-last, the layout tensor cores prefer.
 """
 
 from __future__ import annotations
@@ -99,10 +100,8 @@ def measure(model: torch.nn.Module, batch: dict, precision: str) -> dict[str, fl
 
 def _measure(trial: torch.nn.Module, batch: dict, precision: str) -> dict[str, float]:
     layouts = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
-    inputs = {
-        name: {k: (v.contiguous(memory_format=fmt) if torch.is_tensor(v) and v.dim() == 4 else v) for k, v in batch.items()}
-        for name, fmt in layouts.items()
-    }
+    # the image only, as the trainer lays out its batches (lvmlt.training.build._to)
+    inputs = {name: batch | {"image": batch["image"].contiguous(memory_format=fmt)} for name, fmt in layouts.items()}
     times: dict[str, list[float]] = {name: [] for name in layouts}
     for r in range(ROUNDS + 1):
         for name, fmt in layouts.items():
@@ -118,9 +117,9 @@ def choose_channels_last(model: torch.nn.Module, batch: dict, precision: str, lo
     (the run's global batch of its own inputs); measured once per machine and model shape."""
     key = signature(model, batch, precision)
     path = cache_file()
-    known = _read(path)
-    if key in known and isinstance(known[key].get("channels_last"), bool):
-        return known[key]["channels_last"]
+    entry = _read(path).get(key)
+    if isinstance(entry, dict) and isinstance(entry.get("channels_last"), bool):
+        return entry["channels_last"]
     times = measure(model, batch, precision)
     rule = hardware.resolve_memory_format("auto", "cpu")
     mine, other = ("channels_last", "contiguous") if rule else ("contiguous", "channels_last")
