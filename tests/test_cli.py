@@ -44,3 +44,28 @@ def test_resume_needs_only_the_run_directory(tmp_path, capsys):
     capsys.readouterr()
     assert main(["train", "--resume", str(tmp_path / "runs" / "x"), "optim.lr=0.3"]) == 2
     assert "--resume RUN continues the run" in capsys.readouterr().err
+
+
+def test_the_help_imports_neither_torch_nor_torchvision():
+    """``lvmlt --help`` and every subcommand's parser are built without torch (4 s of imports
+    before; a command imports what it needs when it runs), and ``lvmlt.features`` still hands
+    out its names and submodules on first use."""
+    import subprocess
+
+    code = (
+        "import sys\n"
+        "from lvmlt.cli import build_parser\n"
+        "build_parser().format_help()\n"
+        "import lvmlt.features as f\n"
+        "heavy = sorted(m for m in ('torch', 'torchvision') if m in sys.modules)\n"
+        "assert not heavy, heavy\n"
+        "assert f.FeatureStore.__name__ == 'FeatureStore' and callable(f.extract) and f.pipeline.extract is f.extract\n"
+        "try:\n"
+        "    f.no_such_name\n"
+        "except AttributeError:\n"
+        "    pass\n"
+        "else:\n"
+        "    raise SystemExit('no AttributeError')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]

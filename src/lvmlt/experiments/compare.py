@@ -33,12 +33,12 @@ from pathlib import Path
 from lvmlt.errors import UserError
 from lvmlt.experiments.compare_report import find_sam_fusion_results, write_report
 from lvmlt.experiments.compare_runs import Comparison, glt_protocol, run_feature_systems, run_glt
+from lvmlt.experiments.recipes import COMPARE_OUT as DEFAULT_OUT
+from lvmlt.experiments.recipes import COMPARE_RUNS as DEFAULT_RUNS
 from lvmlt.experiments.recipes import GROUP_BY_NAME as _BY_NAME
 from lvmlt.experiments.recipes import GROUPS as _GROUPS
+from lvmlt.experiments.recipes import IFL_EPOCHS
 
-DEFAULT_RUNS = "runs/other-systems"
-DEFAULT_OUT = DEFAULT_RUNS  # the committed tables (benchmarks/results/other-systems) change only on request
-IFL_EPOCHS = 10
 #: The groups' names, in table order.
 GROUPS = tuple(g.name for g in _GROUPS)
 

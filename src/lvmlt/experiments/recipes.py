@@ -186,6 +186,14 @@ GROUPS: tuple[Group, ...] = (
 #: The groups by name (``--systems``).
 GROUP_BY_NAME: dict[str, Group] = {g.name: g for g in GROUPS}
 
+#: ``lvmlt compare``'s defaults (here, not in :mod:`lvmlt.experiments.compare`, so that the
+#: command line's help imports neither torch nor the data): its runs folder, its tables'
+#: folder (the committed tables in benchmarks/results/other-systems change only on request)
+#: and the epochs of the IFL CNN runs.
+COMPARE_RUNS = "runs/other-systems"
+COMPARE_OUT = COMPARE_RUNS
+IFL_EPOCHS = 10
+
 #: The closing notes of a comparison; ``{machines}`` is filled from the runs' runtime records.
 COMPARE_NOTES = (
     "Notes: the synthetic-feature recipe, the SciLT design and the IFL deviations are ours where the "

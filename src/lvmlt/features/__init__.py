@@ -12,12 +12,36 @@ to a :class:`StoreWriter` (:mod:`lvmlt.features.writer`), which alone writes the
 :mod:`lvmlt.features.dataset` turns a store into the datasets a model on stored features is
 trained on (the inputs and norms its system declares, :mod:`lvmlt.systems`); :mod:`lvmlt.features.synthetic` tops
 the training split up with synthetic tail features (``system=synthetic_probe``).
+
+The names below are imported on first use (:pep:`562`): ``lvmlt --help`` and the other
+commands' parsers import this package without paying for torch.
 """
 
-from lvmlt.features.config import ExtractConfig
-from lvmlt.features.pca import PcaBasis
-from lvmlt.features.pipeline import extract
-from lvmlt.features.store import FeatureStore, StoredSplit
-from lvmlt.features.writer import StoreWriter
+import importlib
+
+#: name -> the module that defines it
+_WHERE = {
+    "ExtractConfig": "lvmlt.features.config",
+    "PcaBasis": "lvmlt.features.pca",
+    "extract": "lvmlt.features.pipeline",
+    "FeatureStore": "lvmlt.features.store",
+    "StoredSplit": "lvmlt.features.store",
+    "StoreWriter": "lvmlt.features.writer",
+}
 
 __all__ = ["ExtractConfig", "FeatureStore", "PcaBasis", "StoreWriter", "StoredSplit", "extract"]
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        return getattr(importlib.import_module(_WHERE[name]), name)
+    try:  # a submodule (lvmlt.features.pipeline, ...), as the eager imports made them attributes
+        return importlib.import_module(f"{__name__}.{name}")
+    except ModuleNotFoundError as e:
+        if e.name != f"{__name__}.{name}":
+            raise
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_WHERE])
