@@ -139,10 +139,8 @@ def add_compare_parser(sub) -> None:
     """The ``compare`` subcommand's options."""
     from lvmlt.experiments.recipes import COMPARE_OUT as DEFAULT_OUT
     from lvmlt.experiments.recipes import COMPARE_RUNS as DEFAULT_RUNS
-    from lvmlt.experiments.recipes import GROUPS as _GROUPS
+    from lvmlt.experiments.recipes import GROUP_NAMES as GROUPS
     from lvmlt.experiments.recipes import IFL_EPOCHS
-
-    GROUPS = tuple(g.name for g in _GROUPS)
 
     p = sub.add_parser(
         "compare",

@@ -36,11 +36,9 @@ from lvmlt.experiments.compare_runs import Comparison, glt_protocol, run_feature
 from lvmlt.experiments.recipes import COMPARE_OUT as DEFAULT_OUT
 from lvmlt.experiments.recipes import COMPARE_RUNS as DEFAULT_RUNS
 from lvmlt.experiments.recipes import GROUP_BY_NAME as _BY_NAME
+from lvmlt.experiments.recipes import GROUP_NAMES as GROUPS
 from lvmlt.experiments.recipes import GROUPS as _GROUPS
 from lvmlt.experiments.recipes import IFL_EPOCHS
-
-#: The groups' names, in table order.
-GROUPS = tuple(g.name for g in _GROUPS)
 
 
 def scilt_levels(cfg, user_keys: set[str]) -> list[str]:

@@ -185,6 +185,8 @@ GROUPS: tuple[Group, ...] = (
 )  # fmt: skip
 #: The groups by name (``--systems``).
 GROUP_BY_NAME: dict[str, Group] = {g.name: g for g in GROUPS}
+#: The groups' names, in table order.
+GROUP_NAMES: tuple[str, ...] = tuple(GROUP_BY_NAME)
 
 #: ``lvmlt compare``'s defaults (here, not in :mod:`lvmlt.experiments.compare`, so that the
 #: command line's help imports neither torch nor the data): its runs folder, its tables'
