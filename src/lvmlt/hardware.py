@@ -170,11 +170,11 @@ def resolve_precision(precision: str, device: torch.device | str = "cpu", what: 
 def resolve_memory_format(memory_format: str, device: torch.device | str = "cpu") -> bool:
     """Whether a model runs channels-last (NHWC) where it is not measured (CUDA, torchrun,
     ``lvmlt predict`` on a run; one CPU process measures: :mod:`lvmlt.training.layout`).
-    ``auto`` chooses by the hardware, as measured
-    with ``benchmarks/train_step.py`` (ResNet-18 at 48 px, batch 64): channels-last was
-    1.03-1.27x faster on the CPUs with AVX-512 (an Intel Xeon with AMX, an AMD EPYC with
-    AVX512-BF16) and contiguous NCHW 1.09x faster on an AVX2-only AMD EPYC (family 23, model 1);
-    on CUDA channels-last is the layout tensor-core convolutions prefer.
+    ``auto`` chooses by the hardware, as measured with ``benchmarks/train_step.py`` (ResNet-18
+    at 48 px, batch 64): channels-last was 1.03-1.27x faster on the CPUs with AVX-512 (an Intel
+    Xeon with AMX, an AMD EPYC with AVX512-BF16) and contiguous NCHW 1.09x faster on an
+    AVX2-only AMD EPYC (family 23, model 1); on CUDA channels-last is the layout tensor-core
+    convolutions prefer.
 
     Args:
         memory_format: auto | channels_last | contiguous (:data:`lvmlt.config.MEMORY_FORMATS`).

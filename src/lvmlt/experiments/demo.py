@@ -239,8 +239,9 @@ def expected_seconds(cfgs: dict, bundle, store_dir: Path, extract_cfg, bundle_di
     checked = set()  # model shapes whose layout check is counted (once each; a pass is about a step)
     for c in todo:
         parts["training"] += estimate.run_seconds(c, bundle, rates.step(c), rates.decode())
-        if layout.measures(c, len(bundle.train), "cpu") and rates.step_key(c) not in checked:
-            checked.add(rates.step_key(c))
+        key = rates.step_key(c)
+        if key not in checked and layout.measures(c, len(bundle.train), "cpu"):
+            checked.add(key)
             parts["training"] += layout.PASSES * rates.step(c)
     if not (bundle_dir / MANIFEST).is_file():
         parts["export"] = EXPORT_BUILDS * enc.build + EXPORT_IMAGES * enc.per_image
