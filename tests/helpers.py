@@ -84,3 +84,24 @@ def feature_bundle(counts_by_split: dict[str, list[int]]) -> DataBundle:
 
     names = [f"c{k}" for k in range(len(counts_by_split["train"]))]
     return DataBundle("feat", *(split(s, counts_by_split[s]) for s in ("train", "val", "test")), names)
+
+
+def train_killed_then_resumed(make_cfg, monkeypatch, kill_epoch: int = 2) -> dict:
+    """Train ``make_cfg()`` with a kill (KeyboardInterrupt) at the start of epoch
+    ``kill_epoch``, then ``--resume`` it to the end; returns the resumed run's metrics."""
+    import pytest
+
+    from lvmlt.training.trainer import Trainer, train
+
+    real = Trainer._train_epoch
+
+    def dying(self, epoch):
+        if epoch == kill_epoch:
+            raise KeyboardInterrupt
+        return real(self, epoch)
+
+    monkeypatch.setattr(Trainer, "_train_epoch", dying)
+    with pytest.raises(KeyboardInterrupt):
+        train(make_cfg(), bundle=toy_bundle(), progress=False)
+    monkeypatch.setattr(Trainer, "_train_epoch", real)
+    return train(make_cfg(), resume=True, bundle=toy_bundle(), progress=False)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import toy_bundle
+from helpers import toy_bundle, train_killed_then_resumed
 from lvmlt.config import load_config
 from lvmlt.errors import BadImageError, UserError
 from lvmlt.training.trainer import Trainer, lr_lambda, train
@@ -40,18 +40,7 @@ def test_run_directory_and_metrics(tmp_path):
 
 def test_resume_after_kill_matches_uninterrupted(tmp_path, monkeypatch):
     full = train(_cfg(tmp_path / "a"), bundle=toy_bundle(), progress=False)
-    real = Trainer._train_epoch
-
-    def dying(self, epoch):
-        if epoch == 2:
-            raise KeyboardInterrupt
-        return real(self, epoch)
-
-    monkeypatch.setattr(Trainer, "_train_epoch", dying)
-    with pytest.raises(KeyboardInterrupt):
-        train(_cfg(tmp_path / "b"), bundle=toy_bundle(), progress=False)
-    monkeypatch.setattr(Trainer, "_train_epoch", real)
-    resumed = train(_cfg(tmp_path / "b"), resume=True, bundle=toy_bundle(), progress=False)
+    resumed = train_killed_then_resumed(lambda: _cfg(tmp_path / "b"), monkeypatch)
     a = torch.load(tmp_path / "a/r/checkpoints/last.pt", weights_only=False)["model"]
     b = torch.load(tmp_path / "b/r/checkpoints/last.pt", weights_only=False)["model"]
     for k in a:

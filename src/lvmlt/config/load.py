@@ -5,6 +5,7 @@ its field's type, then checked (:mod:`lvmlt.config.checks`, and the system's own
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from pathlib import Path
@@ -15,6 +16,9 @@ from lvmlt.config.checks import check_values
 from lvmlt.config.compat import with_system, without_retired
 from lvmlt.config.sections import Config
 from lvmlt.errors import UserError
+
+#: A decimal number as a person writes it (1e-3, .5, -2E+4), which YAML 1.1 may leave a string.
+_FLOAT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
 
 def _type_name(tp) -> str:
@@ -52,6 +56,8 @@ def _coerce(value, tp, key: str):
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+            return float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string
     elif tp is str:
         if isinstance(value, str):
             return value

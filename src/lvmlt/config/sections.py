@@ -24,6 +24,15 @@ class DataConfig:
     num_workers: int = -1  # DataLoader workers; -1 = automatic (0 on small CPUs, more on CUDA)
     skip_bad_images: bool = False  # skip and count unreadable images instead of stopping
     augment: bool = True  # random crop + flip on the training split
+    # The strong recipe's augmentation (docs/choosing.md): an automatic policy on top of crop + flip
+    # (torchvision's TrivialAugmentWide or RandAugment), the dihedral group (90-degree rotations and
+    # flips) where the classes are invariant to it (auto: the dataset says so, e.g. ELPV), and
+    # mixup / cutmix (timm's Mixup; a Beta(alpha, alpha) mix per batch, 0 = off).
+    policy: str = "none"  # none | trivialaugment | randaugment
+    dihedral: str = "auto"  # auto (where the dataset declares it) | always | never
+    mixup: float = 0.0  # mixup's alpha
+    cutmix: float = 0.0  # cutmix's alpha
+    mix_prob: float = 1.0  # share of the batches that are mixed (when mixup or cutmix is on)
 
 
 @dataclass(frozen=True)
@@ -45,6 +54,7 @@ class LossConfig:
     focal_gamma: float = 2.0
     cb_beta: float = 0.9999  # effective-number beta for the class-balanced loss
     cb_base: str = "ce"  # ce | focal: the loss the class-balanced weights apply to
+    label_smoothing: float = 0.0  # ce, balanced_softmax and logit_adjusted only
 
 
 #: Compute precisions of training (``optim.precision``) and extraction (``precision``).
@@ -69,6 +79,12 @@ class OptimConfig:
     precision: str = "auto"  # auto (bf16 where native, else fp32) | fp32 | bf16 | fp16 (CUDA only)
     memory_format: str = "auto"  # auto (CPU: the faster, measured once per model shape: training/layout.py) | channels_last | contiguous
     max_steps_per_epoch: int = 0  # 0 = whole epoch; >0 caps it (smoke tests)
+    # An exponential moving average of the weights (timm's ModelEmaV3), decay per optimiser step;
+    # 0 = off. When on, validation, the best checkpoint and everything after score the average.
+    ema: float = 0.0
+    # Weight balancing (Alshammari et al., CVPR 2022): after every step each class's classifier
+    # weight vector is projected back into the ball of this L2 norm (MaxNorm); 0 = off.
+    max_norm: float = 0.0
 
 
 # The default class groups (by training images per class): many > MANY_THRESHOLD,

@@ -60,6 +60,12 @@ def _check_classes(bundle: DataBundle) -> None:
         )
 
 
+def dihedral_on(cfg: DataConfig, meta: dict) -> bool:
+    """``data.dihedral``: always, or auto where the dataset declares its classes invariant to the
+    8 symmetries of the square (``meta["dihedral"]``); training augmentation only."""
+    return cfg.augment and (cfg.dihedral == "always" or (cfg.dihedral == "auto" and bool(meta.get("dihedral", False))))
+
+
 def build_data(cfg: DataConfig) -> DataBundle:
     """Build the dataset ``cfg.name`` ready for training and evaluation.
 
@@ -85,8 +91,9 @@ def build_data(cfg: DataConfig) -> DataBundle:
     if bundle.val is None:
         _carve_validation(bundle, cfg)
     _check_classes(bundle)
-    hflip = bundle.meta.get("hflip", True)
-    train_tf = build_transform(cfg.image_size, train=True, augment=cfg.augment, hflip=hflip)
+    # With the dihedral group on, the trainer draws the flips too (training/recipe.py).
+    hflip = bundle.meta.get("hflip", True) and not dihedral_on(cfg, bundle.meta)
+    train_tf = build_transform(cfg.image_size, train=True, augment=cfg.augment, hflip=hflip, policy=cfg.policy)
     eval_tf = build_transform(cfg.image_size, train=False)
     for split in bundle.splits().values():
         split.transform = train_tf if split.name == "train" else eval_tf

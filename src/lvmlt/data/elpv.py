@@ -67,5 +67,8 @@ def build_elpv(cfg: DataConfig) -> DataBundle:
             "many_threshold": ELPV_MANY_THRESHOLD,
             "few_threshold": ELPV_FEW_THRESHOLD,
             "val_source": "10% per class (fixed ELPV protocol)",
+            # A cell's defect level and type do not change when it is rotated by 90 degrees
+            # or mirrored (the busbars turn with it): data.dihedral=auto uses all 8 symmetries.
+            "dihedral": True,
         },
     )

@@ -6,6 +6,11 @@ ratio not kept: the built-ins are square and the LT benchmarks use fixed-size cr
 Training augmentation is CIFAR-style: pad by S/8 (reflect), random S x S crop, and a
 horizontal flip (unless the dataset says its classes are not mirror-symmetric); evaluation is the resize only. Normalisation uses the ImageNet mean/std
 that pretrained backbones expect.
+
+The strong recipe adds, on the training split only, an automatic policy (torchvision's
+``TrivialAugmentWide`` or ``RandAugment``) after the crop; its dihedral symmetries
+(``data.dihedral``) are drawn per batch by the trainer (:mod:`lvmlt.training.recipe`), so
+that an image and its stored SAM map turn together.
 """
 
 from __future__ import annotations
@@ -71,7 +76,20 @@ class SplitTransform:
         return f"SplitTransform(pre={self.pre!r}, post={self.post!r})"
 
 
-def build_transform(image_size: int, train: bool, augment: bool = True, hflip: bool = True) -> SplitTransform:
+#: ``data.policy``: the automatic augmentation policies (torchvision's implementations).
+POLICIES = {
+    "none": None,
+    "trivialaugment": lambda: T.TrivialAugmentWide(),
+    "randaugment": lambda: T.RandAugment(num_ops=2, magnitude=9),
+}
+
+def build_transform(
+    image_size: int,
+    train: bool,
+    augment: bool = True,
+    hflip: bool = True,
+    policy: str = "none",
+) -> SplitTransform:
     """The transform a split applies to each loaded PIL image.
 
     Args:
@@ -80,6 +98,7 @@ def build_transform(image_size: int, train: bool, augment: bool = True, hflip: b
         augment: pad + random crop (+ flip) when ``train`` is set.
         hflip: include the horizontal flip in the augmentation; off for data whose classes
             are not mirror-symmetric (digits).
+        policy: a key of :data:`POLICIES`, applied after the crop.
 
     Returns:
         A callable mapping a PIL image to a float32 tensor 3 x S x S, normalised with the
@@ -88,10 +107,14 @@ def build_transform(image_size: int, train: bool, augment: bool = True, hflip: b
     if not isinstance(image_size, int) or image_size < 8:
         raise UserError(f"image size {image_size!r} is too small", fix="set data.image_size to 8 or more")
     pre = T.Compose([ToRGB(), T.Resize((image_size, image_size), antialias=True)])
+    if policy not in POLICIES:
+        raise UserError(f"unknown data.policy {policy!r}", fix="choose one of " + ", ".join(POLICIES))
     ops = []
     if train and augment:
         ops.append(T.RandomCrop(image_size, padding=image_size // 8, padding_mode="reflect"))
         if hflip:
             ops.append(T.RandomHorizontalFlip())
+        if POLICIES[policy] is not None:
+            ops.append(POLICIES[policy]())
     ops += [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
     return SplitTransform(pre, T.Compose(ops), image_size)

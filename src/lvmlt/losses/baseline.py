@@ -172,10 +172,19 @@ class ClassCountLoss(nn.Module):
 
 
 class CrossEntropyLoss(ClassCountLoss):
-    """Plain softmax cross-entropy; class counts only fix C."""
+    """Plain softmax cross-entropy; class counts only fix C.
+
+    Args:
+        label_smoothing: the target puts ``1 - eps + eps / C`` on the true class and
+            ``eps / C`` on every other (``F.cross_entropy``'s smoothing).
+    """
+
+    def __init__(self, class_counts, label_smoothing: float = 0.0):
+        super().__init__(class_counts)
+        self.label_smoothing = float(label_smoothing)
 
     def per_sample(self, logits: Tensor, targets: Tensor) -> Tensor:
-        return F.cross_entropy(logits, targets, reduction="none")
+        return F.cross_entropy(logits, targets, reduction="none", label_smoothing=self.label_smoothing)
 
 
 class LogitAdjustedLoss(ClassCountLoss):
@@ -187,16 +196,18 @@ class LogitAdjustedLoss(ClassCountLoss):
     Args:
         class_counts: training images per class, shape (C,); zero counts clamped to 1.
         tau: adjustment strength; 0 gives plain cross-entropy.
+        label_smoothing: as in :class:`CrossEntropyLoss`, on the adjusted logits.
     """
 
-    def __init__(self, class_counts, tau: float = 1.0):
+    def __init__(self, class_counts, tau: float = 1.0, label_smoothing: float = 0.0):
         super().__init__(class_counts)
         self.tau = float(tau)
+        self.label_smoothing = float(label_smoothing)
         self.register_buffer("log_prior", _buffer(log_prior(class_counts)))
 
     def per_sample(self, logits: Tensor, targets: Tensor) -> Tensor:
         adjusted = logits + self.tau * self.log_prior.float()
-        return F.cross_entropy(adjusted, targets, reduction="none")
+        return F.cross_entropy(adjusted, targets, reduction="none", label_smoothing=self.label_smoothing)
 
     def extra_repr(self) -> str:
         return f"num_classes={self.num_classes}, tau={self.tau}"
@@ -341,19 +352,19 @@ def _check_gamma(value: float) -> None:
 
 @LOSSES.register("ce")
 def build_ce(cfg: LossConfig, class_counts: np.ndarray, epochs: int) -> nn.Module:
-    return CrossEntropyLoss(class_counts)
+    return CrossEntropyLoss(class_counts, label_smoothing=cfg.label_smoothing)
 
 
 @LOSSES.register("balanced_softmax")
 def build_balanced_softmax(cfg: LossConfig, class_counts: np.ndarray, epochs: int) -> nn.Module:
-    return LogitAdjustedLoss(class_counts, tau=1.0)
+    return LogitAdjustedLoss(class_counts, tau=1.0, label_smoothing=cfg.label_smoothing)
 
 
 @LOSSES.register("logit_adjusted")
 def build_logit_adjusted(cfg: LossConfig, class_counts: np.ndarray, epochs: int) -> nn.Module:
     if not math.isfinite(cfg.tau):
         raise UserError(f"config key 'loss.tau' is {cfg.tau}", fix="it must be a finite number, e.g. 1.0")
-    return LogitAdjustedLoss(class_counts, tau=cfg.tau)
+    return LogitAdjustedLoss(class_counts, tau=cfg.tau, label_smoothing=cfg.label_smoothing)
 
 
 @LOSSES.register("ldam_drw")

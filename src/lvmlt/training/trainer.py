@@ -30,7 +30,7 @@ from lvmlt import distributed, hardware, locks, rundir
 from lvmlt.config import Config, to_dict
 from lvmlt.errors import UserError
 from lvmlt.evaluation.metrics import score
-from lvmlt.training import runtime
+from lvmlt.training import recipe, runtime
 from lvmlt.training.build import _to, build_run, predict
 from lvmlt.training.checks import check_resume, check_validation
 from lvmlt.training.evaluate import evaluate_run, final_evaluation, load_run
@@ -146,6 +146,10 @@ class Trainer:
         self.opt = build_optimizer(params, o)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(cfg, self.steps_per_epoch))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+        self.dihedral = recipe.build_dihedral(cfg, self.bundle.meta)
+        self.mixer = recipe.build_mixer(cfg, self.bundle.num_classes)
+        self.ema = recipe.build_ema(self.model, o.ema)  # validated, saved as best and evaluated when on
+        self.norm_layers = self.model.classifier_layers() if hasattr(self.model, "classifier_layers") else []
         self.start_epoch, self.best, self.best_epoch = 0, -math.inf, -1
         self.best_nll = math.inf  # breaks ties of the selection metric (lower wins)
         self.bad_ids: set[str] = set()
@@ -180,10 +184,18 @@ class Trainer:
             rundir.write_config(self.run_dir, resolved)
 
     # -- checkpoints ------------------------------------------------------------------
-    def _state(self, epoch: int) -> dict:
+    @property
+    def scored(self) -> torch.nn.Module:
+        """The model validation scores and the best checkpoint keeps: the EMA when on."""
+        return self.ema.module if self.ema is not None else self.model
+
+    def _state(self, epoch: int, best: bool = False) -> dict:
+        """A checkpoint; ``best``: its "model" holds the scored weights (the EMA when on),
+        which every later reader (evaluate, predict, export) loads as the run's model."""
         return {
             "epoch": epoch,
-            "model": self.model.state_dict(),
+            "model": (self.scored if best else self.model).state_dict(),
+            "ema": self.ema.module.state_dict() if self.ema is not None else None,
             "terms": self.terms.state_dict(),
             "opt": self.opt.state_dict(),
             "sched": self.sched.state_dict(),
@@ -204,6 +216,13 @@ class Trainer:
         self.opt.load_state_dict(st["opt"])
         self.sched.load_state_dict(st["sched"])
         self.scaler.load_state_dict(st["scaler"])
+        if self.ema is not None:
+            if st.get("ema") is None:
+                raise UserError(
+                    f"{path} was written without optim.ema; it cannot resume with optim.ema={self.cfg.optim.ema}",
+                    fix="resume with the run's own settings",
+                )
+            self.ema.module.load_state_dict(st["ema"])
         self.best, self.best_epoch = st["best"], st["best_epoch"]
         self.best_nll = st.get("best_nll", math.inf)  # absent in checkpoints of older lvmlt
         self.bad_ids = set(st.get("bad_ids", []))
@@ -244,7 +263,7 @@ class Trainer:
             t0 = time.time()
             train_terms = self._train_epoch(epoch)
             logits, labels = predict(
-                self.model, self.loaders["val"], self.device, self.precision, "val", self.progress, self.run.channels_last
+                self.scored, self.loaders["val"], self.device, self.precision, "val", self.progress, self.run.channels_last
             )
             val = score(logits, labels, self.bundle.train_counts, self.bundle.meta, cfg.eval)
             # Selection uses the validation split only; balanced accuracy suits long tails.
@@ -263,7 +282,7 @@ class Trainer:
             }
             if runtime.is_primary():
                 if improved:
-                    rundir.save_checkpoint(self.run_dir / rundir.BEST, self._state(epoch))
+                    rundir.save_checkpoint(self.run_dir / rundir.BEST, self._state(epoch, best=True))
                 rundir.save_checkpoint(self.run_dir / rundir.LAST, self._state(epoch))
                 rundir.append_history(self.run_dir, rec)
                 with rundir.writing(self.run_dir / rundir.TENSORBOARD):
@@ -296,12 +315,24 @@ class Trainer:
                 break
             batch = _to(batch, self.device, self.run.channels_last)
             self._note_bad(batch)
+            if self.dihedral is not None:
+                batch = self.dihedral(batch)
+            mixed = self.mixer(batch) if self.mixer is not None else None
+            if mixed is not None:
+                batch, paired, lam = mixed
             with runtime.autocast(self.device, self.precision):
                 out = self.net(batch)
             values = {}
             for t in self.terms.values():
                 for name, v in t(out, batch).items():
                     values[name] = (v.float(), t.weight)
+            if mixed is not None and lam < 1.0:
+                # lam * L(y) + (1 - lam) * L(y of the paired image), term by term
+                for t in self.terms.values():
+                    for name, v in t(out, paired).items():
+                        values[name] = (lam * values[name][0] + (1.0 - lam) * v.float(), t.weight)
+                if lam < 0.5:
+                    batch = paired  # memory banks and class statistics take the dominant label
             total = sum(w * v for v, w in values.values())
             self.scaler.scale(total / o.accumulate).backward()
             if (b + 1) % o.accumulate == 0 or b + 1 == n_batches:
@@ -310,6 +341,9 @@ class Trainer:
                 self.scaler.update()
                 self.opt.zero_grad(set_to_none=True)
                 self.sched.step()
+                recipe.max_norm_(self.norm_layers, o.max_norm)
+                if self.ema is not None:
+                    self.ema.update(self.model)
             self._after_step(out, batch)
             for name, (v, _) in values.items():
                 sums[name] = sums.get(name, 0.0) + v.item()  # a sync point; cheap at these sizes
