@@ -89,12 +89,6 @@ def make_step(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, prec
     return step, sum(p.numel() for p in params)
 
 
-def median_time(fn, rounds: int, warmup: int = 2) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    return [timed(fn) for _ in range(rounds)]
-
-
 def timed(fn) -> float:
     t = time.perf_counter()
     fn()
@@ -161,8 +155,9 @@ def main(argv=None) -> dict:
         variants["full fine-tune, torch.compile"] = (step, n)
 
     times = {name: [] for name in variants}
-    for name, (fn, _) in variants.items():
-        median_time(fn, 0, warmup=2)
+    for fn, _ in variants.values():  # warm-up: first calls allocate and pick kernels
+        fn()
+        fn()
     for _ in range(args.rounds):
         for name, (fn, _) in variants.items():
             times[name].append(timed(fn))
