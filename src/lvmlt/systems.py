@@ -17,6 +17,8 @@ Registered here:
 - ``synthetic_probe``: the same probe, its training split topped up with synthetic tail
   features sampled in the encoder's latent space (``synthetic.*``).
 - ``scilt``: SciLT's multi-level fusion head on stored pooled encoder stages (``scilt.*``).
+- ``sam_finetune``: the SAM encoder itself trained on images, its last stages, neck and a
+  linear head (``finetune.*``).
 
 A new system is one :func:`register` call (see ``tests/test_systems.py``); nothing else in
 the trainer, the losses or the datasets changes. This module imports no torch: config
@@ -279,4 +281,27 @@ register(System(
     build="lvmlt.models.scilt:build_scilt_system",
     norms=lambda cfg: {k: "standardize" for k in _scilt_keys(cfg)},
     conflicts=_scilt_conflicts,
+))
+
+
+# ----------------------------------------------------------------------------- sam_finetune
+
+
+def _finetune_conflicts(cfg) -> list[str]:
+    out = _probe_conflicts(cfg)
+    if cfg.data.image_size % 64:
+        out.append(f"data.image_size={cfg.data.image_size} must be a multiple of 64 for the SAM encoder "
+                   "(e.g. data.image_size=256)")
+    return out
+
+
+register(System(
+    name="sam_finetune",
+    sections=("finetune",),
+    summary="the SAM encoder trained on images: its last finetune.stages stages, neck and a linear head",
+    inputs=lambda cfg: {IMAGE},
+    outputs=lambda cfg: (o.LOGITS, o.EMBEDDING, o.V_CNN),
+    build="lvmlt.models.finetune:build_finetune_system",
+    conflicts=_finetune_conflicts,
+    stages=True,
 ))

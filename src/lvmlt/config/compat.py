@@ -34,6 +34,7 @@ SECTION_USED = {
     "stage": _any("stage", "init_from", "freeze_backbone", "lws", "reset_head"),
     "synthetic": _owned("synthetic"),
     "scilt": _owned("scilt"),
+    "finetune": _owned("finetune"),
 }
 
 

@@ -229,6 +229,17 @@ class SciLTConfig:
 
 
 @dataclass(frozen=True)
+class FinetuneConfig:
+    """``system=sam_finetune``: the SAM encoder trained on images at ``data.image_size``
+    (a multiple of 64); its last ``stages`` stages, neck and a linear head train."""
+
+    encoder: str = "mobilesam"  # a TinyViT SAM encoder with SAM's pixel normalisation
+    stages: int = 1  # last stages trained (1 .. 4 for MobileSAM; 4 = full fine-tuning)
+    engine: str = "auto"  # the frozen stages on the CPU: auto | openvino | onnxruntime | torch
+    checkpoint: str | None = None  # encoder weights; None = the cached official ones
+
+
+@dataclass(frozen=True)
 class IFLConfig:
     """IFL (Tang et al., ECCV 2022) as a loss term under any ``loss.name``: environments
     from the model's own predictions, a centre loss shared by both (docs/methods-other.md,
@@ -248,7 +259,7 @@ class IFLConfig:
 
 @dataclass(frozen=True)
 class Config:
-    system: str = "cnn"  # what is trained: cnn | sam_probe | synthetic_probe | scilt (lvmlt/systems.py)
+    system: str = "cnn"  # what is trained: cnn | sam_probe | synthetic_probe | scilt | sam_finetune (lvmlt/systems.py)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
@@ -261,6 +272,7 @@ class Config:
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     scilt: SciLTConfig = field(default_factory=SciLTConfig)
     ifl: IFLConfig = field(default_factory=IFLConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     out_dir: str = "runs"
