@@ -49,7 +49,9 @@ class _Frozen:
             name = choose_engine(self.engine, x.device, precision, False, log.info)
             self.compiled = None
             if name != "torch":
-                self.compiled = compile_encoder(build_encoder(*self.args), name, precision, (self.level,), log=log.info)
+                with torch.autocast(x.device.type, enabled=False):  # the build checks against torch float32
+                    self.compiled = compile_encoder(build_encoder(*self.args), name, precision, (self.level,),
+                                                    log=log.info)
             log.info("sam_finetune: frozen stages through %s (%s)", self.compiled.engine if self.compiled else "torch", precision)
         if self.compiled is None:
             return None
