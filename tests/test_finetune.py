@@ -68,3 +68,21 @@ def test_sizes_and_stages_are_checked_in_one_line():
         build_model(_cfg("unused", "finetune.stages=9"), 3)
     with pytest.raises(UserError, match="fusion.map"):
         _cfg("unused", "fusion.map=true")
+
+
+def test_a_finetuned_run_predicts_from_its_directory_and_refuses_export_in_one_line(tmp_path):
+    import numpy as np
+
+    from lvmlt.deploy.export import export_bundle
+    from lvmlt.deploy.run_model import RunModel
+
+    b = _bundle64()
+    train(_cfg(tmp_path, "finetune.stages=1", "optim.epochs=1"), bundle=b, progress=False)
+    with pytest.raises(UserError, match="system=sam_finetune run, which lvmlt cannot export"):
+        export_bundle(tmp_path / "ft", tmp_path / "bundle", log=lambda s: None)
+    assert not (tmp_path / "bundle").exists()
+    model = RunModel(tmp_path / "ft", log=lambda s: None)
+    x = np.stack([b.test.transform(b.test.load(i)).numpy() for i in range(6)])
+    logits = model.classify({"image": x})
+    saved = np.load(tmp_path / "ft" / "predictions.npz")["test_logits"][:6]
+    assert logits.shape == (6, 3) and (logits.argmax(1) == saved.argmax(1)).all()

@@ -161,6 +161,12 @@ def check_bundle(run_model, bundle_dir: Path, n: int, log) -> dict:
             "end_to_end_prob_diff": e2e_diff, "encoder_cosine": cosine}
 
 
+#: Systems whose runs are not exported, and why.
+NOT_EXPORTED = {
+    "sam_finetune": "the trained encoder's ONNX graph fixes the batch size in TinyViT's reshapes",
+}
+
+
 def export_bundle(run_dir, out, check_images: int = 8, overwrite: bool = False, log=print) -> dict:
     """Export ``run_dir`` into the bundle directory ``out``; returns what was written and checked."""
     from lvmlt.deploy.run_model import RunModel
@@ -170,8 +176,11 @@ def export_bundle(run_dir, out, check_images: int = 8, overwrite: bool = False, 
     if occupied and not (overwrite and (out / MANIFEST).is_file()):
         raise UserError(f"{out} exists and is not empty",
                             fix="choose a new --out, or pass --overwrite to replace a bundle there")
+    spec, arrays = rundir.read_description(run_dir)
+    if spec.get("system") in NOT_EXPORTED:
+        raise UserError(f"{run_dir} is a system={spec['system']} run, which lvmlt cannot export as a bundle yet "
+                        f"({NOT_EXPORTED[spec['system']]})", fix=f"classify with `lvmlt predict {run_dir}` instead")
     model = RunModel(run_dir, device="cpu", engine="torch", precision="fp32", log=log)
-    _, arrays = rundir.read_description(run_dir)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:

@@ -89,6 +89,7 @@ class EncoderFinetune(StagedModel):
             m.requires_grad_(True)
         self.frozen = [vit.patch_embed, *vit.layers[: self.first]] if self.first else []
         self.embedding_dim = encoder.out_channels
+        self.grid = encoder.grid  # the last stage's token grid side (input size / 16 for MobileSAM)
         self.drop = nn.Dropout(dropout)
         self.head = nn.Linear(encoder.out_channels, num_classes)
         level = f"stage{self.first}" if self.first else ""
@@ -104,8 +105,10 @@ class EncoderFinetune(StagedModel):
     def _frozen_tokens(self, x: torch.Tensor) -> torch.Tensor:
         precision = "bf16" if torch.is_autocast_enabled(x.device.type) and \
             torch.get_autocast_dtype(x.device.type) == torch.bfloat16 else "fp32"
+        # Traced for export (ONNX), the frozen stages are part of the graph: torch's path.
+        tracing = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
         with torch.no_grad():
-            tokens = self._runner(x, precision)
+            tokens = None if tracing else self._runner(x, precision)
             if tokens is None:  # torch: the same stages, no gradient
                 tokens = self.vit.patch_embed(x)
                 for layer in self.vit.layers[: self.first]:
@@ -117,9 +120,8 @@ class EncoderFinetune(StagedModel):
         h = self._frozen_tokens(x) if self.first else self.vit.patch_embed(x)
         for layer in self.vit.layers[self.first:]:
             h = layer(h)
-        b, n, c = h.shape
-        side = int(round(n**0.5))
-        fmap = self.vit.neck(h.transpose(1, 2).reshape(b, c, side, side))
+        b, _, c = h.shape
+        fmap = self.vit.neck(h.transpose(1, 2).reshape(b, c, self.grid, self.grid))
         v = fmap.float().mean(dim=(2, 3))
         return {o.LOGITS: self.head(self.drop(v)), o.EMBEDDING: v, o.V_CNN: v}
 
