@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import warnings
@@ -283,3 +284,40 @@ def test_auto_precision_falls_back_to_float32_where_bf16_kernels_are_missing(tmp
     assert hints == ["bf16", "f32"]
     with pytest.raises(RuntimeError, match="MaxPool"):  # bf16 asked for: no silent float32
         bundle._session(path, "openvino", 1, "bf16")({"image": x})
+
+
+@pytest.mark.parametrize("case", ["store", "thesis", "extra file", "foreign manifest"])
+def test_overwrite_replaces_only_a_bundle_lvmlt_wrote(runs, tmp_path, case, capsys):
+    """--overwrite deleted a feature store and a folder with a thesis beside a manifest.json once."""
+    from lvmlt.deploy.export import export_bundle
+
+    out = tmp_path / "out"
+    if case == "store":
+        shutil.copytree(runs["store"], out)  # a feature store also holds a manifest.json
+    elif case == "thesis":
+        out.mkdir()
+        (out / "manifest.json").write_text('{"title": "my thesis"}')
+        (out / "thesis.tex").write_text("\\chapter{One}")
+    else:
+        export_bundle(runs["cnn"], out, check_images=1, log=lambda s: None)
+        if case == "extra file":
+            (out / "notes.txt").write_text("mine")
+        else:
+            m = json.loads((out / "manifest.json").read_text())
+            (out / "manifest.json").write_text(json.dumps({**m, "format": 99}))
+    before = sorted((p.relative_to(out), p.read_bytes()) for p in out.rglob("*") if p.is_file())
+    args = ["export", str(runs["cnn"]), "--out", str(out), "--overwrite"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith(f"lvmlt: error: --overwrite replaces only a bundle lvmlt wrote, and {out}")
+    assert sorted((p.relative_to(out), p.read_bytes()) for p in out.rglob("*") if p.is_file()) == before
+
+
+def test_overwrite_replaces_a_bundle(runs, tmp_path):
+    from lvmlt.deploy.export import export_bundle
+
+    out = tmp_path / "out"
+    export_bundle(runs["cnn"], out, check_images=1, log=lambda s: None)
+    (out / "classifier.onnx").write_bytes(b"damaged")  # ours, though damaged: may be replaced
+    export_bundle(runs["cnn"], out, check_images=1, overwrite=True, log=lambda s: None)
+    assert (out / "classifier.onnx").stat().st_size > 100

@@ -47,6 +47,24 @@ def npy_name(key: str) -> str:
     return f"{key}.npy"
 
 
+def not_a_bundle(root: Path) -> str | None:
+    """Why ``root`` is not a folder lvmlt wrote as a bundle (None when it is one): its manifest
+    must be lvmlt's, of a known format, and list every other entry of the folder. What
+    ``--overwrite`` may delete is decided by this, never by the manifest's name alone."""
+    path = root / MANIFEST
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        return f"has no readable {MANIFEST} ({type(e).__name__})"
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(files, dict) or manifest.get("format") != BUNDLE_FORMAT or "system" not in manifest:
+        return f"has a {MANIFEST} that is not an lvmlt bundle manifest of format {BUNDLE_FORMAT}"
+    for entry in sorted(root.iterdir(), key=lambda p: p.name):
+        if entry.name != MANIFEST and (entry.name not in files or not entry.is_file() or entry.is_symlink()):
+            return f"holds {entry.name}, which its manifest does not list"
+    return None
+
+
 def verify(root: Path) -> dict:
     """The manifest, after checking that every file it lists is present and unchanged."""
     path = root / MANIFEST

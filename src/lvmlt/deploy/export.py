@@ -19,7 +19,16 @@ import torch
 
 from lvmlt import __version__, inputs, rundir
 from lvmlt import outputs as o
-from lvmlt.deploy.bundle import BUNDLE_FORMAT, CLASSIFIER, ENCODER, MANIFEST, BundleModel, npy_name, onnx_name
+from lvmlt.deploy.bundle import (
+    BUNDLE_FORMAT,
+    CLASSIFIER,
+    ENCODER,
+    MANIFEST,
+    BundleModel,
+    not_a_bundle,
+    npy_name,
+    onnx_name,
+)
 from lvmlt.errors import UserError
 
 MAX_PROB_DIFF = 1e-4  # the classifier graph against torch, on identical inputs
@@ -173,9 +182,12 @@ def export_bundle(run_dir, out, check_images: int = 8, overwrite: bool = False, 
 
     out = Path(out)
     occupied = (out.is_dir() and any(out.iterdir())) or (out.exists() and not out.is_dir())
-    if occupied and not (overwrite and (out / MANIFEST).is_file()):
+    if occupied and not overwrite:
         raise UserError(f"{out} exists and is not empty",
-                            fix="choose a new --out, or pass --overwrite to replace a bundle there")
+                        fix="choose a new --out, or pass --overwrite to replace a bundle there")
+    if occupied and (why := not_a_bundle(out) if out.is_dir() else "is not a folder"):
+        raise UserError(f"--overwrite replaces only a bundle lvmlt wrote, and {out} {why}",
+                        fix="choose a new --out, or move that folder's files away yourself")
     spec, arrays = rundir.read_description(run_dir)
     if spec.get("system") in NOT_EXPORTED:
         raise UserError(f"{run_dir} is a system={spec['system']} run, which lvmlt cannot export as a bundle yet "
