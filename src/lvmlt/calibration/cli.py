@@ -5,6 +5,10 @@ from __future__ import annotations
 import argparse
 
 
+#: Calibrators registered by a module loaded on first use (lvmlt.calibration.posthoc).
+LAZY_METHODS = ("logit_adjust",)
+
+
 def cmd_calibrate(args) -> int:
     import yaml
 
@@ -41,7 +45,8 @@ def add_parsers(sub) -> None:
     )
     c.add_argument("run_dir", help="a run directory made by `lvmlt train` (it holds predictions.npz)")
     c.add_argument(
-        "--method", default="mapls", choices=CALIBRATORS.names(),
+        # logit_adjust registers itself with its module (which imports torch) when a run is calibrated
+        "--method", default="mapls", choices=sorted({*CALIBRATORS.names(), *LAZY_METHODS}),
         help="mapls (MAP EM, the default; option lam=...), mlls (plain EM), bbse (validation confusion "
         "matrix), pc (a balanced target: the prior divided out), logit_adjust (post-hoc logit adjustment; "
         "option tau=..., default 1)",
