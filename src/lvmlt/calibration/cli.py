@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-
 #: Calibrators registered by a module loaded on first use (lvmlt.calibration.posthoc).
 LAZY_METHODS = ("logit_adjust",)
 
