@@ -48,11 +48,12 @@ def test_dihedral_keeps_channels_last():
 
 
 def test_dihedral_is_on_where_the_dataset_declares_it():
-    cfg = load_config(None, [])
+    assert not dihedral_on(load_config(None, []).data, {"dihedral": True})  # off by default
+    cfg = load_config(None, ["data.dihedral=auto"])
     assert dihedral_on(cfg.data, {"dihedral": True}) and not dihedral_on(cfg.data, {})
     assert dihedral_on(load_config(None, ["data.dihedral=always"]).data, {})
     assert not dihedral_on(load_config(None, ["data.dihedral=never"]).data, {"dihedral": True})
-    assert not dihedral_on(load_config(None, ["data.augment=false"]).data, {"dihedral": True})
+    assert not dihedral_on(load_config(None, ["data.augment=false", "data.dihedral=auto"]).data, {"dihedral": True})
 
 
 def test_mixup_mixes_images_and_features_with_the_weight_of_the_targets():

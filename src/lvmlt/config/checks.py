@@ -46,7 +46,7 @@ CHECKS: dict[str, _Check] = {
     "data.batch_size": _at_least(1),
     "data.num_workers": (lambda v, c: v >= -1, "at least -1 (-1 = automatic)"),
     "data.policy": _one_of(("none", "trivialaugment", "randaugment")),
-    "data.dihedral": _one_of(("auto", "always", "never")),
+    "data.dihedral": _one_of(("never", "auto", "always")),
     "data.mixup": _NON_NEGATIVE,
     "data.cutmix": _NON_NEGATIVE,
     "data.mix_prob": _UNIT,

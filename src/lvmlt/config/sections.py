@@ -29,7 +29,7 @@ class DataConfig:
     # flips) where the classes are invariant to it (auto: the dataset says so, e.g. ELPV), and
     # mixup / cutmix (timm's Mixup; a Beta(alpha, alpha) mix per batch, 0 = off).
     policy: str = "none"  # none | trivialaugment | randaugment
-    dihedral: str = "auto"  # auto (where the dataset declares it) | always | never
+    dihedral: str = "never"  # never | auto (where the dataset declares it, e.g. ELPV) | always
     mixup: float = 0.0  # mixup's alpha
     cutmix: float = 0.0  # cutmix's alpha
     mix_prob: float = 1.0  # share of the batches that are mixed (when mixup or cutmix is on)
