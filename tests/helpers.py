@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 from PIL import Image
 
@@ -91,17 +93,27 @@ def train_killed_then_resumed(make_cfg, monkeypatch, kill_epoch: int = 2) -> dic
     ``kill_epoch``, then ``--resume`` it to the end; returns the resumed run's metrics."""
     import pytest
 
-    from lvmlt.training.trainer import Trainer, train
+    from lvmlt.training.trainer import train
+
+    with pytest.raises(KeyboardInterrupt), killed_at(monkeypatch, kill_epoch):
+        train(make_cfg(), bundle=toy_bundle(), progress=False)
+    return train(make_cfg(), resume=True, bundle=toy_bundle(), progress=False)
+
+
+@contextlib.contextmanager
+def killed_at(monkeypatch, epoch: int):
+    """Within the block, training is interrupted (KeyboardInterrupt) at the start of ``epoch``."""
+    from lvmlt.training.trainer import Trainer
 
     real = Trainer._train_epoch
 
-    def dying(self, epoch):
-        if epoch == kill_epoch:
+    def dying(self, e):
+        if e == epoch:
             raise KeyboardInterrupt
-        return real(self, epoch)
+        return real(self, e)
 
     monkeypatch.setattr(Trainer, "_train_epoch", dying)
-    with pytest.raises(KeyboardInterrupt):
-        train(make_cfg(), bundle=toy_bundle(), progress=False)
-    monkeypatch.setattr(Trainer, "_train_epoch", real)
-    return train(make_cfg(), resume=True, bundle=toy_bundle(), progress=False)
+    try:
+        yield
+    finally:
+        monkeypatch.setattr(Trainer, "_train_epoch", real)

@@ -58,7 +58,7 @@ def _resumed_config(run: str, config: str | None, overrides: list[str]):
 def cmd_evaluate(args) -> int:
     from lvmlt.training.trainer import evaluate_run
 
-    metrics = evaluate_run(args.run_dir, progress=not args.quiet)
+    metrics = evaluate_run(args.run_dir, progress=not args.quiet, allow_unfinished=args.allow_unfinished)
     _print_run(args.run_dir, metrics)
     return 0
 
@@ -97,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("evaluate", help="re-evaluate a run's best checkpoint")
     e.add_argument("run_dir", help="a run directory made by lvmlt train")
+    e.add_argument("--allow-unfinished", action="store_true",
+                   help="score a run that stopped before its last epoch (marked unfinished in metrics.json)")
     e.add_argument("--quiet", action="store_true", help="no progress bars")
     e.set_defaults(func=cmd_evaluate)
 

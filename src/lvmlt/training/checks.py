@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lvmlt import rundir
 from lvmlt.config import Config, to_dict, used_sections
 from lvmlt.errors import UserError
 from lvmlt.training.evaluate import load_run
@@ -30,6 +31,42 @@ def check_resume(run_dir: Path, cfg: Config) -> None:
     diff = config_diff(run_dir, cfg)
     if diff:
         raise UserError(f"--resume with a different config ({diff})", where=str(run_dir), fix="use the saved config")
+
+
+def check_same_data(run_dir: Path, bundle, splits, what: str, fix: str) -> None:
+    """One line when a split of ``bundle`` is not the one the run recorded at its start
+    (``data_fingerprint`` in config.yaml: ids, labels and file sizes); runs of older lvmlt
+    without a record pass."""
+    recorded = (rundir.read_config(run_dir) or {}).get("data_fingerprint") or {}
+    now = bundle.splits()
+    for name in splits:
+        if name in recorded and recorded[name] != now[name].fingerprint():
+            raise UserError(f"the {name} split ({len(now[name])} images) is not the one {run_dir} was {what}",
+                            fix=fix)
+
+
+def finished_epochs(run_dir: Path) -> int:
+    """Epochs a run completed (``checkpoints/last.pt``), 0 without one."""
+    last = run_dir / rundir.LAST
+    return int(rundir.load_checkpoint(last)["epoch"]) + 1 if last.exists() else 0
+
+
+#: What a store's description must share with the one a run was scored with.
+STORE_IDENTITY = ("encoder", "weights_sha256", "img_size", "precision", "pca", "map_size", "crop_padding", "levels",
+                  "dataset")
+
+
+def check_same_store(run_dir: Path, recorded: dict | None, now: dict | None) -> None:
+    """One line when the feature store a run is rebuilt with differs from the one it recorded
+    (``model.json``'s ``features``) in anything that changes the stored values."""
+    if not recorded or not now:
+        return
+    diff = [f"{k} {now.get(k)!r} instead of {recorded.get(k)!r}" for k in STORE_IDENTITY
+            if k in recorded and recorded.get(k) != now.get(k)]
+    if diff:
+        raise UserError(f"the feature store at {now.get('store')} is not the one {run_dir} was trained with "
+                        f"({'; '.join(diff[:3])})",
+                        fix=f"point fusion.store at the run's own store ({recorded.get('store')}), or train a new run")
 
 
 #: Validation split checks: fewer images than this per class on average cannot choose an epoch.

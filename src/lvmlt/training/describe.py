@@ -12,6 +12,8 @@ temperature scaling, fitted on the validation logits) that prior adaptation star
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from lvmlt import __version__, inputs
@@ -60,6 +62,27 @@ def _calibration(val_logits: np.ndarray, val_labels: np.ndarray, num_classes: in
     return {"temperature": float(t), "bias": [float(v) for v in b], "val_label_counts": counts.tolist()}
 
 
+def store_description(store) -> dict:
+    """What a run records of its feature store: the settings that decide the stored values,
+    and where the store was (absolute, so that a run read from another folder finds it)."""
+    m = store.manifest
+    prov = m.get("provenance") or {}
+    return {
+        "encoder": prov.get("encoder"),
+        "checkpoint": (m.get("encoder") or {}).get("checkpoint"),
+        "weights_sha256": prov.get("weights_sha256"),
+        "img_size": prov.get("img_size"),
+        "precision": prov.get("precision"),
+        "dtype": prov.get("dtype", m.get("dtype", "float16")),
+        "pca": prov.get("pca", (m.get("map") or {}).get("pca")),
+        "map_size": prov.get("map_size"),
+        "crop_padding": bool(prov.get("crop_padding", True)),
+        "levels": list(prov.get("levels") or []),
+        "store": str(Path(store.root).resolve()),
+        "dataset": m.get("dataset"),
+    }
+
+
 def describe_run(run, store, alpha: float | None, val_logits, val_labels, thresholds: dict) -> tuple[dict, dict]:
     """(spec, arrays) of a finished run, for :func:`lvmlt.rundir.write_description`.
 
@@ -97,24 +120,9 @@ def describe_run(run, store, alpha: float | None, val_logits, val_labels, thresh
         from lvmlt.features.dataset import stored
 
         m = store.manifest
-        prov = m.get("provenance") or {}
         spec["feature_dims"] = dict(run.spec.dims)
         norms = {k: v for k, v in run.spec.norms.items() if k in keys}
-        spec["features"] = {
-            "encoder": prov.get("encoder"),
-            "checkpoint": (m.get("encoder") or {}).get("checkpoint"),
-            "weights_sha256": prov.get("weights_sha256"),
-            "img_size": prov.get("img_size"),
-            "precision": prov.get("precision"),
-            "dtype": prov.get("dtype", m.get("dtype", "float16")),
-            "pca": prov.get("pca", (m.get("map") or {}).get("pca")),
-            "map_size": prov.get("map_size"),
-            "crop_padding": bool(prov.get("crop_padding", True)),
-            "levels": list(prov.get("levels") or []),
-            "norms": norms,
-            "store": str(store.root),
-            "dataset": m.get("dataset"),
-        }
+        spec["features"] = {**store_description(store), "norms": norms}
         basis = store.pca() if (m.get("map") or {}).get("pca") == "global" else None
         if basis is not None:
             arrays["pca_mean"], arrays["pca_component"] = basis.mean, basis.component

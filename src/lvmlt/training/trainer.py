@@ -32,7 +32,7 @@ from lvmlt.errors import UserError
 from lvmlt.evaluation.metrics import score
 from lvmlt.training import recipe, runtime
 from lvmlt.training.build import _to, build_run, predict
-from lvmlt.training.checks import check_resume, check_validation
+from lvmlt.training.checks import check_resume, check_same_data, check_validation
 from lvmlt.training.evaluate import evaluate_run, final_evaluation, load_run
 from lvmlt.training.optim import build_optimizer
 
@@ -129,6 +129,9 @@ class Trainer:
         if cfg.threads > 0:
             torch.set_num_threads(cfg.threads)
         run = build_run(cfg, bundle)
+        if resume:
+            check_same_data(self.run_dir, run.bundle, ("train", "val"), "started on",
+                            fix="restore the images it was started on, or start a new run on these")
         self.run = run
         self.val_warning = check_validation(run.bundle)
         self.bundle, self.device, self.precision = run.bundle, run.device, run.precision
