@@ -158,6 +158,15 @@ def test_adaptation_recovers_a_known_prior():
         assert err < tol, (method, est.prior)
         assert err < 0.5 * np.abs(source - target).sum()
         assert (est.adapted(logits).argmax(1) == y).mean() > (logits.argmax(1) == y).mean()
+        lo, hi = np.array(est.info["prior_interval_90"]).T  # a bootstrap interval around the estimate
+        assert (lo <= est.prior + 1e-9).all() and (est.prior <= hi + 1e-9).all() and (hi - lo).max() < 0.1
+        assert est.info["warnings"] == []  # 3,000 images of a real shift: nothing to warn about
+    # 20 images of no class in particular: each estimate wanders between resamples or moves most labels
+    noise = rng.normal(scale=2.0, size=(20, 3))
+    for method in ("mlls", "mapls", "bbse"):
+        warnings = adapt(spec, noise, method, val_logits, val_labels).info["warnings"]
+        assert warnings and all("\n" not in w for w in warnings), method
+        assert all(w.startswith(("the estimated mix is unstable", "adapting changed")) for w in warnings)
     from lvmlt.errors import UserError
 
     with pytest.raises(UserError, match="needs at least 20 images"):
@@ -196,6 +205,17 @@ def test_export_bundle_runs_without_torch_and_matches(runs, tmp_path):
     assert (got.argmax(1) == ref.argmax(1)).all()
     np.testing.assert_allclose(got, ref, atol=1e-3, rtol=1e-3)
     assert (tmp_path / "a.prior.json").is_file()
+
+
+def test_adaptation_warns_when_it_moves_most_labels():
+    from lvmlt.deploy.adaptation import adaptation_warnings
+
+    classes, prior = ["a", "b"], np.array([0.5, 0.5])
+    tight = (np.array([0.45, 0.45]), np.array([0.55, 0.55]))
+    raw, adapted = np.zeros(10, int), np.array([1] * 6 + [0] * 4)
+    (w,) = adaptation_warnings(classes, prior, *tight, raw, adapted)
+    assert w.startswith("adapting changed the predicted class of 60% of the images")
+    assert adaptation_warnings(classes, prior, *tight, raw, raw) == []
 
 
 def test_the_predictor_still_names_what_its_parts_define():

@@ -83,8 +83,48 @@ def adapt(spec: dict, logits: np.ndarray, method: str, val_logits: np.ndarray, v
     ps = bcts_source_prior(cal["val_label_counts"])
     keep = val_labels >= 0
     val_cal, target = apply_bcts(val_logits[keep], t, b), apply_bcts(logits, t, b)
-    est = CALIBRATORS.get(method)(target, ps, val_logits=val_cal, val_labels=val_labels[keep])
-    return Adaptation(method, est.target_prior, ps, t, b, dict(est.info))
+    fit = CALIBRATORS.get(method)
+    est = fit(target, ps, val_logits=val_cal, val_labels=val_labels[keep])
+    out = Adaptation(method, est.target_prior, ps, t, b, dict(est.info))
+    resamples = BOOTSTRAP if target.size <= BOOTSTRAP_CELLS else BOOTSTRAP // 3  # large batches: fewer
+    lo, hi = bootstrap_interval(lambda rows: fit(target[rows], ps, val_logits=val_cal, val_labels=val_labels[keep])
+                                .target_prior, len(target), resamples)
+    out.info["prior_interval_90"] = [[float(x), float(y)] for x, y in zip(lo, hi, strict=True)]
+    out.info["warnings"] = adaptation_warnings(spec["classes"], out.prior, lo, hi, logits.argmax(1),
+                                               out.adapted(logits).argmax(1))
+    return out
+
+
+#: Bootstrap resamples of the batch for the estimate's interval, and the warning thresholds.
+BOOTSTRAP = 30
+BOOTSTRAP_CELLS = 2_000_000  # images x classes above which a third of the resamples are drawn
+UNSTABLE_WIDTH = 0.2  # a class share whose 90 % interval is wider than this is not known
+CHANGED_SHARE = 0.5  # adapted labels differing from the raw ones on more than this share of images
+
+
+def bootstrap_interval(estimate, n: int, resamples: int = BOOTSTRAP, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """5th and 95th percentiles per class of ``estimate(rows)`` over ``resamples`` bootstrap
+    draws of the ``n`` images (seeded: the same batch gives the same interval)."""
+    rng = np.random.default_rng(seed)
+    draws = np.stack([estimate(rng.integers(0, n, n)) for _ in range(resamples)])
+    return np.percentile(draws, 5, axis=0), np.percentile(draws, 95, axis=0)
+
+
+def adaptation_warnings(classes, prior, lo, hi, raw_top1, adapted_top1) -> list[str]:
+    """One line per reason to distrust an adaptation: an unstable estimate, or adapted labels
+    that differ from the raw ones on most images (what a one-class batch or a wrong estimate
+    does)."""
+    out = []
+    width = np.asarray(hi) - np.asarray(lo)
+    if width.max() > UNSTABLE_WIDTH:
+        k = int(width.argmax())
+        out.append(f"the estimated mix is unstable: the share of {classes[k]!r} is {prior[k]:.2f} with a 90 % "
+                   f"bootstrap interval {lo[k]:.2f}-{hi[k]:.2f} over this batch")
+    changed = float(np.mean(np.asarray(raw_top1) != np.asarray(adapted_top1))) if len(raw_top1) else 0.0
+    if changed > CHANGED_SHARE:
+        out.append(f"adapting changed the predicted class of {changed:.0%} of the images: the estimated mix may "
+                   "be wrong for this batch (compare with --adapt none)")
+    return out
 
 
 def write_prior(path: Path, classes, est: Adaptation, n: int) -> None:

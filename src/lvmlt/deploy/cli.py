@@ -46,6 +46,8 @@ def cmd_predict(args) -> int:
     if "prior" in res:
         shown = ", ".join(f"{c} {p:.3f}" for c, p in zip(model.spec["classes"], res["prior"], strict=True))
         print(f"estimated class mix ({args.adapt}): {shown}", file=sys.stderr)
+        for w in res.get("adapt_info", {}).get("warnings", []):
+            print(f"lvmlt: warning: {w}", file=sys.stderr)
     return 0
 
 
