@@ -86,3 +86,19 @@ def test_a_finetuned_run_predicts_from_its_directory_and_refuses_export_in_one_l
     logits = model.classify({"image": x})
     saved = np.load(tmp_path / "ft" / "predictions.npz")["test_logits"][:6]
     assert logits.shape == (6, 3) and (logits.argmax(1) == saved.argmax(1)).all()
+
+
+def test_scilt_end_to_end_fuses_the_trained_stages_with_dual_supervision(tmp_path):
+    import json
+
+    m = train(_cfg(tmp_path, "finetune.stages=2", "finetune.head=scilt", "scilt.aux_weight=0.5"), bundle=_bundle64(),
+              progress=False)
+    assert 0 <= m["test"]["top1"] <= 100
+    hist = [json.loads(x) for x in (tmp_path / "ft" / "history.jsonl").read_text().splitlines()]
+    assert hist[-1]["train/scilt_levels"] > 0  # a head on each of the two stages, besides the fused one
+    model = build_model(_cfg("unused", "finetune.head=scilt"), 3).eval()
+    out = model({"image": torch.randn(2, 3, 64, 64)})
+    from lvmlt import outputs as o
+
+    w = out[o.LEVEL_WEIGHTS]
+    assert len(out[o.LEVEL_LOGITS]) == 2 and w.shape == (2, 2) and torch.allclose(w.sum(1), torch.ones(2))

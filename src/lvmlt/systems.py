@@ -297,10 +297,12 @@ def _finetune_conflicts(cfg) -> list[str]:
 
 register(System(
     name="sam_finetune",
-    sections=("finetune",),
-    summary="the SAM encoder trained on images: its last finetune.stages stages, neck and a linear head",
+    sections=("finetune", "scilt"),
+    summary="the SAM encoder trained on images: its last finetune.stages stages, neck and a linear head "
+            "(finetune.head=scilt: SciLT end to end)",
     inputs=lambda cfg: {IMAGE},
-    outputs=lambda cfg: (o.LOGITS, o.EMBEDDING, o.V_CNN),
+    outputs=lambda cfg: (o.LOGITS, o.EMBEDDING, o.V_CNN, *((o.LEVEL_LOGITS, o.LEVEL_WEIGHTS)
+                                                           if cfg.finetune.head == "scilt" else ())),
     build="lvmlt.models.finetune:build_finetune_system",
     conflicts=_finetune_conflicts,
     stages=True,

@@ -108,6 +108,7 @@ CHECKS: dict[str, _Check] = {
     "scilt.aux_weight": _NON_NEGATIVE,
     "scilt.lora_rank": _at_least(1),
     "finetune.stages": _at_least(1),
+    "finetune.head": _one_of(("linear", "scilt")),
     "finetune.engine": _one_of(("auto", "openvino", "onnxruntime", "torch")),
     "ifl.warmup_epochs": (lambda v, c: v >= -1, "at least -1 (-1 = 60% of optim.epochs)"),
     "ifl.step_epoch": (lambda v, c: v >= -1, "at least -1 (-1 = 80% of optim.epochs)"),

@@ -236,6 +236,10 @@ class FinetuneConfig:
     encoder: str = "mobilesam"  # a TinyViT SAM encoder with SAM's pixel normalisation
     stages: int = 1  # last stages trained (1 .. 4 for MobileSAM; 4 = full fine-tuning)
     engine: str = "auto"  # the frozen stages on the CPU: auto | openvino | onnxruntime | torch
+    # linear: a head on the pooled neck output; scilt: SciLT end to end, its fusion of the pooled
+    # penultimate and final stages with a head on each and on the fusion (scilt.gate, .dim, .head,
+    # .temperature, .aux_weight apply)
+    head: str = "linear"
     checkpoint: str | None = None  # encoder weights; None = the cached official ones
 
 

@@ -72,7 +72,7 @@ class EncoderFinetune(StagedModel):
     """
 
     def __init__(self, encoder, stages: int, num_classes: int, dropout: float = 0.0, engine: str = "auto",
-                 checkpoint: str | None = None):
+                 checkpoint: str | None = None, scilt=None):
         super().__init__()
         vit = encoder.vit
         n = len(vit.layers)
@@ -92,12 +92,23 @@ class EncoderFinetune(StagedModel):
         self.grid = encoder.grid  # the last stage's token grid side (input size / 16 for MobileSAM)
         self.drop = nn.Dropout(dropout)
         self.head = nn.Linear(encoder.out_channels, num_classes)
+        self.scilt = None
+        if scilt is not None:  # SciLT end to end: the pooled penultimate and final stages, fused
+            from lvmlt.models.scilt import SciLTHead
+
+            dims = [vit.layers[-2].downsample.out_dim if vit.layers[-2].downsample is not None
+                    else vit.layers[-2].dim, vit.layers[-1].dim]
+            self.level_norms = nn.ModuleList(nn.LayerNorm(d) for d in dims)  # the stages' scales differ
+            self.scilt = SciLTHead(dims, num_classes, dim=scilt.dim, gate=scilt.gate, head=scilt.head,
+                                   temperature=scilt.temperature)
+            self.scilt_inference = scilt.inference
+            self.embedding_dim = scilt.dim or dims[0]
         level = f"stage{self.first}" if self.first else ""
         self._runner = _Frozen(encoder.name, encoder.img_size, checkpoint, level, engine) if self.first else None
         self.train()
 
     def classifier_layers(self) -> list[nn.Module]:
-        return [self.head]
+        return [self.head] if self.scilt is None else [self.scilt]
 
     def representation_layers(self) -> list[nn.Module]:
         return [self.vit]
@@ -118,12 +129,28 @@ class EncoderFinetune(StagedModel):
     def _forward(self, batch: dict) -> dict:
         x = batch[IMAGE]
         h = self._frozen_tokens(x) if self.first else self.vit.patch_embed(x)
-        for layer in self.vit.layers[self.first:]:
-            h = layer(h)
+        levels = []
+        for i, layer in enumerate(self.vit.layers):
+            if i >= self.first:
+                h = layer(h)
+            if i >= len(self.vit.layers) - 2:
+                levels.append(h)  # the penultimate and final stages' tokens
+        if self.scilt is not None:
+            return self._scilt(levels)
         b, _, c = h.shape
         fmap = self.vit.neck(h.transpose(1, 2).reshape(b, c, self.grid, self.grid))
         v = fmap.float().mean(dim=(2, 3))
         return {o.LOGITS: self.head(self.drop(v)), o.EMBEDDING: v, o.V_CNN: v}
+
+
+    def _scilt(self, levels) -> dict:
+        from lvmlt.models.scilt import inference_logits
+
+        pooled = [norm(t.float().mean(dim=1)) for norm, t in zip(self.level_norms, levels, strict=True)]
+        out = self.scilt(*pooled)
+        mode = "fused" if self.training else self.scilt_inference
+        return {o.LOGITS: inference_logits(out, mode), o.LEVEL_LOGITS: out["level_logits"],
+                o.LEVEL_WEIGHTS: out["weights"], o.EMBEDDING: out["fused"], o.V_CNN: out["fused"]}
 
 
 def build_finetune_system(cfg, spec) -> EncoderFinetune:
@@ -133,4 +160,5 @@ def build_finetune_system(cfg, spec) -> EncoderFinetune:
     f = cfg.finetune
     encoder = build_encoder(f.encoder, cfg.data.image_size, f.checkpoint)
     encoder.requires_grad_(True)  # the encoder is frozen on build; EncoderFinetune chooses what trains
-    return EncoderFinetune(encoder, f.stages, spec.num_classes, cfg.model.dropout, f.engine, f.checkpoint)
+    return EncoderFinetune(encoder, f.stages, spec.num_classes, cfg.model.dropout, f.engine, f.checkpoint,
+                           cfg.scilt if f.head == "scilt" else None)
