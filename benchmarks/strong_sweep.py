@@ -52,11 +52,10 @@ def row(args, name: str, seed: int) -> dict | None:
         return None
     hist = [json.loads(line) for line in (rd / "history.jsonl").read_text().splitlines() if line.strip()]
     v, t = m["val"], m["test"]
-    g = t.get("groups", t)
     return {
         "variant": name, "seed": seed, "val top1": v["top1"], "val mean class": v["mean_class_acc"],
         "test top1": t["top1"], "test mean class": t["mean_class_acc"],
-        "many": g.get("many", float("nan")), "medium": g.get("medium", float("nan")), "few": g.get("few", float("nan")),
+        "many": t["many"], "medium": t["medium"], "few": t["few"],
         "epochs": len(hist), "minutes": sum(h["seconds"] for h in hist) / 60,
     }
 
