@@ -341,3 +341,23 @@ def test_overwrite_replaces_a_bundle(runs, tmp_path):
     (out / "classifier.onnx").write_bytes(b"damaged")  # ours, though damaged: may be replaced
     export_bundle(runs["cnn"], out, check_images=1, overwrite=True, log=lambda s: None)
     assert (out / "classifier.onnx").stat().st_size > 100
+
+
+def test_predict_topk_out_and_list_mistakes_are_one_line(runs, tmp_path, capsys):
+    images = _test_images(runs["data"])[:3]
+    cnn = str(runs["cnn"])
+    assert main(["predict", cnn, *images, "--quiet", "--topk", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "lvmlt: error: --topk 0 must be at least 1; e.g. --topk 3"
+    assert main(["predict", cnn, *images, "--quiet", "--topk", "2"]) == 0
+    table = capsys.readouterr().out.strip().splitlines()
+    assert len(table) == 3 and all(line.count(", ") == 1 for line in table)  # the stdout table lists the top 2
+    assert main(["predict", cnn, *images, "--topk", "99", "--out", str(tmp_path / "a.csv")]) == 0
+    assert "--topk 99: the model has 3 classes; listing all 3" in capsys.readouterr().err
+    (tmp_path / "dir.csv").mkdir()
+    assert main(["predict", cnn, *images, "--quiet", "--out", str(tmp_path / "dir.csv")]) == 2
+    assert f"--out {tmp_path / 'dir.csv'} is a folder" in capsys.readouterr().err
+    lst = tmp_path / "list.csv"
+    lst.write_text("\n".join(images) + "\n")
+    before = lst.read_bytes()
+    assert main(["predict", cnn, "--from", str(lst), "--quiet", "--out", str(lst)]) == 2
+    assert "is the --from list being read" in capsys.readouterr().err and lst.read_bytes() == before

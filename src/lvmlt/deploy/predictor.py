@@ -101,7 +101,13 @@ def predict(
         raise UserError(f"unknown --adapt {adapt_method!r}", fix=f"choose one of: {', '.join(ADAPT_METHODS)}")
     spec = model.spec
     classes = spec["classes"]
-    topk = max(1, min(int(topk), len(classes)))
+    if int(topk) < 1:
+        raise UserError(f"--topk {topk} must be at least 1", fix="e.g. --topk 3")
+    if int(topk) > len(classes):
+        log(f"--topk {topk}: the model has {len(classes)} classes; listing all {len(classes)}")
+    topk = min(int(topk), len(classes))
+    if out is not None:
+        _check_out(Path(out), list_file)
     batch_size = batch_size if batch_size > 0 else auto_batch_size(spec)
     sources, total = resolve_sources(paths, list_file, sources)
     adapting = adapt_method != "none"
@@ -137,6 +143,14 @@ def predict(
     finally:
         bar.close()
     return result
+
+
+def _check_out(out: Path, list_file) -> None:
+    """``--out`` names a file lvmlt may replace: not a folder, not the list being read."""
+    if out.is_dir():
+        raise UserError(f"--out {out} is a folder", fix="name a .csv or .jsonl file, e.g. --out runs/preds.csv")
+    if list_file is not None and out.exists() and Path(list_file).exists() and out.samefile(list_file):
+        raise UserError(f"--out {out} is the --from list being read", fix="write the rows to another file")
 
 
 def _classify(batches, writer: Writer, adapting: bool) -> tuple[list, list, list]:

@@ -77,7 +77,9 @@ class Writer:
             if error:
                 print(f"{name}\terror: {error}")
             else:
-                text = "\t".join(f"{c} {p:.4f} ({g})" for c, p, g, _ in cells)
+                # the top-k of each (raw, adapted), the first with its group
+                text = "\t".join(f"{c} {p:.4f} ({g})" + "".join(f", {n} {q:.4f}" for n, q in top[1:])
+                                 for c, p, g, top in cells)
                 print(f"{name}\t{text}")
             return
         if self.kind == "jsonl":
