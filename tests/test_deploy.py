@@ -361,3 +361,18 @@ def test_predict_topk_out_and_list_mistakes_are_one_line(runs, tmp_path, capsys)
     before = lst.read_bytes()
     assert main(["predict", cnn, "--from", str(lst), "--quiet", "--out", str(lst)]) == 2
     assert "is the --from list being read" in capsys.readouterr().err and lst.read_bytes() == before
+
+
+def test_the_printed_mix_is_one_short_line_at_any_class_count():
+    from lvmlt.deploy.cli import describe_mix
+
+    few = {"classes": ["a", "b"], "train_counts": [150, 5], "thresholds": {"many": 100, "few": 20}}
+    assert describe_mix(few, np.array([0.25, 0.75])) == "a 0.250, b 0.750"
+    n = 1000
+    counts = np.r_[np.full(100, 500), np.full(900, 10)]
+    spec = {"classes": [f"class{k}" for k in range(n)], "train_counts": counts.tolist(),
+            "thresholds": {"many": 100, "few": 20}}
+    prior = np.full(n, 0.5 / 999)
+    prior[7] = 0.5
+    line = describe_mix(spec, prior)
+    assert len(line) < 300 and line.startswith("largest class7 0.500") and "by group many" in line

@@ -44,11 +44,31 @@ def cmd_predict(args) -> int:
     if res["skipped"]:
         print(f"skipped {res['skipped']} unreadable images (status 'error: ...' in the output)", file=sys.stderr)
     if "prior" in res:
-        shown = ", ".join(f"{c} {p:.3f}" for c, p in zip(model.spec["classes"], res["prior"], strict=True))
-        print(f"estimated class mix ({args.adapt}): {shown}", file=sys.stderr)
+        print(f"estimated class mix ({args.adapt}): {describe_mix(model.spec, res['prior'])}", file=sys.stderr)
         for w in res.get("adapt_info", {}).get("warnings", []):
             print(f"lvmlt: warning: {w}", file=sys.stderr)
     return 0
+
+
+#: Classes listed by name in the printed mix; beyond this the largest shares and the groups' totals.
+MIX_SHOWN = 10
+
+
+def describe_mix(spec: dict, prior) -> str:
+    """The estimated class mix in one short line: every class up to :data:`MIX_SHOWN` classes,
+    else the largest shares and each group's total (the full mix is in the ``.prior.json``)."""
+    from lvmlt.deploy.rows import class_groups
+
+    classes = spec["classes"]
+    if len(classes) <= MIX_SHOWN:
+        return ", ".join(f"{c} {p:.3f}" for c, p in zip(classes, prior, strict=True))
+    order = sorted(range(len(classes)), key=lambda k: -prior[k])[:MIX_SHOWN // 2]
+    groups: dict[str, float] = {}
+    for g, p in zip(class_groups(spec), prior, strict=True):
+        groups[g] = groups.get(g, 0.0) + float(p)
+    top = ", ".join(f"{classes[k]} {prior[k]:.3f}" for k in order)
+    per_group = ", ".join(f"{g} {p:.3f}" for g, p in groups.items())
+    return f"largest {top}; by group {per_group} ({len(classes)} classes; all in the .prior.json with --out)"
 
 
 def cmd_export(args) -> int:

@@ -123,7 +123,8 @@ def add_parsers(subparsers) -> None:
     data.add_argument("--data-config", metavar="FILE", help="a train config YAML; its data: section is used")
     data.add_argument("--dataset", metavar="NAME", help="a built-in dataset with default data settings")
     e.add_argument("--out", required=True, metavar="DIR", help="the feature-store directory")
-    e.add_argument("--encoder", help="mobilesam (default) | litemedsam | sam_vit_b | sam_vit_l | sam_vit_h")
+    e.add_argument("--encoder", help="mobilesam (default) | litemedsam | sam_vit_b | sam_vit_l | sam_vit_h | "
+                   "tiny_test (a random TinyViT with MobileSAM's code path, for tests: its features mean nothing)")
     e.add_argument("--img-size", type=int, help="encoder input side (default: native, 1024 / 256)")
     e.add_argument(
         "--checkpoint", metavar="PATH",
