@@ -376,3 +376,25 @@ def test_the_printed_mix_is_one_short_line_at_any_class_count():
     prior[7] = 0.5
     line = describe_mix(spec, prior)
     assert len(line) < 300 and line.startswith("largest class7 0.500") and "by group many" in line
+
+
+def test_sigterm_during_predict_leaves_no_temporary_file(runs, tmp_path):
+    """A stopped `predict --out` left `.x.csv.tmp-PID` behind; SIGTERM now ends it as Ctrl-C does."""
+    import signal
+    import time
+
+    many = tmp_path / "many"
+    many.mkdir()
+    src = _test_images(runs["data"])[0]
+    for i in range(400):
+        shutil.copy(src, many / f"{i:03d}.png")
+    out = tmp_path / "p.csv"
+    proc = subprocess.Popen([sys.executable, "-m", "lvmlt", "predict", str(runs["cnn"]), str(many), "--out", str(out),
+                             "--batch-size", "1"], stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not list(tmp_path.glob(".p.csv*")) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate(timeout=60)[1]
+    assert proc.returncode == 130, err
+    assert not out.exists() and not list(tmp_path.glob(".p.csv*")) and not list(tmp_path.glob("p.csv.*"))

@@ -7,8 +7,11 @@ value). The CLI prints it as one line and exits with status 2 (:func:`guarded`, 
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
+import threading
 
 
 class UserError(Exception):
@@ -29,11 +32,30 @@ class BadImageError(UserError):
     """An image file that is missing or cannot be decoded."""
 
 
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM (``kill``, a scheduler's stop) ends the command the way Ctrl-C does, so its
+    cleanups run (temporary files removed, finished work kept); the main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def guarded(fn, args, resume_hint: str = "finished epochs are saved, continue with --resume") -> int:
     """``fn(args)``, with a user mistake or an operating-system fault printed as one line
     (status 2) and an interrupt as one line with ``resume_hint`` (status 130)."""
     try:
-        return fn(args)
+        with _sigterm_as_interrupt():
+            return fn(args)
     except UserError as e:
         print(f"lvmlt: error: {e}", file=sys.stderr)
         return 2
