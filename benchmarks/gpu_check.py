@@ -480,7 +480,7 @@ def bundle_of(images):
 
 
 def step_extract(args, out: dict) -> dict:
-    """MobileSAM at 1024 px: the encoder through lvmlt's _Runner (batches copied from host memory
+    """MobileSAM at 1024 px: the encoder through lvmlt's EncoderRunner (batches copied from host memory
     as in an extraction), then extract() end to end (decoding threads, PCA pass, writes)."""
     import dataclasses
 
@@ -489,7 +489,7 @@ def step_extract(args, out: dict) -> dict:
     from lvmlt.encoders import build_encoder
     from lvmlt.features import ExtractConfig, extract
     from lvmlt.features.config import extract_precision
-    from lvmlt.features.pipeline import _Runner
+    from lvmlt.features.pipeline import EncoderRunner
 
     device, size, batch = torch.device(args.device), args.img_size, args.batch
     images, source = fixed_images(args.images)
@@ -500,7 +500,7 @@ def step_extract(args, out: dict) -> dict:
     cfg = dataclasses.replace(cfg, precision=extract_precision(cfg, device))
     enc = build_encoder("mobilesam", size)
     x = enc.preprocess(images).contiguous(memory_format=torch.channels_last)
-    run = _Runner(enc, cfg, device, log=print)
+    run = EncoderRunner(enc, cfg, device, log=print)
     out |= {"precision": cfg.precision, "engine": run.engine}
     for _ in range(2):  # warm-up: kernels, allocator
         run(x[:batch])

@@ -386,8 +386,8 @@ def test_sigterm_during_predict_leaves_no_temporary_file(runs, tmp_path):
     many = tmp_path / "many"
     many.mkdir()
     src = _test_images(runs["data"])[0]
-    for i in range(400):
-        shutil.copy(src, many / f"{i:03d}.png")
+    for i in range(1500):  # enough that the command is still classifying when it is stopped
+        shutil.copy(src, many / f"{i:04d}.png")
     out = tmp_path / "p.csv"
     proc = subprocess.Popen([sys.executable, "-m", "lvmlt", "predict", str(runs["cnn"]), str(many), "--out", str(out),
                              "--batch-size", "1"], stderr=subprocess.PIPE, text=True)

@@ -193,3 +193,32 @@ def test_the_core_does_not_import_the_methods_package(graph):
     bad = [f"{m} -> {t}" for m in sorted(graph) for t in sorted(graph[m])
            if unit_of(m) in core and unit_of(t) == "lvmlt.methods"]
     assert not bad, bad
+
+
+def _imports(path):
+    """(module, imported names) of every import in a source file, nested ones included."""
+    import ast
+
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            yield node.module, [a.name for a in node.names]
+        elif isinstance(node, ast.Import):
+            for a in node.names:
+                yield a.name, []
+
+
+def test_the_floor_plan_prediction_knows_no_trainer_and_no_private_name_crosses_a_package():
+    from pathlib import Path
+
+    src = Path(__file__).resolve().parents[1] / "src" / "lvmlt"
+    for f in sorted((src / "deploy").glob("*.py")):
+        for module, _ in _imports(f):
+            assert not module.startswith("lvmlt.training"), f"{f.name} imports {module}"
+    for f in sorted(src.rglob("*.py")):
+        package = f.relative_to(src).parts[0]
+        for module, names in _imports(f):
+            parts = module.split(".")
+            if parts[0] != "lvmlt" or len(parts) < 2 or parts[1] == package.removesuffix(".py"):
+                continue
+            private = [n for n in names if n.startswith("_") and not n.startswith("__")]
+            assert not private, f"{f.relative_to(src)} imports {private} from {module}"

@@ -13,6 +13,7 @@ guest cannot use at speed); a negative one needs no probe.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import platform
@@ -206,3 +207,19 @@ def describe_device(device: torch.device | str) -> str:
     if device.type == "cuda":
         return f"CUDA {torch.cuda.get_device_name(device)}"
     return cpu_info().describe()
+
+
+def autocast(device: torch.device, precision: str):
+    """The autocast context for a precision: bf16, fp16 (CUDA), fp32; ``auto`` is resolved
+    by :func:`resolve_precision` (bf16 only where it is native)."""
+    if precision == "auto":
+        precision = resolve_precision(precision, device)
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    if precision == "fp16":
+        if device.type != "cuda":
+            raise UserError("optim.precision=fp16 needs a CUDA device", fix="use bf16 or fp32 on the CPU")
+        return torch.autocast("cuda", dtype=torch.float16)
+    raise UserError(f"unknown precision {precision!r}", fix="choose fp32, bf16 or fp16")

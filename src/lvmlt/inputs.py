@@ -286,3 +286,17 @@ class FeatureNorm:
         if self.on_sphere:
             x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
         return x.astype(np.float32)
+
+
+def norm_key(key: str, part: str) -> str:
+    """The ``model.npz`` name of a fitted normalisation's array (``norm.level__stage3.mean``)."""
+    return f"norm.{key.replace('/', '__')}.{part}"
+
+
+def feature_norms(spec: dict, arrays: dict) -> dict[str, FeatureNorm]:
+    """The fitted :class:`FeatureNorm` of every normalised input of a description."""
+    out = {}
+    for key, kind in (spec.get("features") or {}).get("norms", {}).items():
+        mean, std = arrays.get(norm_key(key, "mean")), arrays.get(norm_key(key, "std"))
+        out[key] = FeatureNorm(kind, mean, std)
+    return out

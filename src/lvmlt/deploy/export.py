@@ -71,7 +71,7 @@ def _export_graphs(model, tmp: Path) -> None:
 
 
 def _export(model, net, keys, names, axes, tmp: Path) -> None:
-    from lvmlt.features.engines import _LevelsModule
+    from lvmlt.features import LevelsModule
 
     spec = model.spec
     with torch.no_grad(), warnings.catch_warnings():
@@ -84,7 +84,7 @@ def _export(model, net, keys, names, axes, tmp: Path) -> None:
             enc.prepare("cpu", "fp32", channels_last=False)
             levels = spec["features"]["levels"]
             x = torch.randn(1, 3, enc.img_size, enc.img_size)
-            torch.onnx.export(_LevelsModule(enc, levels).eval(), (x,), str(tmp / ENCODER), opset_version=18,
+            torch.onnx.export(LevelsModule(enc, levels).eval(), (x,), str(tmp / ENCODER), opset_version=18,
                               dynamo=False, input_names=["image"], output_names=["out", *levels])
 
 
@@ -143,7 +143,7 @@ def check_bundle(run_model, bundle_dir: Path, n: int, log) -> dict:
     """
     from lvmlt.deploy.rows import softmax
     from lvmlt.deploy.stream import batch_inputs, prepare, sam_features
-    from lvmlt.features.engines import _cosine
+    from lvmlt.features import cosine_similarity
 
     bundle = BundleModel(bundle_dir, engine="onnxruntime", log=lambda s: None)
     run_model.precision = "fp32"
@@ -154,7 +154,7 @@ def check_bundle(run_model, bundle_dir: Path, n: int, log) -> dict:
     for it in items:
         if run_model.sam_keys:
             a, b = run_model.encode(it.sam[None]), bundle.encode(it.sam[None])
-            cosine = min(cosine, *(_cosine(a[k], b[k]) for k in a))
+            cosine = min(cosine, *(cosine_similarity(a[k], b[k]) for k in a))
             feats["run"].append(sam_features(run_model, it, a))
             feats["bundle"].append(sam_features(bundle, it, b))
         else:

@@ -111,8 +111,8 @@ def predict(
     batch_size = batch_size if batch_size > 0 else auto_batch_size(spec)
     sources, total = resolve_sources(paths, list_file, sources)
     adapting = adapt_method != "none"
-    writer = Writer(out, classes, class_groups(spec), topk, adapting, show)
     bar = _progress(total, progress)
+    writer = None
 
     def on_error(name, error):
         if strict:
@@ -121,6 +121,7 @@ def predict(
 
     t0 = time.perf_counter()
     try:
+        writer = Writer(out, classes, class_groups(spec), topk, adapting, show)
         batches = logits_of(model, sources, batch_size, workers, bar, on_error)
         names, all_logits, errors = _classify(batches, writer, adapting)
         seconds = time.perf_counter() - t0
@@ -137,8 +138,9 @@ def predict(
                 write_prior(prior_file, classes, est, raw.shape[0])
                 result["prior_file"] = str(prior_file)
         writer.close()
-    except BaseException:
-        writer.abort()
+    except BaseException:  # an error, Ctrl-C or SIGTERM: no temporary file stays behind
+        if writer is not None:
+            writer.abort()
         raise
     finally:
         bar.close()

@@ -56,12 +56,16 @@ class Writer:
             self.f = open(self.tmp, "w", newline="", encoding="utf-8")
         except OSError as e:
             raise UserError(f"cannot write {self.out} ({e.strerror})", fix="choose a writable --out") from None
-        if self.kind == "csv":
-            self.csv = csv.writer(self.f)
-            head = ["path", "status", "class", "probability", "group", "top_k"]
-            if adapted:
-                head += ["adapted_class", "adapted_probability", "adapted_group", "adapted_top_k"]
-            self.csv.writerow(head)
+        try:
+            if self.kind == "csv":
+                self.csv = csv.writer(self.f)
+                head = ["path", "status", "class", "probability", "group", "top_k"]
+                if adapted:
+                    head += ["adapted_class", "adapted_probability", "adapted_group", "adapted_top_k"]
+                self.csv.writerow(head)
+        except BaseException:  # interrupted while starting: the caller has no writer to abort
+            self.abort()
+            raise
 
     def _cells(self, p: np.ndarray) -> tuple[str, float, str, list]:
         idx = top_k(p[None], self.k)[0]

@@ -1,7 +1,7 @@
 """A finished run directory as a model for :mod:`lvmlt.deploy.predictor` (torch).
 
 The model is rebuilt from the run's own description (``model.json``, written by
-:func:`lvmlt.training.trainer.final_evaluation`) and its best checkpoint; no training data
+:func:`lvmlt.training.evaluate.final_evaluation`) and its best checkpoint; no training data
 is read. When the model reads SAM features, the frozen encoder runs through the same
 engine choice as ``lvmlt extract`` (OpenVINO or ONNX Runtime on the CPU, cached), at the
 precision its feature store was extracted in where this machine runs it natively.
@@ -37,13 +37,11 @@ class RunModel:
         from lvmlt.config import replace
         from lvmlt.models.stage import apply_stage
         from lvmlt.systems import build_model
-        from lvmlt.training.describe import feature_norms
-        from lvmlt.training.trainer import load_run
 
         self.log = log or (lambda s: print(s, file=sys.stderr))
         self.run_dir = Path(run_dir)
         self.spec, arrays = rundir.read_description(self.run_dir)
-        cfg = load_run(self.run_dir)
+        cfg = rundir.saved_config(self.run_dir)
         self.cfg = cfg
         self.device = hardware.pick_device(device if device != "auto" else cfg.device)
         self.precision = hardware.resolve_precision(cfg.optim.precision, self.device, "optim.precision")
@@ -60,7 +58,7 @@ class RunModel:
         self.model = model
         self.needs = set(self.spec["inputs"])
         self.sam_keys = inputs.sam_keys(self.needs)
-        self.norms = feature_norms(self.spec, arrays)
+        self.norms = inputs.feature_norms(self.spec, arrays)
         self.pca = (arrays["pca_mean"], arrays["pca_component"]) if "pca_mean" in arrays else None
         preds = rundir.read_predictions(self.run_dir, ("val_logits", "val_labels"))
         self.val_logits, self.val_labels = preds["val_logits"], preds["val_labels"]
@@ -70,8 +68,8 @@ class RunModel:
 
     def _open_encoder(self, engine: str, precision: str, threads: int) -> None:
         from lvmlt.encoders import build_encoder
+        from lvmlt.features import EncoderRunner
         from lvmlt.features.config import ExtractConfig
-        from lvmlt.features.pipeline import _Runner
 
         f = self.spec["features"]
         if f is None:
@@ -95,7 +93,7 @@ class RunModel:
                             device=self.device.type, checkpoint=f["checkpoint"])
         self.sam_norm = encoder.preprocessing.norm
         self.encoder = encoder
-        self.runner = _Runner(encoder, cfg, self.device, self.log)
+        self.runner = EncoderRunner(encoder, cfg, self.device, self.log)
 
     def encode(self, x: np.ndarray) -> dict[str, np.ndarray]:
         out = self.runner(torch.from_numpy(np.ascontiguousarray(x)))
@@ -103,10 +101,8 @@ class RunModel:
 
     @torch.inference_mode()
     def classify(self, batch: dict[str, np.ndarray]) -> np.ndarray:
-        from lvmlt.training import runtime
-
         t = {k: torch.from_numpy(np.ascontiguousarray(v)).to(self.device) for k, v in batch.items()}
         if self.channels_last and inputs.IMAGE in t:
             t[inputs.IMAGE] = t[inputs.IMAGE].contiguous(memory_format=torch.channels_last)
-        with runtime.autocast(self.device, self.precision):
+        with hardware.autocast(self.device, self.precision):
             return self.model(t)[o.LOGITS].float().cpu().numpy()

@@ -126,13 +126,13 @@ def encoder_seconds(encoder, extract_cfg, split, n: int = 8, log=None) -> Encode
     build time of an engine loaded from the cache is the one recorded when it was built."""
     import dataclasses
 
+    from lvmlt.features import EncoderRunner
     from lvmlt.features.config import extract_precision
-    from lvmlt.features.pipeline import _Runner
 
     device = torch.device("cpu")
     cfg = dataclasses.replace(extract_cfg, precision=extract_precision(extract_cfg, device))
     t = time.perf_counter()
-    runner = _Runner(encoder, cfg, device, log or (lambda s: None))
+    runner = EncoderRunner(encoder, cfg, device, log or (lambda s: None))
     setup = time.perf_counter() - t
     t = time.perf_counter()
     xs = [encoder.preprocessing(split.load(int(i)))[None] for i in range(min(n, len(split)))]

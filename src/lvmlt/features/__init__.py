@@ -27,9 +27,15 @@ _WHERE = {
     "FeatureStore": "lvmlt.features.store",
     "StoredSplit": "lvmlt.features.store",
     "StoreWriter": "lvmlt.features.writer",
+    # what prediction and export use of the extraction: the encoder through its engine, the
+    # graph exported for the engines, and how a graph is compared with torch
+    "EncoderRunner": "lvmlt.features.pipeline",
+    "LevelsModule": "lvmlt.features.engines",
+    "cosine_similarity": "lvmlt.features.engines",
 }
 
-__all__ = ["ExtractConfig", "FeatureStore", "PcaBasis", "StoreWriter", "StoredSplit", "extract"]
+__all__ = ["EncoderRunner", "ExtractConfig", "FeatureStore", "LevelsModule", "PcaBasis", "StoreWriter", "StoredSplit",
+           "cosine_similarity", "extract"]
 
 
 def __getattr__(name: str):

@@ -119,7 +119,7 @@ def _supports(engine: str, precision: str) -> bool:
     return engine == "openvino" or precision == "fp32"
 
 
-class _LevelsModule(torch.nn.Module):
+class LevelsModule(torch.nn.Module):
     """The encoder as a graph with fixed outputs: (out, level_1, ...), for export."""
 
     def __init__(self, encoder, levels: Sequence[str]):
@@ -131,7 +131,8 @@ class _LevelsModule(torch.nn.Module):
         return (out["out"], *(out[name] for name in self.levels))
 
 
-def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+def cosine_similarity(a: np.ndarray, b: np.ndarray) -> float:
+    """The cosine of two arrays taken as flat vectors, in float64 (how an engine is checked against torch)."""
     a, b = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
     return float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-30))
 
@@ -265,7 +266,7 @@ def _export(encoder, engine, precision, levels, names, folder: Path, key_fields:
     """Export into a temporary folder, check against torch float32, then rename into place."""
     t0 = time.perf_counter()
     encoder.prepare("cpu", "fp32", channels_last=False)
-    graph = _LevelsModule(encoder, levels).eval()
+    graph = LevelsModule(encoder, levels).eval()
     g = torch.Generator().manual_seed(0)
     x = torch.randn(1, 3, encoder.img_size, encoder.img_size, generator=g)
     with torch.inference_mode():
@@ -287,7 +288,7 @@ def _export(encoder, engine, precision, levels, names, folder: Path, key_fields:
                     input_names=["image"], output_names=list(names),
                 )  # fmt: skip
         (got,) = _load(engine, tmp, precision, threads)(x.numpy())
-        cosine = min(_cosine(a, b) for a, b in zip(got, reference, strict=True))
+        cosine = min(cosine_similarity(a, b) for a, b in zip(got, reference, strict=True))
         meta = key_fields | {
             "cosine_to_torch_fp32": cosine, "outputs": list(names), "build_seconds": round(time.perf_counter() - t0, 2),
         }  # fmt: skip

@@ -2,7 +2,7 @@
 
 The pipeline streams through four stages: images are **decoded** by background threads a
 few batches ahead (:mod:`lvmlt.features.decode`), **encoded** by the frozen encoder through
-its engine (:class:`_Runner`), each batch **reduced** at once to its stored form, a 256-d
+its engine (:class:`EncoderRunner`), each batch **reduced** at once to its stored form, a 256-d
 vector and a one-channel map (:class:`Reducer`), and each chunk of ``chunk_size`` samples
 **written** by the store's writer (:class:`~lvmlt.features.writer.StoreWriter`, which does
 all file I/O of the store: create, resume, repair, chunks, commit). Nothing of size
@@ -116,7 +116,7 @@ def _progress(total: int, desc: str, enabled: bool):
     return tqdm(total=total, desc=desc, unit="img", disable=not enabled, file=sys.stderr, dynamic_ncols=True)
 
 
-class _Runner:
+class EncoderRunner:
     """Calls the encoder through its engine under inference mode and counts images.
 
     The engine (``cfg.engine``, see :mod:`lvmlt.features.engines`) is OpenVINO or ONNX
@@ -267,7 +267,7 @@ def _extract(bundle, cfg, out_dir, resume, overwrite, encoder, progress, log, he
 def _fill(writer: StoreWriter, splits: dict, encoder, cfg: ExtractConfig, device, map_size: int, progress, log):
     """Encode this rank's share of the pending chunks; rank 0 then commits the store."""
     rank, world = distributed.world()
-    run = _Runner(encoder, cfg, device, log)
+    run = EncoderRunner(encoder, cfg, device, log)
     where = hardware.describe_device(device)
     log(f"extracting {encoder.name}@{encoder.img_size} features on {where}: precision {cfg.precision}, engine {run.engine}")
     writer.use_engine(run.engine_info | {"device": where})

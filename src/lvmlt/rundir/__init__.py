@@ -64,6 +64,7 @@ from lvmlt.rundir.files import (
     read_history,
     read_metrics,
     read_predictions,
+    saved_config,
     write_config,
     write_description,
     write_metrics,
@@ -76,5 +77,5 @@ __all__ = [
     "WriteError", "append_history", "atomic_write", "atomic_write_bytes", "atomic_write_json", "atomic_write_text",
     "content_sha256", "file_sha256", "fsync_dir", "is_run_dir", "load_checkpoint", "os_error_in",
     "read_config", "read_description", "read_history", "read_metrics", "read_predictions", "save_checkpoint",
-    "tmp_name", "write_config", "write_description", "write_metrics", "write_predictions", "writing",
+    "tmp_name", "write_config", "write_description", "write_metrics", "write_predictions", "writing", "saved_config",
 ]

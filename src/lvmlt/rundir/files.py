@@ -152,6 +152,15 @@ def write_description(run_dir: str | Path, spec: dict, arrays: dict) -> None:
     atomic_write_json(Path(run_dir) / DESCRIPTION, spec)
 
 
+def saved_config(run_dir: str | Path):
+    """The :class:`~lvmlt.config.Config` a run directory was made with (its ``config.yaml``, read
+    as :func:`lvmlt.config.from_saved` reads an older lvmlt's). What training, evaluation and
+    prediction all start a finished run from."""
+    from lvmlt.config import from_saved
+
+    return from_saved(read_config(run_dir)["config"])
+
+
 def read_description(run_dir: str | Path) -> tuple[dict, dict]:
     """(spec, arrays) of a finished run's ``model.json`` / ``model.npz``.
 

@@ -10,7 +10,6 @@ import numpy as np
 from lvmlt import rundir
 from lvmlt.config import Config, to_dict, used_sections
 from lvmlt.errors import UserError
-from lvmlt.training.evaluate import load_run
 
 
 def config_diff(run_dir: Path, cfg: Config, ignore: tuple[str, ...] = ()) -> str:
@@ -22,7 +21,7 @@ def config_diff(run_dir: Path, cfg: Config, ignore: tuple[str, ...] = ()) -> str
     """
     # Built back into a Config: keys added since the run was saved take their defaults
     # (what the older version did), retired ones are dropped.
-    saved, asked = used_sections(to_dict(load_run(run_dir))), used_sections(to_dict(cfg))
+    saved, asked = used_sections(to_dict(rundir.saved_config(run_dir))), used_sections(to_dict(cfg))
     return _diff(*({k: v for k, v in d.items() if k not in ignore} for d in (saved, asked)))
 
 

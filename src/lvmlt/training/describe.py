@@ -18,6 +18,7 @@ import numpy as np
 
 from lvmlt import __version__, inputs
 from lvmlt.config import Config
+from lvmlt.inputs import feature_norms, norm_key  # noqa: F401  (described here, read by deploy)
 
 
 def system_name(cfg: Config) -> str:
@@ -33,20 +34,6 @@ def system_name(cfg: Config) -> str:
     elif st.reset_head or st.freeze_backbone:
         name += "/crt"
     return name
-
-
-def norm_key(key: str, part: str) -> str:
-    """The ``model.npz`` name of a fitted normalisation's array (``norm.level__stage3.mean``)."""
-    return f"norm.{key.replace('/', '__')}.{part}"
-
-
-def feature_norms(spec: dict, arrays: dict) -> dict[str, inputs.FeatureNorm]:
-    """The fitted :class:`~lvmlt.inputs.FeatureNorm` of every normalised input of a description."""
-    out = {}
-    for key, kind in (spec.get("features") or {}).get("norms", {}).items():
-        mean, std = arrays.get(norm_key(key, "mean")), arrays.get(norm_key(key, "std"))
-        out[key] = inputs.FeatureNorm(kind, mean, std)
-    return out
 
 
 def _calibration(val_logits: np.ndarray, val_labels: np.ndarray, num_classes: int) -> dict | None:

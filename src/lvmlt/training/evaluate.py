@@ -80,10 +80,8 @@ def final_evaluation(run: Run, run_dir: Path, best_epoch: int, bad_ids: set[str]
 
 
 def load_run(run_dir: str | Path) -> Config:
-    """The :class:`Config` a run directory was made with."""
-    from lvmlt.config import from_saved
-
-    return from_saved(rundir.read_config(run_dir)["config"])
+    """The :class:`Config` a run directory was made with (:func:`lvmlt.rundir.saved_config`)."""
+    return rundir.saved_config(run_dir)
 
 
 def evaluate_run(run_dir: str | Path, progress: bool = True, allow_unfinished: bool = False) -> dict:

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import random
 import subprocess
 from pathlib import Path
@@ -12,7 +11,7 @@ import numpy as np
 import torch
 
 from lvmlt import hardware
-from lvmlt.errors import UserError
+from lvmlt.hardware import autocast  # noqa: F401  (the trainer's name for it; it lives with the precision rules)
 
 
 def is_primary() -> bool:
@@ -20,22 +19,6 @@ def is_primary() -> bool:
     import torch.distributed as dist
 
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
-
-
-def autocast(device: torch.device, precision: str):
-    """The autocast context for a precision: bf16, fp16 (CUDA), fp32; ``auto`` is resolved
-    by :func:`lvmlt.hardware.resolve_precision` (bf16 only where it is native)."""
-    if precision == "auto":
-        precision = hardware.resolve_precision(precision, device)
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    if precision == "fp16":
-        if device.type != "cuda":
-            raise UserError("optim.precision=fp16 needs a CUDA device", fix="use bf16 or fp32 on the CPU")
-        return torch.autocast("cuda", dtype=torch.float16)
-    raise UserError(f"unknown precision {precision!r}", fix="choose fp32, bf16 or fp16")
 
 
 def loader_workers(requested: int, device: torch.device, world: int = 1) -> int:
