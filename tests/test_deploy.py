@@ -398,3 +398,43 @@ def test_sigterm_during_predict_leaves_no_temporary_file(runs, tmp_path):
     err = proc.communicate(timeout=60)[1]
     assert proc.returncode == 130, err
     assert not out.exists() and not list(tmp_path.glob(".p.csv*")) and not list(tmp_path.glob("p.csv.*"))
+
+
+@pytest.mark.parametrize("case, message", [
+    ("format", "has description format 99; this lvmlt reads format 1"),
+    ("size", "image.size 200000 must be an integer from 8 to 4096"),
+    ("counts", "key 'train_counts' is missing or not a list"),
+    ("classes", "classes.json: 2 class names for 3 classes in model.json"),
+    ("unlisted", "which its manifest does not list"),
+    ("not json", "model.json cannot be read as JSON"),
+])
+def test_a_bundle_is_checked_as_a_whole_in_one_line(runs, tmp_path, case, message, capsys):
+    """Each case was a traceback, a MemoryError per image, or accepted as it was."""
+    from lvmlt.deploy.bundle import MANIFEST
+    from lvmlt.deploy.export import export_bundle
+    from lvmlt.rundir import file_sha256
+
+    bundle = tmp_path / "b"
+    export_bundle(runs["cnn"], bundle, check_images=1, log=lambda s: None)
+    spec = json.loads((bundle / "model.json").read_text())
+    if case == "format":
+        spec["format"] = 99
+    elif case == "size":
+        spec["image"]["size"] = 200000
+    elif case == "counts":
+        del spec["train_counts"]
+    if case == "classes":
+        (bundle / "classes.json").write_text(json.dumps(["cat", "dog"]))
+    elif case == "unlisted":
+        (bundle / "extra.onnx_data").write_bytes(b"\0" * 10)
+    elif case == "not json":
+        (bundle / "model.json").write_text("{not json")
+    else:
+        (bundle / "model.json").write_text(json.dumps(spec))
+    manifest = json.loads((bundle / MANIFEST).read_text())  # re-hashed, as someone editing it would
+    for name in manifest["files"]:
+        manifest["files"][name] = {"bytes": (bundle / name).stat().st_size, "sha256": file_sha256(bundle / name)}
+    (bundle / MANIFEST).write_text(json.dumps(manifest))
+    assert main(["predict", str(bundle), _test_images(runs["data"])[0], "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and message in err, err

@@ -29,7 +29,7 @@ import numpy as np
 
 from lvmlt import inputs
 from lvmlt.errors import UserError
-from lvmlt.rundir import file_sha256
+from lvmlt.rundir import DESCRIPTION_FORMAT, file_sha256
 
 MANIFEST = "manifest.json"
 BUNDLE_FORMAT = 1
@@ -75,7 +75,16 @@ def verify(root: Path) -> dict:
     if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
         raise UserError(f"{path} is not an lvmlt bundle manifest of format {BUNDLE_FORMAT}",
                         fix="export the bundle again with this lvmlt")
-    for name, rec in manifest["files"].items():
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not all(isinstance(r, dict) and {"bytes", "sha256"} <= set(r)
+                                              for r in files.values()):
+        raise UserError(f"{path} does not list the bundle's files as lvmlt writes them", fix="export the bundle again")
+    unlisted = sorted(p.name for p in root.iterdir() if p.name != MANIFEST and p.name not in files)
+    if unlisted:
+        raise UserError(f"bundle {root} holds {unlisted[0]}, which its manifest does not list"
+                        + (f" (and {len(unlisted) - 1} more)" if len(unlisted) > 1 else ""),
+                        fix="remove what was added to the bundle folder, or export it again")
+    for name, rec in files.items():
         f = root / name
         if Path(name).is_absolute() or ".." in Path(name).parts:
             raise UserError(f"{path} lists a file outside the bundle ({name})", fix="export the bundle again")
@@ -159,6 +168,61 @@ def choose_engine(engine: str) -> str:
     return "openvino"
 
 
+#: The largest input sides a bundle may declare (the CNN's image, the encoder's input): beyond
+#: them one image alone needs gigabytes, and a damaged or crafted model.json says so.
+MAX_IMAGE_SIDE, MAX_ENCODER_SIDE = 4096, 4096
+
+
+def check_spec(root: Path, spec, classes) -> None:
+    """``model.json`` and ``classes.json`` as lvmlt writes them, else one line naming the file and
+    key: the description format this lvmlt reads, the keys every reader uses with their types,
+    sizes within :data:`MAX_IMAGE_SIDE`, one class name per training count."""
+    where = root / "model.json"
+
+    def bad(what: str, fix: str = "export the bundle again with this lvmlt"):
+        raise UserError(f"{where}: {what}", fix=fix)
+
+    if not isinstance(spec, dict):
+        bad("is not a JSON object")
+    if spec.get("format") != DESCRIPTION_FORMAT:
+        bad(f"has description format {spec.get('format')!r}; this lvmlt reads format {DESCRIPTION_FORMAT}",
+            fix="use the lvmlt version that exported it, or export it again")
+    kinds = {"system": str, "inputs": list, "train_counts": list, "thresholds": dict}
+    for key, kind in kinds.items():
+        if not isinstance(spec.get(key), kind):
+            bad(f"key {key!r} is missing or not a {kind.__name__}")
+    if not set(spec["inputs"]) <= set(inputs.INPUT_KEYS) | {k for k in spec["inputs"] if str(k).startswith("level/")}:
+        bad(f"inputs {spec['inputs']} name an input lvmlt does not know")
+    th = spec["thresholds"]
+    if not all(isinstance(th.get(k), int) for k in ("many", "few")):
+        bad("thresholds must hold integer 'many' and 'few'")
+    if not all(isinstance(n, int) and n >= 0 for n in spec["train_counts"]):
+        bad("train_counts must be counts (integers >= 0)")
+    if inputs.IMAGE in spec["inputs"]:
+        side = (spec.get("image") or {}).get("size") if isinstance(spec.get("image"), dict) else None
+        if not isinstance(side, int) or not 8 <= side <= MAX_IMAGE_SIDE:
+            bad(f"image.size {side!r} must be an integer from 8 to {MAX_IMAGE_SIDE}")
+    if inputs.sam_keys(set(spec["inputs"])):
+        f = spec.get("features")
+        side = f.get("img_size") if isinstance(f, dict) else None
+        if not isinstance(side, int) or not 16 <= side <= MAX_ENCODER_SIDE:
+            bad(f"features.img_size {side!r} must be an integer from 16 to {MAX_ENCODER_SIDE}")
+    if not (isinstance(classes, list) and classes and all(isinstance(c, str) for c in classes)
+            and len(set(classes)) == len(classes)):
+        raise UserError(f"{root / 'classes.json'}: must be a list of distinct class names",
+                        fix="export the bundle again")
+    if len(classes) != len(spec["train_counts"]):
+        raise UserError(f"{root / 'classes.json'}: {len(classes)} class names for {len(spec['train_counts'])} "
+                        "classes in model.json", fix="export the bundle again")
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{path} cannot be read as JSON ({type(e).__name__})", fix="export the bundle again") from None
+
+
 class BundleModel:
     """An exported bundle, opened and checked; see the module docstring for its files.
 
@@ -175,8 +239,10 @@ class BundleModel:
         self.root = Path(root)
         self.log = log or (lambda s: print(s, file=sys.stderr))
         self.manifest = verify(self.root)
-        self.spec = json.loads((self.root / "model.json").read_text(encoding="utf-8"))
-        self.spec["classes"] = json.loads((self.root / "classes.json").read_text(encoding="utf-8"))
+        self.spec = _read_json(self.root / "model.json")
+        classes = _read_json(self.root / "classes.json")
+        check_spec(self.root, self.spec, classes)
+        self.spec["classes"] = classes
         self.needs = set(self.spec["inputs"])
         self.sam_keys = inputs.sam_keys(self.needs)
         self.engine = choose_engine(engine)
