@@ -74,6 +74,15 @@ def _print_run(name: str, metrics: dict) -> None:
         print(f"skipped {metrics['skipped_images']} unreadable images (listed in bad_images.txt)")
 
 
+def cmd_check(args) -> int:
+    from lvmlt.data.check import check_data, check_target
+
+    bundle = check_target(args.target, args.overrides or [])
+    report = check_data(bundle)
+    print("\n".join(report.lines(shown=args.show)))
+    return 1 if report.unreadable else 0  # what would stop training; the rest is for you to judge
+
+
 def cmd_datasets(args) -> int:
     from lvmlt.data import format_datasets_table
 
@@ -101,6 +110,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="score a run that stopped before its last epoch (marked unfinished in metrics.json)")
     e.add_argument("--quiet", action="store_true", help="no progress bars")
     e.set_defaults(func=cmd_evaluate)
+
+    c = sub.add_parser("check", help="read every image of a data set once and list every problem",
+                       description="Reads every image of every split once and lists, in one report, the unreadable "
+                       "images, duplicates (the same file twice, identical pixels, within and across splits), tiny "
+                       "or oddly shaped images and classes with too few validation images. Exit status 1 when an "
+                       "image is unreadable (training would stop there), else 0.")
+    c.add_argument("target", help="a config file (its data section) or an image folder (train/, val/, test/)")
+    c.add_argument("overrides", nargs="*", help="key=value overrides of the data section (data.root=...)")
+    c.add_argument("--show", type=int, default=20, help="entries listed per kind of problem (default 20)")
+    c.set_defaults(func=cmd_check)
 
     d = sub.add_parser("datasets", help="list the built-in datasets and their class counts",
                        description="The built-in datasets: classes, split sizes and the training class counts "

@@ -132,16 +132,29 @@ class ImageSplit(torch.utils.data.Dataset):
     def subset(self, indices: Sequence[int], name: str | None = None) -> ImageSplit:
         """A new split over the given sample indices (ids, labels and loader follow)."""
         idx = np.asarray(indices, dtype=np.int64)
-        load = self.load
         sizes = [self.sizes[i] for i in idx] if self.sizes is not None else None
         return ImageSplit(
             name or self.name,
             [self.ids[i] for i in idx],
             self.labels[idx],
-            lambda j: load(int(idx[j])),
+            SubsetLoader(self.load, idx),
             sizes,
             self.transform,
         )
+
+
+class SubsetLoader:
+    """``load(j) = base(idx[j])``, keeping the base loader's ``path(i)`` where it has one."""
+
+    def __init__(self, base, idx: np.ndarray):
+        self.base, self.idx = base, idx
+
+    def __call__(self, j: int):
+        return self.base(int(self.idx[j]))
+
+    def path(self, j: int):
+        """The file of item ``j``; AttributeError when the base loader reads no files."""
+        return self.base.path(int(self.idx[j]))
 
 
 @dataclass
