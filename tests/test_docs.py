@@ -25,7 +25,8 @@ Tiny data, and what it changes in a command (the mapping):
   replaced in the dataset registry by stand-ins of 16 x 16 images with the same class names
   (:func:`_standin`); ELPV's keeps its 8 classes, type x defect level, so its GLT protocol
   works. ``configs/*.yaml`` are the repository's.
-- :data:`BUDGET` is appended to every training config lvmlt loads (a wrapped
+- :data:`BUDGET` is appended to every training config lvmlt loads (:data:`FINETUNE_BUDGET`
+  after it for ``system=sam_finetune``; a wrapped
   ``lvmlt.config.load_config``), and to ``lvmlt compare`` lines, whose recipes set their own
   epochs and yield only to command-line keys.
 - :data:`SUBSTITUTIONS` rewrite each snippet before it runs: the MobileSAM / LiteMedSAM
@@ -64,6 +65,8 @@ PAGES = ["README.md", *sorted(str(p.relative_to(REPO)) for p in (REPO / "docs").
 
 #: Appended to every training config (and to `lvmlt compare` lines): one epoch of a tiny CNN.
 BUDGET = ["optim.epochs=1", "data.image_size=16", "model.backbone=resnet8", "threads=1", "optim.precision=fp32"]
+#: ... and after it for system=sam_finetune: the random tiny encoder at its smallest size.
+FINETUNE_BUDGET = ["data.image_size=64", "finetune.encoder=tiny_test", "optim.max_steps_per_epoch=2"]
 #: Appended to `lvmlt extract` lines: speed only (none of these is part of a store's provenance).
 EXTRACT_FAST = ["engine=torch", "threads=1"]
 #: (pattern, replacement), applied in order to every snippet before it runs.
@@ -251,7 +254,11 @@ def world(tmp_path_factory, one_torch_thread):
 
     def load_config(path=None, overrides=None, cls=lvmlt.config.Config):
         extra = BUDGET if cls is lvmlt.config.Config else []
-        return real_load(path, [*(overrides or []), *extra], cls)
+        asked = [*(overrides or []), *extra]
+        if cls is lvmlt.config.Config and "system: sam_finetune" in (Path(path).read_text() if path else "") + \
+                "".join(f"{o}\n".replace("=", ": ", 1) for o in asked):
+            asked += FINETUNE_BUDGET  # the encoder needs a multiple of 64 px
+        return real_load(path, asked, cls)
 
     mp.setattr(lvmlt.config, "load_config", load_config)
     root = tmp_path_factory.mktemp("world")
