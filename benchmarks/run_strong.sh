@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The strong recipe (configs/<dataset>-strong.yaml) against itself with the SAM features and the
+# The recipe chosen on validation (configs/<dataset>-strong.yaml) against itself with the SAM features and the
 # prototype loss, for CE and balanced softmax: seeds run outermost, finished runs are reused and
 # a killed one resumes (run it again). SEEDS, LOSSES and DATASETS split the work; TABLES_ONLY=1
 # writes the tables from the runs that have finished. Tables: benchmarks/results/strong/.
@@ -9,7 +9,7 @@ OUT=${OUT:-runs/strong}
 PY=${PY:-python}
 ROWS="baseline,+SAM features+L_proto (ours)"
 for ds in ${DATASETS:-elpv}; do
-  ARGS=(--config configs/$ds-strong.yaml fusion.store=${STORE:-runs/features/$ds-mobilesam-256})
+  ARGS=(--config configs/$ds-strong.yaml fusion.store=${STORE:-runs/features/$ds-mobilesam-256} threads=${THREADS:-1})
   mkdir -p "$OUT"
   for seed in $([ -n "${TABLES_ONLY:-}" ] || echo ${SEEDS:-0 1 2}); do
     for loss in ${LOSSES:-ce balanced_softmax}; do
