@@ -198,3 +198,19 @@ def test_the_demo_says_a_missing_weights_file_in_one_line(tmp_path, monkeypatch,
     err = capsys.readouterr().err.strip()
     assert err.startswith("lvmlt: error: no mobilesam weights in ") and "lvmlt weights fetch mobilesam" in err
     assert "\n" not in err and "Traceback" not in err
+
+
+def test_the_demo_quotes_the_committed_recipes_table(tmp_path, capsys):
+    from lvmlt.experiments import demo
+
+    table = tmp_path / "elpv.csv"
+    table.write_text("system,n,top1,mean_class_acc,many,medium,few,minutes\n"
+                     "old baseline: CE,3,71.79 ± 0.93,43.17 ± 0.46,78.43,15.80,0.00,-\n"
+                     "frozen MobileSAM probe is not quoted,3,71.44,40.80,78.37,6.45,0.00,-\n"
+                     "\"MobileSAM, last stage fine-tuned\",0,-,-,-,-,-,-\n")
+    demo.print_full_recipes(table)
+    out = capsys.readouterr().out
+    assert "old baseline: CE: top-1 71.79 ± 0.93, mean class 43.17 ± 0.46" in out
+    assert "probe" not in out and "fine-tuned" not in out  # not quoted, and no finished seed
+    demo.print_full_recipes(tmp_path / "missing.csv")
+    assert capsys.readouterr().out == ""

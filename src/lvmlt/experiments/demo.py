@@ -125,6 +125,7 @@ def _demo(argv) -> int:
     classify_from_bundle(dirs[best], out / "bundle", bundle.test)
     wall = time.time() - t0
     print(f"\nwall time: {_minutes(wall)} (expected {_minutes(sum(expected.values()))})")
+    print_full_recipes()
     return 0
 
 
@@ -168,6 +169,31 @@ def choose_plan(args, bundle, out: Path):
         print(f"  richer plans did not fit --budget {args.budget:g} min here ({richer}): "
               f"--plan NAME runs one anyway, --budget 0 the full plan")
     return plan, cfgs, extract_cfg, store_dir, expected
+
+
+#: The committed table of the full recipes on ELPV (benchmarks/strong_summary.py), in a checkout.
+RECIPES_TABLE = Path(__file__).resolve().parents[3] / "benchmarks" / "results" / "strong" / "elpv.csv"
+#: Its rows the demo quotes: what longer, richer training reaches, next to the demo's 8 epochs.
+QUOTED = ("old baseline", "recipe chosen", "MobileSAM")
+
+
+def print_full_recipes(table: Path = RECIPES_TABLE) -> None:
+    """What the full recipes reach on ELPV and cost per run, from the committed table (nothing
+    when lvmlt runs outside a checkout that has it)."""
+    import csv
+
+    try:
+        with table.open() as f:
+            rows = [r for r in csv.DictReader(f) if r["system"].startswith(QUOTED) and int(r["n"]) > 0]
+    except (OSError, KeyError, ValueError):
+        return
+    if not rows:
+        return
+    print(f"\nWhat the full recipes reach on ELPV's test split (mean ± std over n seeds; {table.name} in "
+          "benchmarks/results/strong/, where the CPU is named):")
+    for r in rows:
+        print(f"  {r['system']}: top-1 {r['top1']}, mean class {r['mean_class_acc']}, few {r['few']} "
+              f"(n={r['n']}; {r['minutes']} min per run)")
 
 
 def _minutes(seconds: float) -> str:
