@@ -438,3 +438,17 @@ def test_a_bundle_is_checked_as_a_whole_in_one_line(runs, tmp_path, case, messag
     assert main(["predict", str(bundle), _test_images(runs["data"])[0], "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and message in err, err
+
+
+def test_predict_encodes_with_the_engine_and_precision_its_store_was_extracted_with(runs):
+    """predict RUN ran at 0.55x the extraction's rate: it encoded in another precision than the
+    store. The choice is what a test can hold (not a timing): the same engine and precision."""
+    from lvmlt.deploy.run_model import RunModel
+    from lvmlt.features.store import read_manifest
+
+    said = []
+    model = RunModel(runs["fused"], log=said.append)
+    manifest = read_manifest(runs["store"])
+    assert model.runner.engine == manifest["engine"]["engine"]
+    assert model.encoder_precision == manifest["provenance"]["precision"]
+    assert any(s.startswith(f"encoding with {model.runner.engine} ({model.encoder_precision})") for s in said)

@@ -88,12 +88,18 @@ class RunModel:
                 self.log("the features were extracted in bf16, which is emulated here: encoding in fp32 "
                          "(features differ slightly from the store's)")
                 precision = "fp32"
+        if engine == "auto" and f.get("engine") and self.device.type == "cpu":
+            engine = f["engine"]  # the store's numerics are the run's answer: encode as it was extracted
         cfg = ExtractConfig(encoder=f["encoder"], img_size=f["img_size"], precision=precision,
                             levels=tuple(f["levels"]), engine=engine, threads=threads,
                             device=self.device.type, checkpoint=f["checkpoint"])
         self.sam_norm = encoder.preprocessing.norm
         self.encoder = encoder
         self.runner = EncoderRunner(encoder, cfg, self.device, self.log)
+        self.encoder_precision = precision
+        stored = (f.get("engine") or "the store's engine")
+        self.log(f"encoding with {self.runner.engine} ({precision}); the store was extracted with {stored} "
+                 f"({f['precision']})")
 
     def encode(self, x: np.ndarray) -> dict[str, np.ndarray]:
         out = self.runner(torch.from_numpy(np.ascontiguousarray(x)))

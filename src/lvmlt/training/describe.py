@@ -65,6 +65,7 @@ def store_description(store) -> dict:
         "map_size": prov.get("map_size"),
         "crop_padding": bool(prov.get("crop_padding", True)),
         "levels": list(prov.get("levels") or []),
+        "engine": (m.get("engine") or {}).get("engine"),  # what encoded it (prediction encodes the same way)
         "store": str(Path(store.root).resolve()),
         "dataset": m.get("dataset"),
     }
