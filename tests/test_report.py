@@ -382,3 +382,26 @@ def test_user_text_is_escaped_in_markdown_and_html(tmp_path):
     assert f'<td class="">{shown}</td>' in page and "&amp;lt;" not in page
     assert f"</span>{shown}</td>" in page  # the group's colour swatch still found by its label
     assert "<title>&lt;script&gt;t&lt;/script&gt;</title>" in page
+
+
+def test_metrics_json_keeps_no_matrix_and_the_report_rebuilds_the_confusion(tmp_path):
+    """Two C x C confusion matrices made metrics.json 22 MB at 1,000 classes."""
+    import json
+
+    import numpy as np
+
+    from helpers import toy_bundle
+    from lvmlt.config import load_config
+    from lvmlt.reporting.record import read_run
+    from lvmlt.training.trainer import train
+
+    cfg = load_config(None, ["model.backbone=resnet8", "optim.epochs=1", f"out_dir={tmp_path}", "run_name=r",
+                             "data.batch_size=16", "optim.precision=fp32"])
+    m = train(cfg, bundle=toy_bundle(), progress=False)
+    saved = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert "confusion" not in saved["test"] and "confusion" not in saved["val"] and saved == m
+    run = read_run(tmp_path / "r")
+    p = np.load(tmp_path / "r" / "predictions.npz")
+    want = np.zeros((3, 3), int)
+    np.add.at(want, (p["test_labels"], p["test_logits"].argmax(1)), 1)
+    assert np.array_equal(run.confusion, want) and run.confusion.sum() == 30

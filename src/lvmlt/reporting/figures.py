@@ -157,7 +157,8 @@ def figure_reliability(groups: Sequence[RunGroup]) -> tuple[Figure | None, dict[
 
 def figure_confusion(run: RunRecord, group: RunGroup) -> Figure | None:
     """Row-normalised test confusion matrix (% of each true class), classes head to tail."""
-    matrix = np.asarray(run.test.get("confusion") or [], dtype=np.float64)
+    saved = run.confusion  # from predictions.npz; older runs kept it in metrics.json
+    matrix = np.asarray(saved if saved is not None else run.test.get("confusion") or [], dtype=np.float64)
     if matrix.ndim != 2 or matrix.shape[0] == 0 or matrix.shape[0] != matrix.shape[1]:
         return None
     c = matrix.shape[0]

@@ -48,6 +48,8 @@ class RunRecord:
         confidence: top-1 softmax probability of each evaluated test image, shape (N,),
             in [0, 1] (images with label -1, i.e. skipped, are left out).
         correct: whether each of those top-1 predictions is right, shape (N,), bool.
+        confusion: the test confusion matrix ``[true][predicted]``, C x C counts, from the
+            predictions (None without them).
         manifest: the feature store's ``manifest.json`` when the run's model read stored
             features (:attr:`uses_store`) and it could be read (by the store's reader,
             :func:`lvmlt.features.store.read_manifest`); its fields are looked up defensively.
@@ -68,6 +70,7 @@ class RunRecord:
     train_counts: np.ndarray | None = None
     confidence: np.ndarray | None = None
     correct: np.ndarray | None = None
+    confusion: np.ndarray | None = None
     manifest: dict | None = None
     manifest_path: Path | None = None
     classes: list[str] | None = None
@@ -219,6 +222,8 @@ def _read_predictions(path: Path, run: RunRecord) -> None:
     keep = labels >= 0  # -1 marks an unreadable test image that was skipped
     run.train_counts = counts
     run.confidence, run.correct = top1_confidence(logits[keep], labels[keep])
+    c = counts.shape[0]  # the test confusion matrix (metrics.json keeps no C x C matrix)
+    run.confusion = np.bincount(labels[keep] * c + logits[keep].argmax(1), minlength=c * c).reshape(c, c)
 
 
 def top1_confidence(logits: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

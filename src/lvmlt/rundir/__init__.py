@@ -65,6 +65,7 @@ from lvmlt.rundir.files import (
     read_metrics,
     read_predictions,
     saved_config,
+    without_matrices,
     write_config,
     write_description,
     write_metrics,
@@ -77,5 +78,5 @@ __all__ = [
     "WriteError", "append_history", "atomic_write", "atomic_write_bytes", "atomic_write_json", "atomic_write_text",
     "content_sha256", "file_sha256", "fsync_dir", "is_run_dir", "load_checkpoint", "os_error_in",
     "read_config", "read_description", "read_history", "read_metrics", "read_predictions", "save_checkpoint",
-    "tmp_name", "write_config", "write_description", "write_metrics", "write_predictions", "writing", "saved_config",
+    "tmp_name", "write_config", "write_description", "write_metrics", "write_predictions", "writing", "saved_config", "without_matrices",
 ]

@@ -51,9 +51,22 @@ def write_metrics(run_dir: str | Path, updates: dict) -> dict:
     ``lvmlt evaluate`` rewrites "val" and "test" and keeps e.g. the "calibrated" entries
     that ``lvmlt calibrate`` added. Returns the merged dict as written.
     """
-    merged = read_metrics(run_dir) | dict(updates)
+    merged = without_matrices(read_metrics(run_dir) | dict(updates))
     atomic_write_json(Path(run_dir) / METRICS, merged)
     return merged
+
+
+#: Keys left out of ``metrics.json``: C x C matrices (two of them made it 22 MB at 1,000
+#: classes). The confusion matrix is the argmax of ``predictions.npz``'s logits against its
+#: labels; the report computes it from there.
+MATRIX_KEYS = ("confusion",)
+
+
+def without_matrices(d, depth: int = 0):
+    """``d`` (metrics) without the :data:`MATRIX_KEYS`, as ``metrics.json`` holds it."""
+    if not isinstance(d, dict) or depth > 3:
+        return d
+    return {k: without_matrices(v, depth + 1) for k, v in d.items() if k not in MATRIX_KEYS}
 
 
 # ---------------------------------------------------------------------------------------

@@ -76,7 +76,7 @@ def final_evaluation(run: Run, run_dir: Path, best_epoch: int, bad_ids: set[str]
         out["skipped_images"] = len(bad_ids)
         # merged: keys other commands added (e.g. "calibrated") stay
         rundir.write_metrics(run_dir, out)
-    return out
+    return rundir.without_matrices(out)  # what metrics.json holds, so a reused run reads the same
 
 
 def load_run(run_dir: str | Path) -> Config:
