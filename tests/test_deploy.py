@@ -452,3 +452,19 @@ def test_predict_encodes_with_the_engine_and_precision_its_store_was_extracted_w
     assert model.runner.engine == manifest["engine"]["engine"]
     assert model.encoder_precision == manifest["provenance"]["precision"]
     assert any(s.startswith(f"encoding with {model.runner.engine} ({model.encoder_precision})") for s in said)
+
+
+def test_a_file_name_that_is_not_utf8_is_classified_and_written_back_as_its_bytes(runs, tmp_path, capsys):
+    """predict --out x.csv lost all 400 rows on one such name (UnicodeEncodeError after classifying)."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    src = _test_images(runs["data"])[0]
+    odd = os.fsencode(folder) + b"/caf\xe9.png"  # latin-1, not UTF-8
+    shutil.copy(src, odd)
+    shutil.copy(src, folder / "plain.png")
+    out = tmp_path / "p.csv"
+    assert main(["predict", str(runs["cnn"]), str(folder), "--quiet", "--out", str(out)]) == 0
+    raw = out.read_bytes()
+    assert b"caf\xe9.png" in raw and b"plain.png" in raw and raw.count(b"\n") == 3  # header + 2 rows
+    assert main(["predict", str(runs["cnn"]), str(folder), "--quiet"]) == 0
+    assert "caf\ufffd.png" in capsys.readouterr().out

@@ -126,7 +126,8 @@ class ImageSplit(torch.utils.data.Dataset):
         h.update(self.name.encode())
         for j, (sid, lab) in enumerate(zip(self.ids, self.labels.tolist(), strict=True)):
             size = self.sizes[j] if self.sizes is not None else -1
-            h.update(f"{sid}\t{lab}\t{size}\n".encode())
+            # a file name that is not UTF-8 reaches Python with surrogate escapes: hash its bytes
+            h.update(f"{sid}\t{lab}\t{size}\n".encode("utf-8", "surrogateescape"))
         return h.hexdigest()
 
     def subset(self, indices: Sequence[int], name: str | None = None) -> ImageSplit:

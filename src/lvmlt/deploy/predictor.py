@@ -44,7 +44,7 @@ from lvmlt.deploy.adaptation import (
     min_adapt_images,
     write_prior,
 )
-from lvmlt.deploy.rows import Writer, class_groups, softmax, top_k
+from lvmlt.deploy.rows import Writer, class_groups, printable, softmax, top_k
 from lvmlt.deploy.sources import (
     IMAGE_EXTENSIONS,
     count_sources,
@@ -117,7 +117,7 @@ def predict(
     def on_error(name, error):
         if strict:
             raise UserError(f"cannot read image {name} ({error})", fix="remove it, or drop --strict to skip it")
-        bar.write(f"lvmlt: skipped {name}: {error}", file=sys.stderr)
+        bar.write(f"lvmlt: skipped {printable(name)}: {error}", file=sys.stderr)
 
     t0 = time.perf_counter()
     try:

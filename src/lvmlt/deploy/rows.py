@@ -30,6 +30,11 @@ def class_groups(spec: dict) -> list[str]:
     return [class_group(n, many, few) for n in spec["train_counts"]]
 
 
+def printable(name: str) -> str:
+    """A path for a terminal: bytes that are not UTF-8 (surrogate escapes) shown as U+FFFD."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def top_k(probs: np.ndarray, k: int) -> np.ndarray:
     """Indices of the k largest probabilities of each row, largest first (ties: lower index)."""
     return np.argsort(-probs, axis=1, kind="stable")[:, :k]
@@ -53,7 +58,8 @@ class Writer:
         self.tmp = tmp_name(self.out)
         try:
             self.out.parent.mkdir(parents=True, exist_ok=True)
-            self.f = open(self.tmp, "w", newline="", encoding="utf-8")
+            # surrogateescape: a file name that is not UTF-8 is written back as its own bytes
+            self.f = open(self.tmp, "w", newline="", encoding="utf-8", errors="surrogateescape")
         except OSError as e:
             raise UserError(f"cannot write {self.out} ({e.strerror})", fix="choose a writable --out") from None
         try:
@@ -78,6 +84,7 @@ class Writer:
             return
         cells = [] if raw is None else [self._cells(raw)] + ([self._cells(adapted)] if adapted is not None else [])
         if self.kind == "table":
+            name = printable(name)
             if error:
                 print(f"{name}\terror: {error}")
             else:
