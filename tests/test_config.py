@@ -145,3 +145,19 @@ def test_memory_format_auto_follows_the_cpu_and_old_bool_configs_load(monkeypatc
     assert without_retired(old)["optim"]["memory_format"] == "contiguous"
     with pytest.raises(UserError, match="optim.memory_format='nhwc' must be one of auto, channels_last, contiguous"):
         load_config(None, ["optim.memory_format=nhwc"])
+
+
+def test_sizes_that_cannot_fit_the_machine_are_refused_before_anything_allocates():
+    """data.image_size=100000 grew to 23.5 GB and was killed by the kernel."""
+    import pytest
+
+    from lvmlt.config import load_config
+    from lvmlt.config.checks import batch_bytes, machine_memory
+    from lvmlt.errors import UserError
+
+    with pytest.raises(UserError, match=r"^data.image_size=100000 must be from 8 to 4096"):
+        load_config(None, ["data.image_size=100000"])
+    huge = 1 + machine_memory() // batch_bytes(1, 512)
+    with pytest.raises(UserError, match=rf"^data.batch_size={huge} must be at least 1, and a batch"):
+        load_config(None, [f"data.batch_size={huge}", "data.image_size=512"])
+    assert load_config(None, ["data.image_size=1024", "data.batch_size=4"]).data.image_size == 1024

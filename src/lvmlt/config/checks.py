@@ -29,6 +29,29 @@ def _one_of(choices: tuple[str, ...]) -> _Check:
     return (lambda v, c: v in choices, "one of " + ", ".join(choices))
 
 
+#: The largest input side a run may ask for: one such image is 200 MB of float32 activations per
+#: channel of a first layer, and data.image_size=100000 was once killed by the kernel at 23.5 GB.
+MAX_IMAGE_SIDE = 4096
+#: Bytes of a training step per input byte (activations of a ResNet kept for the backward pass,
+#: measured about 20x for ResNet-18; a margin above).
+STEP_BYTES_PER_INPUT_BYTE = 32
+
+
+def batch_bytes(batch_size: int, image_size: int) -> int:
+    """A rough upper estimate of the memory one training step of such a batch needs."""
+    return int(batch_size) * 3 * int(image_size) ** 2 * 4 * STEP_BYTES_PER_INPUT_BYTE
+
+
+def machine_memory() -> int:
+    """This machine's physical memory in bytes (a large number where it cannot be read)."""
+    import os
+
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 62
+
+
 #: ``fusion.alpha_select``: keep the configured alpha, or choose it on validation after training.
 ALPHA_SELECT = ("fixed", "val")
 
@@ -42,8 +65,11 @@ CHECKS: dict[str, _Check] = {
     "data.imbalance_factor": (lambda v, c: v >= 1, "a finite number >= 1 (n_max / n_min)"),
     # 0 is fine for a dataset with its own validation split; carving one needs 0 < f < 1 (data/build.py)
     "data.val_fraction": _BELOW_ONE,
-    "data.image_size": _at_least(8),
-    "data.batch_size": _at_least(1),
+    "data.image_size": (lambda v, c: 8 <= v <= MAX_IMAGE_SIDE, f"from 8 to {MAX_IMAGE_SIDE} (pixels per side)"),
+    "data.batch_size": (
+        lambda v, c: v >= 1 and batch_bytes(v, c.data.image_size) <= machine_memory(),
+        "at least 1, and a batch of data.batch_size images of data.image_size must fit this machine's memory",
+    ),
     "data.num_workers": (lambda v, c: v >= -1, "at least -1 (-1 = automatic)"),
     "data.policy": _one_of(("none", "trivialaugment", "randaugment")),
     "data.dihedral": _one_of(("never", "auto", "always")),
