@@ -48,7 +48,7 @@ def test_int_is_accepted_for_float_and_roundtrip():
         ("optim.accumulate=0", "optim.accumulate=0 must be at least 1"),
         ("optim.milestones=[5,-1]", "optim.milestones=[5, -1] must be a list of epochs >= 0"),
         ("data.batch_size=0", "data.batch_size=0 must be at least 1"),
-        ("data.image_size=7", "data.image_size=7 must be at least 8"),
+        ("data.image_size=7", "data.image_size=7 must be from 8 to 4096"),
         ("data.val_fraction=1", "data.val_fraction=1.0 must be in [0, 1)"),
         ("data.val_fraction=-0.1", "data.val_fraction=-0.1 must be in [0, 1)"),
         ("data.num_workers=-2", "data.num_workers=-2 must be at least -1"),
