@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -468,3 +469,57 @@ def test_a_file_name_that_is_not_utf8_is_classified_and_written_back_as_its_byte
     assert b"caf\xe9.png" in raw and b"plain.png" in raw and raw.count(b"\n") == 3  # header + 2 rows
     assert main(["predict", str(runs["cnn"]), str(folder), "--quiet"]) == 0
     assert "caf\ufffd.png" in capsys.readouterr().out
+
+
+#: What the torch-free core needs (pyproject.toml's dependencies and theirs), by site-packages entry.
+CORE_ENTRIES = ("numpy", "numpy.libs", "numpy-", "PIL", "pillow.libs", "pillow-", "yaml", "_yaml", "pyyaml-", "tqdm",
+                "tqdm-", "onnxruntime", "onnxruntime-", "flatbuffers", "flatbuffers-", "packaging", "packaging-",
+                "google", "protobuf-")
+
+
+def test_the_wheel_installs_without_torch_and_runs_a_bundle(runs, tmp_path):
+    """pip install lvmlt needed torch and torchvision (6.4 GB); a bundle then ran only after
+    --no-deps and missing packages found through tracebacks. The wheel's core is torch-free:
+    built here, installed into a fresh venv whose only other packages are the core's
+    dependencies (linked from this environment, so no download), it answers --help and
+    classifies from a bundle, and `import torch` fails there."""
+    import sysconfig
+    import venv
+
+    from lvmlt.deploy.export import export_bundle
+
+    repo = Path(__file__).resolve().parents[1]
+    dist = tmp_path / "dist"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", str(repo), "--no-deps", "--no-build-isolation", "-q",
+                    "-w", str(dist)], check=True, capture_output=True)
+    (wheel,) = dist.glob("lvmlt-*.whl")
+    env_dir = tmp_path / "env"
+    venv.create(env_dir, with_pip=True)
+    py = env_dir / "bin" / "python"
+    deps = tmp_path / "deps"
+    deps.mkdir()
+    here = Path(sysconfig.get_paths()["purelib"])
+    for entry in sorted(here.iterdir()):
+        if entry.name in CORE_ENTRIES or (entry.name.endswith(".dist-info") and entry.name.startswith(
+                tuple(e for e in CORE_ENTRIES if e.endswith("-")))):
+            (deps / entry.name).symlink_to(entry)
+    target = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                            check=True, capture_output=True, text=True).stdout.strip()
+    Path(target, "core-deps.pth").write_text(str(deps) + "\n")
+    subprocess.run([str(py), "-m", "pip", "install", "--no-deps", "--no-index", "-q", str(wheel)], check=True,
+                   capture_output=True)
+    env = {"PATH": f"{env_dir / 'bin'}:/usr/bin:/bin", "HOME": str(tmp_path)}
+    no_torch = subprocess.run([str(py), "-c", "import torch"], capture_output=True, env=env)
+    assert no_torch.returncode != 0
+    check = subprocess.run([str(py), "-m", "pip", "check"], capture_output=True, text=True, env=env)
+    assert check.returncode == 0, check.stdout + check.stderr
+    lvmlt = str(env_dir / "bin" / "lvmlt")
+    assert subprocess.run([lvmlt, "--help"], capture_output=True, env=env).returncode == 0
+    bundle = tmp_path / "bundle"
+    export_bundle(runs["cnn"], bundle, check_images=1, log=lambda s: None)
+    out = subprocess.run([lvmlt, "predict", str(bundle), *_test_images(runs["data"])[:2], "--quiet"],
+                         capture_output=True, text=True, env=env)
+    assert out.returncode == 0 and len(out.stdout.strip().splitlines()) == 2, out.stderr
+    train = subprocess.run([lvmlt, "train", "data.name=elpv"], capture_output=True, text=True, env=env)
+    assert train.returncode == 2 and train.stderr.strip() == (
+        "lvmlt: error: this command needs torch, which is not installed; pip install 'lvmlt[train]' brings it")

