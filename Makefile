@@ -13,7 +13,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,train,sam,data]'
+	$(PY) -m pip install --quiet -e '.[dev,train,sam,data,serve]'
 	touch $(STAMP)
 
 weights: $(STAMP)

