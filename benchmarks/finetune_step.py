@@ -42,8 +42,8 @@ from _common import machine_header  # noqa: E402
 
 from lvmlt import hardware  # noqa: E402
 from lvmlt.encoders import build_encoder  # noqa: E402
+from lvmlt.encoders.lora import apply_lora  # noqa: E402
 from lvmlt.features.engines import compile_encoder  # noqa: E402
-from lvmlt.methods.scilt import apply_lora  # noqa: E402
 from lvmlt.training import runtime  # noqa: E402
 
 

@@ -32,7 +32,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     # the one trainer
     ("training", ("lvmlt.training",)),
     # systems built on the trainer, grids of runs and their reports
-    ("applications", ("lvmlt.methods", "lvmlt.experiments", "lvmlt.reporting", "lvmlt.deploy")),
+    ("applications", ("lvmlt.experiments", "lvmlt.reporting", "lvmlt.deploy")),
     # the command line
     ("cli", ("lvmlt.cli", "lvmlt.__main__")),
 ]
@@ -186,13 +186,6 @@ def test_the_trainer_does_not_pull_in_the_other_systems(graph):
     pulled = reachable(graph, "lvmlt.training.trainer")
     assert "lvmlt.losses.ifl" in pulled  # the IFL term is a loss term
     assert not [m for m in pulled if unit_of(m) in dict(LAYERS)["applications"]]
-
-
-def test_the_core_does_not_import_the_methods_package(graph):
-    core = ("lvmlt.training", "lvmlt.models", "lvmlt.losses", "lvmlt.data", "lvmlt.features")
-    bad = [f"{m} -> {t}" for m in sorted(graph) for t in sorted(graph[m])
-           if unit_of(m) in core and unit_of(t) == "lvmlt.methods"]
-    assert not bad, bad
 
 
 def _imports(path):

@@ -12,11 +12,11 @@ from torch import nn
 from helpers import feature_bundle, write_store
 from lvmlt import systems
 from lvmlt.config import SciLTConfig, load_config
+from lvmlt.encoders.lora import LoRALinear, apply_lora
 from lvmlt.errors import UserError
 from lvmlt.losses.terms import TermParts, build_terms
-from lvmlt.methods.scilt import LoRALinear, apply_lora, build_encoder_scilt
 from lvmlt.models.heads import count_trainable
-from lvmlt.models.scilt import AdaptiveFusion, SciLTHead, inference_logits
+from lvmlt.models.scilt import AdaptiveFusion, SciLTHead, build_encoder_scilt, inference_logits
 from lvmlt.training.trainer import build_run, train
 
 torch.set_num_threads(1)

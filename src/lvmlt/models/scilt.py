@@ -22,7 +22,9 @@ trains "with dual supervision"; only its abstract is public, so the design below
   (``scilt.head=linear`` for plain ones). Prediction uses the fused head
   (``scilt.inference=mean`` averages all heads' logits).
 
-LoRA for an end-to-end encoder is in :mod:`lvmlt.methods.scilt`.
+The same head end to end on images over a LoRA-adapted encoder is :class:`EncoderSciLT`
+(LoRA: :mod:`lvmlt.encoders.lora`); with the encoder's last stages trained instead,
+``system=sam_finetune`` with ``finetune.head=scilt`` (:mod:`lvmlt.models.finetune`).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from torch import nn
 
 from lvmlt import outputs as o
 from lvmlt.config import SciLTConfig
+from lvmlt.encoders.lora import apply_lora
 from lvmlt.errors import UserError
 from lvmlt.inputs import level_key
 from lvmlt.models.heads import CosineClassifier
@@ -214,3 +217,43 @@ def build_scilt(cfg: SciLTConfig, num_classes: int, feature_dims: dict[str, int]
 def build_scilt_system(cfg, spec) -> SciLTModel:
     """The ``scilt`` system's builder (:mod:`lvmlt.systems`): ``cfg.scilt`` over ``spec``."""
     return build_scilt(cfg.scilt, spec.num_classes, spec.dims)
+
+
+# ----------------------------------------------------------------------------- end to end on images
+
+
+class EncoderSciLT(nn.Module):
+    """End to end: a (LoRA-adapted) frozen encoder, pooled levels, and a :class:`SciLTHead`.
+
+    Args:
+        encoder: a :class:`~lvmlt.encoders.FrozenEncoder` (``forward_levels``).
+        levels: stage names or "vec" (the pooled neck output), penultimate first.
+        head: the fusion head over those levels' widths.
+
+    ``forward(images B x 3 x S x S)`` returns the head's output dict. The levels are
+    average-pooled over the whole grid (images are assumed square, so there is no padding).
+    """
+
+    def __init__(self, encoder: nn.Module, levels: Sequence[str], head: SciLTHead):
+        super().__init__()
+        self.encoder, self.levels, self.head = encoder, list(levels), head
+        self._stages = [lv for lv in self.levels if lv != "vec"]
+        encoder.check_levels(self._stages)
+
+    def pooled(self, images: torch.Tensor) -> list[torch.Tensor]:
+        maps = self.encoder.forward_levels(images, self._stages)
+        return [maps["out" if lv == "vec" else lv].float().mean(dim=(2, 3)) for lv in self.levels]
+
+    def forward(self, images: torch.Tensor) -> dict:
+        return self.head(*self.pooled(images))
+
+
+def build_encoder_scilt(
+    cfg: SciLTConfig, encoder: nn.Module, num_classes: int, lora: bool = True
+) -> tuple[EncoderSciLT, int]:
+    """Encoder + LoRA (``cfg.lora_*``) + fusion head; returns the model and its LoRA parameter count."""
+    encoder.check_levels([lv for lv in cfg.levels if lv != "vec"])
+    n_lora = apply_lora(encoder, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets) if lora else 0
+    dims = [encoder.out_channels if lv == "vec" else encoder.level_channels[lv] for lv in cfg.levels]
+    model = EncoderSciLT(encoder, cfg.levels, build_scilt_head(cfg, dims, num_classes))
+    return model, n_lora

@@ -1,12 +1,6 @@
-"""LoRA for the frozen encoder, and SciLT's fusion head trained end to end on images (PEFT).
-
-The fusion head itself is a model of the trainer on stored levels
-(:mod:`lvmlt.models.scilt`, ``system=scilt``); this module adds what a fine-tuned
-encoder needs: :func:`apply_lora` puts LoRA (rank 8 on the attention ``qkv`` and ``proj``
-of every TinyViT / ViT block) into a frozen encoder and :class:`EncoderSciLT` runs the
-whole model end to end. On this CPU, fine-tuning MobileSAM is out of reach, so the
-reported experiments use stored features (frozen encoder) only.
-"""
+"""LoRA (Hu et al. 2021) for a frozen encoder: a trainable low-rank update of its attention
+projections, the rest frozen (PEFT). Used by SciLT end to end (:func:`lvmlt.models.scilt.build_encoder_scilt`)
+and measured against full fine-tuning by ``benchmarks/finetune_step.py``."""
 
 from __future__ import annotations
 
@@ -17,9 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lvmlt.config import SciLTConfig
 from lvmlt.errors import UserError
-from lvmlt.models.scilt import SciLTHead, build_scilt_head
 
 
 class LoRALinear(nn.Module):
@@ -54,7 +46,7 @@ class LoRALinear(nn.Module):
 
 
 def apply_lora(
-    model: nn.Module, rank: int = 8, alpha: float = 16.0, targets: Sequence[str] = SciLTConfig.lora_targets
+    model: nn.Module, rank: int = 8, alpha: float = 16.0, targets: Sequence[str] = ("qkv", "proj")
 ) -> int:
     """Freeze ``model`` and wrap the attention projections named ``targets`` with LoRA.
 
@@ -83,40 +75,3 @@ def apply_lora(
             fix="set scilt.lora_targets to the names of the attention's linear layers (qkv, proj)",
         )
     return n
-
-
-class EncoderSciLT(nn.Module):
-    """End to end: a (LoRA-adapted) frozen encoder, pooled levels, and a :class:`SciLTHead`.
-
-    Args:
-        encoder: a :class:`~lvmlt.encoders.FrozenEncoder` (``forward_levels``).
-        levels: stage names or "vec" (the pooled neck output), penultimate first.
-        head: the fusion head over those levels' widths.
-
-    ``forward(images B x 3 x S x S)`` returns the head's output dict. The levels are
-    average-pooled over the whole grid (images are assumed square, so there is no padding).
-    """
-
-    def __init__(self, encoder: nn.Module, levels: Sequence[str], head: SciLTHead):
-        super().__init__()
-        self.encoder, self.levels, self.head = encoder, list(levels), head
-        self._stages = [lv for lv in self.levels if lv != "vec"]
-        encoder.check_levels(self._stages)
-
-    def pooled(self, images: torch.Tensor) -> list[torch.Tensor]:
-        maps = self.encoder.forward_levels(images, self._stages)
-        return [maps["out" if lv == "vec" else lv].float().mean(dim=(2, 3)) for lv in self.levels]
-
-    def forward(self, images: torch.Tensor) -> dict:
-        return self.head(*self.pooled(images))
-
-
-def build_encoder_scilt(
-    cfg: SciLTConfig, encoder: nn.Module, num_classes: int, lora: bool = True
-) -> tuple[EncoderSciLT, int]:
-    """Encoder + LoRA (``cfg.lora_*``) + fusion head; returns the model and its LoRA parameter count."""
-    encoder.check_levels([lv for lv in cfg.levels if lv != "vec"])
-    n_lora = apply_lora(encoder, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets) if lora else 0
-    dims = [encoder.out_channels if lv == "vec" else encoder.level_channels[lv] for lv in cfg.levels]
-    model = EncoderSciLT(encoder, cfg.levels, build_scilt_head(cfg, dims, num_classes))
-    return model, n_lora
