@@ -215,3 +215,11 @@ def test_the_floor_plan_prediction_knows_no_trainer_and_no_private_name_crosses_
                 continue
             private = [n for n in names if n.startswith("_") and not n.startswith("__")]
             assert not private, f"{f.relative_to(src)} imports {private} from {module}"
+
+
+def test_a_model_knows_no_registry(graph):
+    """models/scilt.py reached the systems registry through the config package (its loading
+    checks systems): models read their sections from lvmlt.config.sections, which knows none."""
+    reach = {m: reachable(graph, m) for m in graph if m.startswith("lvmlt.models")}
+    bad = sorted(m for m, r in reach.items() if "lvmlt.systems" in r)
+    assert not bad, bad

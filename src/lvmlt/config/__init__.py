@@ -12,41 +12,41 @@ The resolved config (with git commit and seed) is written into every run directo
 - :mod:`~lvmlt.config.compat`: configs of older lvmlt (retired keys, mode flags, which
   sections a run uses).
 
-Every name is importable from ``lvmlt.config`` itself. This package imports no torch.
+Every name is importable from ``lvmlt.config`` itself, on first use; models and losses import
+their sections from :mod:`~lvmlt.config.sections`, which knows no system. This package imports
+no torch.
 """
 
 from __future__ import annotations
 
-from lvmlt.config.checks import ALPHA_SELECT, CHECKS, check_values
-from lvmlt.config.compat import (
-    LEGACY_FLAGS,
-    RETIRED_KEYS,
-    SECTION_USED,
-    used_sections,
-    with_system,
-    without_retired,
-)
-from lvmlt.config.load import _build, from_saved, load_config, replace, to_dict
-from lvmlt.config.sections import (
-    FEW_THRESHOLD,
-    MANY_THRESHOLD,
-    MEMORY_FORMATS,
-    PRECISIONS,
-    Config,
-    DataConfig,
-    EvalConfig,
-    FusionConfig,
-    IFLConfig,
-    LossConfig,
-    ModelConfig,
-    OptimConfig,
-    ProCoConfig,
-    ProtoConfig,
-    SciLTConfig,
-    StageConfig,
-    SyntheticConfig,
-    class_group,
-)
+import importlib
+
+#: name -> the module of this package that defines it. Imported on first use (:pep:`562`), so
+#: that importing the sections (what models and losses read) loads neither the loading code nor
+#: what it checks against (the systems registry).
+_WHERE = {
+    **dict.fromkeys(("ALPHA_SELECT", "CHECKS", "check_values"), "checks"),
+    **dict.fromkeys(("LEGACY_FLAGS", "RETIRED_KEYS", "SECTION_USED", "used_sections", "with_system",
+                     "without_retired"), "compat"),
+    **dict.fromkeys(("_build", "from_saved", "load_config", "replace", "to_dict"), "load"),
+    **dict.fromkeys(("FEW_THRESHOLD", "MANY_THRESHOLD", "MEMORY_FORMATS", "PRECISIONS", "Config", "DataConfig",
+                     "EvalConfig", "FinetuneConfig", "FusionConfig", "IFLConfig", "LossConfig", "ModelConfig",
+                     "OptimConfig", "ProCoConfig", "ProtoConfig", "SciLTConfig", "StageConfig", "SyntheticConfig",
+                     "class_group"), "sections"),
+}
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        value = getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+        globals()[name] = value  # once
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_WHERE])
+
 
 __all__ = [
     "ALPHA_SELECT",
@@ -61,6 +61,7 @@ __all__ = [
     "Config",
     "DataConfig",
     "EvalConfig",
+    "FinetuneConfig",
     "FusionConfig",
     "IFLConfig",
     "LossConfig",

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lvmlt.config import LossConfig
+from lvmlt.config.sections import LossConfig
 from lvmlt.errors import UserError
 from lvmlt.registry import Registry
 

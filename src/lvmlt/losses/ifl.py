@@ -48,7 +48,7 @@ import torch
 import torch.nn.functional as F
 
 from lvmlt import outputs as o
-from lvmlt.config import IFLConfig
+from lvmlt.config.sections import IFLConfig
 from lvmlt.data.samplers import build_sampler
 from lvmlt.errors import UserError
 from lvmlt.losses.baseline import build_loss

@@ -9,7 +9,7 @@ from __future__ import annotations
 from torch import nn
 
 from lvmlt import outputs as o
-from lvmlt.config import LossConfig
+from lvmlt.config.sections import LossConfig
 from lvmlt.losses.baseline import build_loss
 from lvmlt.losses.terms import Term, register
 

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from lvmlt import outputs as o
-from lvmlt.config import SciLTConfig
+from lvmlt.config.sections import SciLTConfig
 from lvmlt.encoders.lora import apply_lora
 from lvmlt.errors import UserError
 from lvmlt.inputs import level_key
