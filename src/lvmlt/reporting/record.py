@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from lvmlt import rundir
 from lvmlt.errors import UserError
@@ -118,14 +117,7 @@ def read_run(run_dir: str | Path) -> RunRecord:
         fix = (f"pass the folder that holds the runs ({path.parent}) to take every run in it, or name the runs"
                if any(rundir.is_run_dir(p) for p in path.parent.iterdir() if p.is_dir()) else _RUN_HINT)
         raise UserError(f"{path} is not a run directory ({what})", fix=fix)
-    try:
-        saved = yaml.safe_load(cfg_file.read_text())
-    except yaml.YAMLError as e:
-        line = getattr(getattr(e, "problem_mark", None), "line", None)
-        where = f"{cfg_file} line {line + 1}" if line is not None else str(cfg_file)
-        raise UserError("config.yaml is not valid YAML", where=where, fix=_RUN_HINT) from None
-    if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict):
-        raise UserError(f"{cfg_file} is not a run config (no 'config' section)", fix=_RUN_HINT)
+    saved = rundir.read_config(path)  # YAML's safe loader; damaged, binary or not a config: one line
     metrics_file = path / rundir.METRICS
     if not metrics_file.is_file():
         raise UserError(
@@ -186,12 +178,12 @@ def _read_history(path: Path, notes: list[str]) -> list[dict]:
         return []
     by_epoch: dict[int, dict] = {}
     bad = 0
-    for line in path.read_text().splitlines():
+    for line in path.read_bytes().splitlines():  # bytes: a damaged line is skipped, not a decode error
         if not line.strip():
             continue
         try:
             rec = json.loads(line)
-        except json.JSONDecodeError:  # a run killed mid-write leaves a partial last line
+        except (json.JSONDecodeError, UnicodeDecodeError):  # a run killed mid-write leaves a partial last line
             bad += 1
             continue
         if isinstance(rec, dict) and isinstance(rec.get("epoch"), int):
