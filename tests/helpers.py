@@ -117,3 +117,22 @@ def killed_at(monkeypatch, epoch: int):
         yield
     finally:
         monkeypatch.setattr(Trainer, "_train_epoch", real)
+
+
+def folder_run_and_bundle(tmp, per=((20, 10, 6), (4, 4, 4), (4, 4, 4)), side: int = 20):
+    """A 3-class ImageFolder under ``tmp/data`` (train / val / test counts per class in ``per``),
+    a one-epoch CNN run on it (``tmp/runs/r``) and its exported bundle (``tmp/bundle``)."""
+    from lvmlt.cli import main
+
+    rng = np.random.default_rng(0)
+    for split, counts in zip(("train", "val", "test"), per, strict=True):
+        for c, n in enumerate(counts):
+            d = tmp / "data" / split / f"c{c}"
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                Image.fromarray((rng.random((side, side)) * 90 + c * 60).astype(np.uint8)).save(d / f"{i}.png")
+    assert main(["train", "data.name=imagefolder", f"data.root={tmp / 'data'}", "data.image_size=16",
+                 "model.backbone=resnet8", "optim.epochs=1", "optim.precision=fp32", "threads=1",
+                 f"out_dir={tmp / 'runs'}", "run_name=r", "--quiet"]) == 0
+    assert main(["export", str(tmp / "runs" / "r"), "--out", str(tmp / "bundle"), "--quiet"]) == 0
+    return tmp / "bundle"

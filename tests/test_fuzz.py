@@ -11,6 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from helpers import folder_run_and_bundle
 from lvmlt.config import load_config
 from lvmlt.errors import UserError
 
@@ -65,24 +66,7 @@ JSON = st.recursive(st.none() | st.booleans() | st.integers(-5, 300000) | st.tex
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
     """A small exported bundle to damage (a CNN on a 3-class ImageFolder)."""
-    import numpy as np
-    from PIL import Image
-
-    from lvmlt.cli import main
-
-    tmp = tmp_path_factory.mktemp("fuzz")
-    rng = np.random.default_rng(0)
-    for split, per in (("train", (8, 6, 4)), ("val", (2, 2, 2)), ("test", (2, 2, 2))):
-        for c, n in enumerate(per):
-            d = tmp / "data" / split / f"c{c}"
-            d.mkdir(parents=True, exist_ok=True)
-            for i in range(n):
-                Image.fromarray((rng.random((12, 12)) * 200).astype(np.uint8)).save(d / f"{i}.png")
-    assert main(["train", "data.name=imagefolder", f"data.root={tmp / 'data'}", "data.image_size=16",
-                 "model.backbone=resnet8", "optim.epochs=1", "optim.precision=fp32", "threads=1",
-                 f"out_dir={tmp / 'runs'}", "run_name=r", "--quiet"]) == 0
-    assert main(["export", str(tmp / "runs" / "r"), "--out", str(tmp / "bundle"), "--quiet"]) == 0
-    return tmp / "bundle"
+    return folder_run_and_bundle(tmp_path_factory.mktemp("fuzz"), per=((8, 6, 4), (2, 2, 2), (2, 2, 2)), side=12)
 
 
 @FAST

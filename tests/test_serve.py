@@ -11,9 +11,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
+
+from helpers import folder_run_and_bundle
 
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("uvicorn")
@@ -31,17 +31,7 @@ def _free_port() -> int:
 def served(tmp_path_factory):
     """A CNN run on a small ImageFolder, exported, served by `lvmlt serve` in a subprocess."""
     tmp = tmp_path_factory.mktemp("serve")
-    rng = np.random.default_rng(0)
-    for split, per in (("train", (20, 10, 6)), ("val", (4, 4, 4)), ("test", (4, 4, 4))):
-        for c, n in enumerate(per):
-            d = tmp / "data" / split / f"c{c}"
-            d.mkdir(parents=True, exist_ok=True)
-            for i in range(n):
-                Image.fromarray((rng.random((20, 20)) * 90 + c * 60).astype(np.uint8)).save(d / f"{i}.png")
-    assert main(["train", "data.name=imagefolder", f"data.root={tmp / 'data'}", "data.image_size=16",
-                 "model.backbone=resnet8", "optim.epochs=1", "optim.precision=fp32", "threads=1",
-                 f"out_dir={tmp / 'runs'}", "run_name=cnn", "--quiet"]) == 0
-    assert main(["export", str(tmp / "runs" / "cnn"), "--out", str(tmp / "bundle"), "--quiet"]) == 0
+    folder_run_and_bundle(tmp)
     port = _free_port()
     proc = subprocess.Popen([sys.executable, "-m", "lvmlt", "serve", str(tmp / "bundle"), "--port", str(port),
                              "--allow-root", str(tmp / "data"), "--batch-wait-ms", "20"],
