@@ -523,3 +523,17 @@ def test_the_wheel_installs_without_torch_and_runs_a_bundle(runs, tmp_path):
     train = subprocess.run([lvmlt, "train", "data.name=elpv"], capture_output=True, text=True, env=env)
     assert train.returncode == 2 and train.stderr.strip() == (
         "lvmlt: error: this command needs torch, which is not installed; pip install 'lvmlt[train]' brings it")
+
+
+def test_two_predicts_to_one_out_file_the_second_stops(runs, tmp_path, capsys):
+    """Two `predict --out same.csv` both reported success (the last rename won)."""
+    from lvmlt import locks
+
+    out = tmp_path / "same.csv"
+    image = _test_images(runs["data"])[0]
+    with locks.hold_file(out, "--out"):  # another process writing it
+        assert main(["predict", str(runs["cnn"]), image, "--quiet", "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"lvmlt: error: --out {out} is being written by pid {os.getpid()}")
+    assert main(["predict", str(runs["cnn"]), image, "--quiet", "--out", str(out)]) == 0
+    assert out.is_file() and sorted(p.name for p in tmp_path.iterdir()) == ["same.csv"]  # no lock file left

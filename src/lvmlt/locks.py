@@ -147,6 +147,30 @@ def hold(directory: str | Path, what: str = "run directory") -> Lock:
     return Lock(path, fd, created)
 
 
+def hold_file(path: str | Path, what: str = "output file") -> Lock:
+    """One writer of the file ``path`` (``lvmlt predict --out``): an exclusive lock on
+    ``.NAME.lock`` beside it, or one line naming the process that holds it. Release it with
+    :meth:`Lock.release`; the lock file is removed then (it is only for the write)."""
+    path = Path(path)
+    lock_path = path.with_name(f".{path.name}.lock")
+    fd = _open_locked(lock_path, blocking=False)
+    if fd is None:
+        raise UserError(f"{what} {path} is being written by {holder(lock_path)}",
+                        fix="wait for it to finish, or write to another file")
+    _record_holder(fd)
+    return _FileLock(lock_path, fd)
+
+
+class _FileLock(Lock):
+    def release(self, tidy: bool = False) -> None:
+        if self.fd is not None:
+            try:
+                self.path.unlink()  # while held: a waiting writer then opens a new file (_open_locked)
+            except OSError:
+                pass
+        super().release()
+
+
 def wait(path: str | Path, log=None, what: str | None = None) -> Lock:
     """Take the exclusive lock file ``path``, waiting for its holder (one line to ``log``)."""
     path = Path(path)

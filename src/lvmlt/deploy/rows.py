@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lvmlt import locks
 from lvmlt.errors import UserError
 from lvmlt.rundir import tmp_name
 
@@ -56,11 +57,15 @@ class Writer:
         if self.out.suffix not in (".csv", ".jsonl"):
             raise UserError(f"--out {out}: the file must end in .csv or .jsonl")
         self.tmp = tmp_name(self.out)
+        self.lock = None
         try:
             self.out.parent.mkdir(parents=True, exist_ok=True)
+            self.lock = locks.hold_file(self.out, "--out")  # a second predict to the same file stops at once
             # surrogateescape: a file name that is not UTF-8 is written back as its own bytes
             self.f = open(self.tmp, "w", newline="", encoding="utf-8", errors="surrogateescape")
         except OSError as e:
+            if self.lock is not None:
+                self.lock.release()
             raise UserError(f"cannot write {self.out} ({e.strerror})", fix="choose a writable --out") from None
         try:
             if self.kind == "csv":
@@ -115,8 +120,12 @@ class Writer:
             os.replace(self.tmp, self.out)
         except OSError as e:
             raise UserError(f"cannot write {self.out} ({e.strerror})", fix="free space, or choose another --out") from None
+        finally:
+            self.lock.release()
 
     def abort(self) -> None:
         if self.f is not None:
             self.f.close()
             self.tmp.unlink(missing_ok=True)
+        if getattr(self, "lock", None) is not None:
+            self.lock.release()
