@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -110,3 +111,11 @@ def test_evaluate_reads_the_store_the_run_recorded_not_one_at_the_same_relative_
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "is not the one" in err and "img_size 128 instead of 64" in err
     assert _files(run) == before
+
+
+def test_resume_takes_the_run_spelled_absolute_or_relative(data, tmp_path, monkeypatch, capsys):
+    """--resume RUN was refused when the path was spelled absolute for a run made relative."""
+    monkeypatch.chdir(tmp_path)
+    _killed(data, Path("runs"), monkeypatch, capsys, at=1)
+    assert main(["train", "--resume", str(tmp_path / "runs" / "r"), "--quiet"]) == 0
+    assert json.loads((tmp_path / "runs" / "r" / "metrics.json").read_text())["best_epoch"] >= 0

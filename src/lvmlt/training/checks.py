@@ -27,7 +27,8 @@ def config_diff(run_dir: Path, cfg: Config, ignore: tuple[str, ...] = ()) -> str
 
 def check_resume(run_dir: Path, cfg: Config) -> None:
     """A run resumes only with the config it was started with (in the sections it uses)."""
-    diff = config_diff(run_dir, cfg)
+    # where the run lives is not how it trains: a path spelled absolute, relative or moved resumes
+    diff = config_diff(run_dir, cfg, ignore=("out_dir", "run_name"))
     if diff:
         raise UserError(f"--resume with a different config ({diff})", where=str(run_dir), fix="use the saved config")
 
