@@ -49,6 +49,7 @@ def test_int_is_accepted_for_float_and_roundtrip():
         ("optim.milestones=[5,-1]", "optim.milestones=[5, -1] must be a list of epochs >= 0"),
         ("data.batch_size=0", "data.batch_size=0 must be at least 1"),
         ("data.image_size=7", "data.image_size=7 must be from 8 to 4096"),
+        ("device=tpu", "device='tpu' must be auto, cpu, cuda or cuda:N"),
         ("data.val_fraction=1", "data.val_fraction=1.0 must be in [0, 1)"),
         ("data.val_fraction=-0.1", "data.val_fraction=-0.1 must be in [0, 1)"),
         ("data.num_workers=-2", "data.num_workers=-2 must be at least -1"),

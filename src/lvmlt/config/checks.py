@@ -145,6 +145,7 @@ CHECKS: dict[str, _Check] = {
     "ifl.irm_weight": _NON_NEGATIVE,
     "run_name": (lambda v, c: _one_folder(v), "one folder name inside out_dir (no /, \\, NUL, . or ..)"),
     "threads": (lambda v, c: v >= 0, "at least 0 (0 = torch's default)"),
+    "device": (lambda v, c: v in ("auto", "cpu", "cuda") or v.startswith("cuda:"), "auto, cpu, cuda or cuda:N"),
 }
 
 
