@@ -537,3 +537,15 @@ def test_two_predicts_to_one_out_file_the_second_stops(runs, tmp_path, capsys):
         assert err.startswith(f"lvmlt: error: --out {out} is being written by pid {os.getpid()}")
     assert main(["predict", str(runs["cnn"]), image, "--quiet", "--out", str(out)]) == 0
     assert out.is_file() and sorted(p.name for p in tmp_path.iterdir()) == ["same.csv"]  # no lock file left
+
+
+def test_a_latin1_list_finds_its_files_and_a_binary_list_is_one_line(runs, tmp_path, capsys):
+    """A latin-1 --from list was a UnicodeDecodeError traceback."""
+    src = _test_images(runs["data"])[0]
+    shutil.copy(src, os.fsencode(tmp_path) + b"/caf\xe9.png")
+    (tmp_path / "list.txt").write_bytes(b"caf\xe9.png\n")
+    assert main(["predict", str(runs["cnn"]), "--from", str(tmp_path / "list.txt"), "--quiet"]) == 0
+    assert "caf\ufffd.png" in capsys.readouterr().out
+    (tmp_path / "bin.txt").write_bytes(b"\x00\x01\n")
+    assert main(["predict", str(runs["cnn"]), "--from", str(tmp_path / "bin.txt"), "--quiet"]) == 2
+    assert "line 1 holds a NUL byte" in capsys.readouterr().err

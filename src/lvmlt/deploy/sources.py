@@ -58,8 +58,12 @@ def iter_sources(paths: Iterable[str], list_file: str | None = None, warn=None) 
         if list_file is not None:
             base = Path(list_file).parent
             try:
-                with open(list_file, encoding="utf-8") as f:
-                    for line in f:
+                # surrogateescape: a line that is not UTF-8 (a latin-1 list) names its file by its own bytes
+                with open(list_file, encoding="utf-8", errors="surrogateescape") as f:
+                    for n, line in enumerate(f, start=1):
+                        if "\0" in line:
+                            raise UserError(f"{list_file} line {n} holds a NUL byte: not a text list of image paths",
+                                            fix="pass a text file with one image path per line")
                         text = line.strip()
                         if text and not text.startswith("#"):
                             yield text if os.path.isabs(text) else str(base / text)
