@@ -352,3 +352,18 @@ def test_the_calibrate_command_offers_every_registered_method():
                            check=True).stdout
     offered = set(re.search(r"--method \{([^}]*)\}", usage).group(1).split(","))
     assert set(CALIBRATORS.names()) <= offered
+
+
+def test_a_truncated_predictions_file_is_one_line(tmp_path):
+    """A truncated predictions.npz was a zipfile.BadZipFile traceback in calibrate, export and predict --adapt."""
+    import numpy as np
+    import pytest
+
+    from lvmlt.errors import UserError
+    from lvmlt.rundir import read_predictions
+
+    np.savez(tmp_path / "predictions.npz", val_logits=np.zeros((4, 3)), val_labels=np.zeros(4))
+    data = (tmp_path / "predictions.npz").read_bytes()
+    (tmp_path / "predictions.npz").write_bytes(data[: len(data) // 2])
+    with pytest.raises(UserError, match=r"predictions.npz is damaged \(BadZipFile\)"):
+        read_predictions(tmp_path, ("val_logits",))

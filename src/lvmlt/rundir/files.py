@@ -7,6 +7,7 @@ spelled twice; every write is atomic (:mod:`lvmlt.rundir.durable`).
 from __future__ import annotations
 
 import json
+import zipfile
 from pathlib import Path
 
 from lvmlt.errors import UserError
@@ -151,7 +152,7 @@ def read_predictions(run_dir: str | Path, keys=None) -> dict:
             if missing:
                 raise UserError(f"{path} lacks {', '.join(missing)}", fix=REEVALUATE.format(run=run_dir))
             return {k: f[k] for k in (keys or f.files)}
-    except (OSError, ValueError, EOFError) as e:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:  # a truncated copy is a BadZipFile
         raise UserError(f"{path} is damaged ({type(e).__name__})", fix=REEVALUATE.format(run=run_dir)) from None
 
 
