@@ -69,3 +69,17 @@ def test_the_help_imports_neither_torch_nor_torchvision():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_no_progress_bars_when_stderr_is_not_a_terminal(tmp_path):
+    """Progress bars were written into log files when stderr was redirected."""
+    import subprocess
+    import sys
+
+    from helpers import folder_run_and_bundle
+
+    bundle = folder_run_and_bundle(tmp_path)
+    image = sorted((tmp_path / "data" / "test").rglob("*.png"))[0]
+    r = subprocess.run([sys.executable, "-m", "lvmlt", "predict", str(bundle), str(image)], capture_output=True,
+                       text=True)
+    assert r.returncode == 0 and "classify:" not in r.stderr and "\r" not in r.stderr

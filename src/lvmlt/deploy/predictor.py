@@ -195,4 +195,4 @@ def _write_adapted(writer: Writer, names, errors, all_logits, p_raw: np.ndarray,
 def _progress(total: int, enabled: bool):
     from tqdm import tqdm
 
-    return tqdm(total=total, desc="classify", unit="img", disable=not enabled, file=sys.stderr, dynamic_ncols=True)
+    return tqdm(total=total, desc="classify", unit="img", disable=None if enabled else True, file=sys.stderr, dynamic_ncols=True)

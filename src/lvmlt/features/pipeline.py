@@ -113,7 +113,7 @@ class Reducer:
 def _progress(total: int, desc: str, enabled: bool):
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit="img", disable=not enabled, file=sys.stderr, dynamic_ncols=True)
+    return tqdm(total=total, desc=desc, unit="img", disable=None if enabled else True, file=sys.stderr, dynamic_ncols=True)
 
 
 class EncoderRunner:

@@ -58,7 +58,7 @@ def predict(
     model.eval()
     keys = ("logits", *parts)
     got = {k: [] for k in (*keys, "label", "index")}
-    for batch in tqdm(loader, desc=desc, leave=False, disable=not progress, dynamic_ncols=True):
+    for batch in tqdm(loader, desc=desc, leave=False, disable=None if progress else True, dynamic_ncols=True):
         batch = _to(batch, device, channels_last)
         with runtime.autocast(device, precision):
             out = model(batch)

@@ -310,7 +310,7 @@ class Trainer:
         n_batches = len(loader) if o.max_steps_per_epoch <= 0 else min(len(loader), o.max_steps_per_epoch * o.accumulate)
         sums: dict[str, float] = {}
         bar = tqdm(
-            total=n_batches, desc=f"epoch {epoch + 1}/{o.epochs}", disable=not self.progress, dynamic_ncols=True
+            total=n_batches, desc=f"epoch {epoch + 1}/{o.epochs}", disable=None if self.progress else True, dynamic_ncols=True
         )
         self.opt.zero_grad(set_to_none=True)
         for b, batch in enumerate(loader):
