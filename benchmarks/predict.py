@@ -1,6 +1,6 @@
 """Benchmark: classifying a folder (``lvmlt predict``) against extraction (``lvmlt extract``).
 
-On the same N ELPV test images, written as PNG files to a temporary folder, in one run:
+On the same N test images of the run's data set, written as PNG files to a temporary folder, in one run:
 (a) ``extract()`` of those images with the run's feature settings (encoder, input size,
     engine and precision ``auto``): the rate of its main pass (decode, encode, reduce,
     write), as the extraction itself reports it;
@@ -105,7 +105,7 @@ def main(argv=None) -> int:
                 got[name].append(n / (time.perf_counter() - t))
         rates = {k: float(np.median(v)) for k, v in got.items()}
         engine = model.runner.engine
-    print(f"\n{n} ELPV test images, median of {args.rounds} alternating rounds, at {model.spec['features']['img_size']} px, "
+    print(f"\n{n} test images of {cfg.data.name}, median of {args.rounds} alternating rounds, at {model.spec['features']['img_size']} px, "
           f"encoder {model.spec['features']['encoder']} ({engine}, {model.runner.engine_info.get('version', '')}); "
           f"{res['classified']} classified")
     base = rates["extract (main pass)"]
