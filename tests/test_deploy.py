@@ -489,8 +489,12 @@ def test_the_wheel_installs_without_torch_and_runs_a_bundle(runs, tmp_path):
     from lvmlt.deploy.export import export_bundle
 
     repo = Path(__file__).resolve().parents[1]
+    source = tmp_path / "source"  # a copy: building writes build/ and *.egg-info into its source tree
+    shutil.copytree(repo / "src", source / "src", ignore=shutil.ignore_patterns("*.egg-info", "__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(repo / name, source / name)
     dist = tmp_path / "dist"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", str(repo), "--no-deps", "--no-build-isolation", "-q",
+    subprocess.run([sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "--no-build-isolation", "-q",
                     "-w", str(dist)], check=True, capture_output=True)
     (wheel,) = dist.glob("lvmlt-*.whl")
     env_dir = tmp_path / "env"
