@@ -553,3 +553,15 @@ def test_a_latin1_list_finds_its_files_and_a_binary_list_is_one_line(runs, tmp_p
     (tmp_path / "bin.txt").write_bytes(b"\x00\x01\n")
     assert main(["predict", str(runs["cnn"]), "--from", str(tmp_path / "bin.txt"), "--quiet"]) == 2
     assert "line 1 holds a NUL byte" in capsys.readouterr().err
+
+
+def test_an_image_reached_twice_is_noted(runs, tmp_path, capsys):
+    """An image reached twice through a symlink was classified twice without a note."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    shutil.copy(_test_images(runs["data"])[0], folder / "a.png")
+    os.symlink(folder / "a.png", folder / "b.png")
+    assert main(["predict", str(runs["cnn"]), str(folder), "--quiet"]) == 0
+    out = capsys.readouterr()
+    assert len(out.out.strip().splitlines()) == 2  # both names answered, in order
+    assert f"{folder / 'b.png'} is the file {folder / 'a.png'} again" in out.err

@@ -70,12 +70,24 @@ def iter_sources(paths: Iterable[str], list_file: str | None = None, warn=None) 
             except OSError as e:
                 raise UserError(f"cannot read {list_file} ({e.strerror})", fix="pass a text file of image paths") from None
 
+    seen: dict[str, Path] = {}  # real path -> the first name it was reached by
+
+    def once_noted(path: Path) -> Path:
+        try:
+            real = os.path.realpath(path)
+        except (OSError, ValueError):
+            return path
+        first = seen.setdefault(real, path)
+        if first is not path and first != path:
+            warn(f"{path} is the file {first} again (a link or a path named twice): classified again")
+        return path
+
     for p in named():
         path = Path(p)
         if path.is_dir():
-            yield from walk_images(path, warn)
+            yield from (once_noted(q) for q in walk_images(path, warn))
         else:
-            yield path  # a missing or unreadable file is reported as a bad image, in its place
+            yield once_noted(path)  # a missing or unreadable file is reported as a bad image, in its place
 
 
 def count_sources(paths, list_file) -> int:
