@@ -14,9 +14,13 @@ import argparse
 import csv
 import json
 import statistics
+import sys
 from pathlib import Path
 
-from lvmlt import hardware
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from strong_sweep import history, minutes  # noqa: E402
+
+from lvmlt import hardware  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 COLUMNS = ("top1", "mean_class_acc", "many", "medium", "few")
@@ -39,7 +43,7 @@ def committed(csv_path: Path, run: str, key: str = "run") -> list[dict]:
 
 
 def from_runs(runs: Path, pattern: str) -> tuple[list[dict], list[float]]:
-    rows, minutes = [], []
+    rows, spent = [], []
     for d in sorted(runs.glob(pattern)):
         try:
             m = json.loads((d / "metrics.json").read_text())
@@ -48,9 +52,8 @@ def from_runs(runs: Path, pattern: str) -> tuple[list[dict], list[float]]:
         if "unfinished" in m:
             continue
         rows.append({c: m["test"][c] for c in COLUMNS})
-        hist = [json.loads(x) for x in (d / "history.jsonl").read_text().splitlines() if x.strip()]
-        minutes.append(sum(h["seconds"] for h in hist) / 60)
-    return rows, minutes
+        spent.append(minutes(history(d)))
+    return rows, spent
 
 
 def cell(values: list[float]) -> str:
@@ -77,8 +80,8 @@ def main(argv=None) -> None:
          "linear probe, v_SAM (CE)", key="system"), [], "benchmarks/results/other-systems/elpv.md"),
     ]
     for label, pattern, how in RUN_ROWS:
-        rows, minutes = from_runs(args.runs, pattern)
-        table.append((label, rows, minutes, f"`{how}`"))
+        rows, spent = from_runs(args.runs, pattern)
+        table.append((label, rows, spent, f"`{how}`"))
     cpu = hardware.cpu_info().describe()
     lines = [
         "# ELPV: the recipe chosen on validation, the SAM features on top of it, and the fine-tuned encoder",
@@ -98,11 +101,11 @@ def main(argv=None) -> None:
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     out_rows = []
-    for label, rows, minutes, how in table:
+    for label, rows, spent, how in table:
         cells = [cell([r[c] for r in rows]) for c in COLUMNS]
-        lines.append(f"| {label} | {len(rows)} | " + " | ".join(cells) + f" | {cell(minutes)} | {how} |")
+        lines.append(f"| {label} | {len(rows)} | " + " | ".join(cells) + f" | {cell(spent)} | {how} |")
         out_rows.append({"system": label, "n": len(rows), **dict(zip(COLUMNS, cells, strict=True)),
-                         "minutes": cell(minutes)})
+                         "minutes": cell(spent)})
     text = "\n".join(lines) + "\n"
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)

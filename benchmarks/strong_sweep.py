@@ -44,19 +44,29 @@ def command(args, name: str, overrides: list[str], seed: int) -> list[str] | Non
                    f"out_dir={args.out}", f"run_name={rd.name}"]
 
 
+def history(rd: Path) -> list[dict]:
+    """The finished epochs of run directory ``rd``."""
+    return [json.loads(line) for line in (rd / "history.jsonl").read_text().splitlines() if line.strip()]
+
+
+def minutes(hist: list[dict]) -> float:
+    """Training minutes of a run, as its epochs recorded them."""
+    return sum(h["seconds"] for h in hist) / 60
+
+
 def row(args, name: str, seed: int) -> dict | None:
     rd = run_dir(args.out, args.tag, name, seed)
     try:
         m = json.loads((rd / "metrics.json").read_text())
     except FileNotFoundError:
         return None
-    hist = [json.loads(line) for line in (rd / "history.jsonl").read_text().splitlines() if line.strip()]
+    hist = history(rd)
     v, t = m["val"], m["test"]
     return {
         "variant": name, "seed": seed, "val top1": v["top1"], "val mean class": v["mean_class_acc"],
         "test top1": t["top1"], "test mean class": t["mean_class_acc"],
         "many": t["many"], "medium": t["medium"], "few": t["few"],
-        "epochs": len(hist), "minutes": sum(h["seconds"] for h in hist) / 60,
+        "epochs": len(hist), "minutes": minutes(hist),
     }
 
 
